@@ -1,0 +1,31 @@
+# `make demo`: set up .venv (CPU torch) and fine-tune the embedded tiny BLIP-2 on the embedded food
+#              photos, offline, then print alt text for a few test photos beside their references.
+# `make test`: the test suite (what CI runs).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test data models
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-cpu.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-cpu.txt
+	touch $@
+
+demo: setup
+	$(PYTHON) recipes/full_ft.py --config recipes/configs/demo.yaml
+
+test: setup
+	$(PYTHON) -m pytest -q tests
+
+# Regenerate the embedded data and tiny models (their outputs are committed).
+data: setup
+	$(PYTHON) data/make_gourmetgram_mini.py
+
+models: setup
+	$(PYTHON) data/make_tiny_models.py

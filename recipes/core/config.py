@@ -1,0 +1,98 @@
+"""Command-line and YAML configuration shared by every recipe.
+
+A recipe is parsed into three dataclasses, as TRL's example scripts do: `ScriptArguments` (data,
+prompt, reporting), `transformers.TrainingArguments` (every Trainer flag) and `trl.ModelConfig`
+(model, dtype, LoRA, quantization). `--config preset.yaml` sets any of their fields; flags on the
+command line override the file; recipe defaults sit underneath both.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+from trl import ModelConfig, TrlParser
+
+from .errors import RecipeError
+from .paths import EMBEDDED_DATASET
+
+
+@dataclass
+class ScriptArguments:
+    dataset_name: str = field(
+        default=EMBEDDED_DATASET,
+        metadata={"help": "Local imagefolder or save_to_disk folder, or a Hub dataset id."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    caption_column: str = field(default="text", metadata={"help": "Column holding the alt text / captions."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (optional)."})
+    test_split: str = field(default="test", metadata={"help": "Split the closing examples come from."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    prompt: str = field(
+        default="",
+        metadata={"help": "Text before the caption; it is never a training target. BLIP-2 captions need none."},
+    )
+    max_caption_tokens: int = field(default=64, metadata={"help": "Captions are truncated to this many tokens."})
+    memory_report_steps: int = field(
+        default=50, metadata={"help": "Print the memory breakdown at steps 0, 1 and every N steps (0: only 0 and 1)."}
+    )
+    show_examples: int = field(
+        default=0, metadata={"help": "After training, print alt text for this many test images beside the reference."}
+    )
+    generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
+
+
+# Defaults every recipe starts from: what a single-GPU user of a real BLIP-2 wants.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "model_name_or_path": "Salesforce/blip2-opt-2.7b",
+    "dtype": "bfloat16",
+    "bf16": True,
+    "gradient_checkpointing": True,
+    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "num_train_epochs": 2,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "logging_steps": 10,
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "report_to": "none",
+}
+
+
+# We keep the conventional `--gradient_checkpointing` flag (a deprecated alias of
+# `--activation_checkpointing` in recent transformers; both work and the newer one wins).
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing(_kwargs)?` is deprecated", category=FutureWarning)
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) \
+        or torch.backends.mps.is_available()
+
+
+def make_parser(defaults: dict[str, Any]) -> TrlParser:
+    parser = TrlParser((ScriptArguments, TrainingArguments, ModelConfig))
+    # Without a GPU the same command still runs, on the CPU (bf16 there is CPU autocast).
+    parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
+    return parser
+
+
+def parse_recipe_args(
+    defaults: dict[str, Any], args: list[str] | None = None
+) -> tuple[ScriptArguments, TrainingArguments, ModelConfig]:
+    script_args, training_args, model_args = make_parser(defaults).parse_args_and_config(args)
+    # The collator reads raw image/text columns; the Trainer must not drop them.
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        if not model_args.use_peft:
+            raise RecipeError("a quantized base (--load_in_4bit / --load_in_8bit) can only be trained with LoRA "
+                             "(--use_peft); use recipes/qlora.py.")
+    return script_args, training_args, model_args

@@ -1,0 +1,34 @@
+"""Write alt text with a (fine-tuned) BLIP-2 model: real generation, not teacher-forced argmax."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from .collator import _rgb
+
+
+@torch.no_grad()
+def generate_alt_text(
+    model: torch.nn.Module,
+    processor,
+    images: list[Image.Image],
+    prompt: str = "",
+    max_new_tokens: int = 40,
+    num_beams: int = 1,
+) -> list[str]:
+    """Generate one caption per image, conditioned as in training: `<image>`×N, BOS, prompt."""
+    inputs = processor(images=[_rgb(image) for image in images], text=[prompt.strip()] * len(images),
+                       padding="longest", padding_side="left", return_tensors="pt")
+    # The vision tower is registered first: its first floating parameter gives the pixel dtype
+    # (quantized layers hold integer storage, their norms and embeddings stay floating point).
+    parameter = next(p for p in model.parameters() if p.is_floating_point())
+    inputs = {key: value.to(parameter.device) for key, value in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
+    was_training = model.training
+    model.eval()
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+    model.train(was_training)
+    if not model.config.get_text_config().is_encoder_decoder:
+        generated = generated[:, inputs["input_ids"].shape[1]:]  # decoder-only output repeats the input
+    return [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]

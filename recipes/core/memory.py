@@ -1,0 +1,188 @@
+"""Where training memory goes: parameters, gradients, optimizer state, activations and the rest.
+
+Parameters, gradients and optimizer state are counted from the tensors themselves (unique storages,
+so tied or shared weights count once), which works the same on CPU and GPU. Activations are measured
+with `torch.autograd.graph.saved_tensors_hooks`: the storages autograd keeps for the backward pass of
+one micro-batch, less the parameters. Under activation checkpointing the checkpointed layers keep
+only their inputs, so the figure drops as it should. "Other" is the measured peak of the device (GPU:
+`torch.cuda.max_memory_allocated`) or of the process (CPU: peak resident set size, which includes the
+Python runtime and libraries) less the four counted parts.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+GB = 1024**3
+
+
+def format_bytes(count: int) -> str:
+    """GB for real models, MB for the tiny ones, so neither reads as 0.000."""
+    return f"{count / GB:.2f} GB" if count >= GB / 10 else f"{count / 2**20:.2f} MB"
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
+    if tensor.device.type == "meta":
+        return None
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by the storages behind `tensors`, each storage once."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        key = _storage_key(tensor)
+        if key is not None and key[1]:
+            seen[key[0]] = key[1]
+    return sum(seen.values())
+
+
+def optimizer_state_tensors(optimizer) -> list[torch.Tensor]:
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    tensors = []
+    for state in inner.state.values():
+        tensors.extend(value for value in state.values() if isinstance(value, torch.Tensor))
+    return tensors
+
+
+def peak_memory() -> tuple[int, str]:
+    """Peak bytes and what they measure: the GPU allocator when training on CUDA, else the process."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated(), "GPU max allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"
+
+
+@dataclass
+class MemoryBreakdown:
+    step: int
+    params: int
+    grads: int
+    optimizer: int
+    optimizer_on_cpu: int
+    activations: int
+    peak: int
+    peak_source: str
+
+    @property
+    def other(self) -> int:
+        counted = self.params + self.grads + self.optimizer + self.activations
+        if self.peak_source.startswith("GPU"):
+            counted -= self.optimizer_on_cpu  # offloaded state is not in the GPU's peak
+        return max(0, self.peak - counted)
+
+    def as_log(self) -> dict[str, float]:
+        parts = {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
+                 "optimizer_on_cpu": self.optimizer_on_cpu, "activations": self.activations,
+                 "other": self.other, "peak": self.peak}
+        return {f"memory/{name}_gb": round(value / GB, 6) for name, value in parts.items()}
+
+    def line(self) -> str:
+        return (
+            f"[memory] step {self.step} | params {format_bytes(self.params)} | grads {format_bytes(self.grads)}"
+            f" | optimizer {format_bytes(self.optimizer)} (on CPU {format_bytes(self.optimizer_on_cpu)})"
+            f" | activations {format_bytes(self.activations)} | other {format_bytes(self.other)}"
+            f" | peak {format_bytes(self.peak)} ({self.peak_source})"
+        )
+
+
+class SavedActivationMeter:
+    """Measures the bytes autograd saves for backward, per micro-batch, excluding parameters."""
+
+    def __init__(self, model: torch.nn.Module):
+        self._parameter_storages = {key[0] for p in model.parameters() if (key := _storage_key(p))}
+        self._current: dict[int, int] = {}
+        self.peak = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key is not None and key[0] not in self._parameter_storages:
+            self._current[key[0]] = key[1]
+        return tensor
+
+    def start(self) -> None:
+        self._hooks.__enter__()
+
+    def end_micro_batch(self) -> None:
+        self.peak = max(self.peak, sum(self._current.values()))
+        self._current = {}
+
+    def stop(self) -> int:
+        self.end_micro_batch()
+        self._hooks.__exit__(None, None, None)
+        return self.peak
+
+
+class MemoryBreakdownCallback(TrainerCallback):
+    """Prints and logs the memory breakdown at step 0, step 1 and every `report_steps` steps.
+
+    Gradients and optimizer state are read right after the optimizer step (before gradients are
+    zeroed); activations are measured only on reported steps, so other steps pay nothing.
+    """
+
+    def __init__(self, report_steps: int = 50):
+        self.report_steps = report_steps
+        self.trainer = None  # set by the caller so reports also go to the Trainer's logs and reporters
+        self.reports: list[MemoryBreakdown] = []
+        self._meter: SavedActivationMeter | None = None
+        self._pending: MemoryBreakdown | None = None
+
+    def _is_report_step(self, step: int) -> bool:
+        return step == 1 or (self.report_steps > 0 and step % self.report_steps == 0)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        params = unique_bytes(model.parameters())
+        self._report(state, MemoryBreakdown(state.global_step, params, 0, 0, 0, 0, *peak_memory()))
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self._is_report_step(state.global_step + 1):
+            self._meter = SavedActivationMeter(model)
+            self._meter.start()
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self._meter is not None:
+            self._meter.end_micro_batch()
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self._meter is None:
+            return
+        activations = self._meter.stop()
+        self._meter = None
+        optimizer_tensors = optimizer_state_tensors(optimizer) if optimizer is not None else []
+        on_accelerator = next(model.parameters()).device.type != "cpu"
+        peak, peak_source = peak_memory()
+        self._pending = MemoryBreakdown(
+            step=state.global_step + 1,  # the Trainer counts the step after this event
+            params=unique_bytes(model.parameters()),
+            grads=unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
+            optimizer=unique_bytes(optimizer_tensors),
+            optimizer_on_cpu=unique_bytes(t for t in optimizer_tensors if t.device.type == "cpu") if on_accelerator else 0,
+            activations=activations,
+            peak=peak,
+            peak_source=peak_source,
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._pending is not None:
+            # Trainer.log() ends in on_log, which clears should_log; keep the Trainer's own
+            # decision to log the loss at this step.
+            should_log = control.should_log
+            self._report(state, self._pending)
+            control.should_log = should_log
+            self._pending = None
+
+    def _report(self, state, report: MemoryBreakdown) -> None:
+        self.reports.append(report)
+        if state.is_world_process_zero:
+            tqdm.write(report.line())  # above the progress bar, not through it
+        if self.trainer is not None:
+            self.trainer.log(report.as_log())

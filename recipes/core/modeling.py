@@ -1,0 +1,111 @@
+"""Load BLIP-2 models and processors, add LoRA adapters, reload what the recipes saved."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from accelerate import PartialState
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from .errors import RecipeError
+from .paths import resolve_local
+
+# LoRA targets per language-model family: the attention query and value projections.
+DEFAULT_LORA_TARGETS = {"opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}
+
+
+def torch_dtype(name: str | None) -> torch.dtype | str:
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def load_processor(name_or_path: str):
+    return AutoProcessor.from_pretrained(resolve_local(name_or_path))
+
+
+def quantized_device_map() -> dict[str, int | str]:
+    """A quantized model is placed whole on this process's device (no later `.to()` is allowed)."""
+    return {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
+
+
+def load_model(model_args: ModelConfig) -> PreTrainedModel:
+    """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it."""
+    quantization_config = get_quantization_config(model_args)
+    return AutoModelForImageTextToText.from_pretrained(
+        resolve_local(model_args.model_name_or_path),
+        revision=model_args.model_revision,
+        dtype=torch_dtype(model_args.dtype),
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization_config,
+        device_map=quantized_device_map() if quantization_config is not None else None,
+    )
+
+
+def is_encoder_decoder(model: PreTrainedModel) -> bool:
+    return bool(model.config.get_text_config().is_encoder_decoder)
+
+
+def default_lora_targets(model: PreTrainedModel) -> list[str]:
+    family = model.config.get_text_config().model_type
+    if family not in DEFAULT_LORA_TARGETS:
+        raise RecipeError(
+            f"no default LoRA targets for language model '{family}'; pass --lora_target_modules "
+            f"(known defaults: {DEFAULT_LORA_TARGETS})."
+        )
+    return DEFAULT_LORA_TARGETS[family]
+
+
+def _linear_module_names(model: torch.nn.Module) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)})
+
+
+def check_lora_targets(model: PreTrainedModel, targets: list[str] | str) -> None:
+    """Fail before training when a target matches no module: peft would otherwise raise deep inside."""
+    names = [name for name, _ in model.named_modules()]
+    if isinstance(targets, str):
+        matched = any(re.fullmatch(targets, name) for name in names)
+    else:
+        matched = any(name.rsplit(".", 1)[-1] in targets for name in names)
+    if not matched:
+        raise RecipeError(
+            f"LoRA target modules {targets!r} match no module of {type(model).__name__} "
+            f"(language model '{model.config.get_text_config().model_type}'). "
+            f"Its linear layers are named: {', '.join(_linear_module_names(model))}."
+        )
+
+
+def add_lora(model: PreTrainedModel, model_args: ModelConfig, gradient_checkpointing: bool) -> PeftModel:
+    """Wrap the model with LoRA adapters on the language model's attention (or the targets asked for)."""
+    targets = model_args.lora_target_modules or default_lora_targets(model)
+    check_lora_targets(model, targets)
+    peft_config: LoraConfig = get_peft_config(model_args)
+    peft_config.target_modules = set(targets) if isinstance(targets, list) else targets
+    # BLIP-2 takes pixel_values and builds its own language-model inputs, so the generic PeftModel
+    # wrapper is the right one, not the CAUSAL_LM / SEQ_2_SEQ_LM ones that rewrite the text inputs.
+    peft_config.task_type = None
+    if getattr(model, "is_quantized", False):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    return get_peft_model(model, peft_config)
+
+
+def load_trained(folder: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
+    """Reload a recipe's output folder (full model or LoRA adapter) with its processor."""
+    folder = Path(resolve_local(str(folder)))
+    processor = AutoProcessor.from_pretrained(folder)
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.exists():
+        base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        base = AutoModelForImageTextToText.from_pretrained(resolve_local(base_name), dtype=torch_dtype(dtype))
+        model = PeftModel.from_pretrained(base, folder)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype))
+    return model.eval(), processor

@@ -1,0 +1,23 @@
+"""Where the repository's embedded data and models live, so defaults work from any directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED_DATASET = "data/gourmetgram-mini"
+TINY_OPT = "data/models/tiny-blip2-opt"
+TINY_T5 = "data/models/tiny-blip2-t5"
+
+
+def resolve_local(name_or_path: str) -> str:
+    """Return `name_or_path` as a local folder if it is one (relative to the current directory or to
+    the repository root); otherwise return it unchanged, as a Hub id."""
+    for candidate in (Path(name_or_path), REPO_ROOT / name_or_path):
+        if candidate.is_dir():
+            return str(candidate)
+    return name_or_path
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(resolve_local(name_or_path)).is_dir()

@@ -1,0 +1,112 @@
+"""The one training loop every recipe runs: load, wrap, train with `transformers.Trainer`, save, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig
+
+from .collator import AltTextCollator
+from .config import ScriptArguments, parse_recipe_args
+from .data import load_caption_dataset, select_split
+from .errors import RecipeError
+from .generation import generate_alt_text
+from .memory import GB, MemoryBreakdownCallback, peak_memory
+from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    train_seconds: float
+    peak_bytes: int
+    peak_source: str
+    losses: list[float]
+    memory_reports: list
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> Trainer:
+    processor = load_processor(model_args.model_name_or_path)
+    model = load_model(model_args)
+    if model_args.use_peft:
+        model = add_lora(model, model_args, training_args.gradient_checkpointing)
+    trainable, total = count_parameters(model)
+    print(f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
+          f"({100 * trainable / total:.2f}%)", flush=True)
+
+    splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
+                                  script_args.dataset_config)
+    train_split = select_split(splits, script_args.train_split, script_args.max_train_samples)
+    eval_split = None
+    if training_args.eval_strategy != "no":
+        eval_split = select_split(splits, script_args.eval_split, script_args.max_eval_samples)
+
+    collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
+    memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=eval_split,
+                      data_collator=collator, processing_class=processor, callbacks=[memory_callback])
+    memory_callback.trainer = trainer
+    return trainer
+
+
+def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    if training_args.resume_from_checkpoint in (None, ""):
+        return None
+    if training_args.resume_from_checkpoint == "auto":
+        return get_last_checkpoint(training_args.output_dir)
+    return training_args.resume_from_checkpoint
+
+
+def show_examples(trainer: Trainer, script_args: ScriptArguments) -> None:
+    splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
+                                  script_args.dataset_config)
+    split_name = script_args.test_split if script_args.test_split in splits else script_args.train_split
+    examples = select_split(splits, split_name, script_args.show_examples)
+    alt_texts = generate_alt_text(trainer.model, trainer.processing_class, list(examples["image"]),
+                                  script_args.prompt, script_args.generation_max_new_tokens)
+    print(f"\nAlt text for {len(examples)} {split_name} images:")
+    for index, (reference, alt_text) in enumerate(zip(examples["text"], alt_texts)):
+        print(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
+
+
+def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
+    """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
+    script_args, training_args, model_args = parse_recipe_args(defaults, args)
+    set_seed(training_args.seed)
+    trainer = build_trainer(script_args, training_args, model_args)
+
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    train_seconds = time.perf_counter() - start
+
+    # Saves the full model or only the adapter, and the processor beside it, so the folder reloads alone.
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the logged loss curve and memory reports
+    peak_bytes, peak_source = peak_memory()
+    if trainer.is_world_process_zero():
+        print(f"saved to {training_args.output_dir}")
+        print(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})", flush=True)
+        if script_args.show_examples > 0:
+            show_examples(trainer, script_args)
+
+    memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainResult(training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports)
+
+
+def main(defaults: dict[str, Any]) -> None:
+    """Entry point of a recipe file: a bad input ends with one readable line, not a traceback."""
+    try:
+        run(defaults)
+    except RecipeError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,16 @@
+"""LoRA fine-tuning of BLIP-2: the base stays frozen, low-rank adapters on the language model's
+attention are trained (OPT `q_proj`/`v_proj`, T5 `q`/`v`; `--lora_target_modules` to change).
+
+One GPU (defaults: Salesforce/blip2-opt-2.7b in bf16, r=16):
+    python recipes/lora.py --output_dir outputs/lora
+Offline on CPU with the embedded tiny model:
+    python recipes/lora.py --config recipes/configs/tiny/lora.yaml
+Reload: `PeftModel.from_pretrained(base_model, output_dir)` (the processor is saved beside the adapter).
+"""
+
+from core.train import main
+
+LORA_DEFAULTS = {"use_peft": True, "learning_rate": 2e-4, "optim": "adamw_torch", "output_dir": "outputs/lora"}
+
+if __name__ == "__main__":
+    main(LORA_DEFAULTS)
