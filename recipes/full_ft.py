@@ -10,7 +10,7 @@ Offline on CPU with the embedded tiny model and food photos:
 
 from core.train import main
 
-FULL_FT_DEFAULTS = {"learning_rate": 1e-5, "optim": "adamw_bnb_8bit", "output_dir": "outputs/full_ft"}
+DEFAULTS = {"recipe": "full_ft", "learning_rate": 1e-5, "optim": "adamw_bnb_8bit", "output_dir": "outputs/full_ft"}
 
 if __name__ == "__main__":
-    main(FULL_FT_DEFAULTS)
+    main(DEFAULTS)

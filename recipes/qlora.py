@@ -9,7 +9,8 @@ Offline on CPU with the embedded tiny model:
 
 from core.train import main
 
-QLORA_DEFAULTS = {
+DEFAULTS = {
+    "recipe": "qlora",
     "use_peft": True,
     "load_in_4bit": True,
     "bnb_4bit_quant_type": "nf4",
@@ -19,4 +20,4 @@ QLORA_DEFAULTS = {
 }
 
 if __name__ == "__main__":
-    main(QLORA_DEFAULTS)
+    main(DEFAULTS)

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 from core.config import parse_recipe_args
 from core.errors import RecipeError
+from core.train import recipe_defaults
 
 PRESETS = sorted((REPO_ROOT / "recipes" / "configs").rglob("*.yaml"))
 
@@ -22,44 +23,40 @@ def _recipe_of(preset) -> str:
     return match.group(1)
 
 
-def _recipe_defaults(recipe: str) -> dict:
-    module = __import__(recipe)
-    return next(value for name, value in vars(module).items() if name.endswith("_DEFAULTS"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_preset_parses_for_its_recipe(preset):
     recipe = _recipe_of(preset)
     assert (REPO_ROOT / "recipes" / f"{recipe}.py").exists()
-    script_args, training_args, model_args = parse_recipe_args(_recipe_defaults(recipe), ["--config", str(preset)])
+    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), ["--config", str(preset)])
     assert training_args.remove_unused_columns is False
     assert model_args.model_name_or_path
 
 
 def test_precedence_recipe_defaults_then_yaml_then_cli():
-    from lora import LORA_DEFAULTS
-
     preset = str(REPO_ROOT / "recipes/configs/tiny/lora.yaml")
-    _, training_args, model_args = parse_recipe_args(LORA_DEFAULTS, ["--config", preset])
+    _, training_args, model_args = parse_recipe_args(recipe_defaults("lora"), ["--config", preset])
     assert model_args.use_peft is True  # recipe default
     assert training_args.learning_rate == 3e-3  # YAML over the recipe's 2e-4
-    _, training_args, _ = parse_recipe_args(LORA_DEFAULTS, ["--config", preset, "--learning_rate", "0.5"])
+    _, training_args, _ = parse_recipe_args(recipe_defaults("lora"), ["--config", preset, "--learning_rate", "0.5"])
     assert training_args.learning_rate == 0.5  # CLI over YAML
 
 
 def test_real_model_is_the_default():
-    from qlora import QLORA_DEFAULTS
-
-    _, training_args, model_args = parse_recipe_args(QLORA_DEFAULTS, [])
+    _, training_args, model_args = parse_recipe_args(recipe_defaults("qlora"), [])
     assert model_args.model_name_or_path == "Salesforce/blip2-opt-2.7b"
     assert model_args.load_in_4bit and model_args.use_peft and training_args.bf16
 
 
-def test_quantized_full_fine_tuning_is_refused():
-    from full_ft import FULL_FT_DEFAULTS
+def test_preset_for_another_recipe_is_refused():
+    with pytest.raises(RecipeError, match="this preset is for recipes/lora.py"):
+        parse_recipe_args(recipe_defaults("full_ft"), ["--config", str(REPO_ROOT / "recipes/configs/matrix/lora.yaml")])
 
+
+def test_quantized_full_fine_tuning_is_refused():
     with pytest.raises(RecipeError, match="only be trained with LoRA"):
-        parse_recipe_args(FULL_FT_DEFAULTS, ["--load_in_4bit", "true"])
+        parse_recipe_args(recipe_defaults("full_ft"), ["--load_in_4bit", "true"])
 
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
@@ -73,7 +70,7 @@ def test_help_lists_script_trainer_and_model_flags(recipe):
 
 def test_every_path_the_readme_names_exists():
     readme = (REPO_ROOT / "README.md").read_text()
-    paths = set(re.findall(r"\b((?:recipes|data|accelerate_configs|ds_configs|tests)/[\w./-]*\w)", readme))
+    paths = set(re.findall(r"\b((?:recipes|data|accelerate_configs|ds_configs|tests|benchmarks)/[\w./-]*\w)", readme))
     assert len(paths) > 10
     missing = [path for path in paths if not (REPO_ROOT / path).exists()]
     assert not missing, f"README names missing files: {missing}"

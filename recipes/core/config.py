@@ -46,6 +46,12 @@ class ScriptArguments:
         default=0, metadata={"help": "After training, print alt text for this many test images beside the reference."}
     )
     generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
+    recipe: str | None = field(
+        default=None, metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."}
+    )
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "The accelerate config a preset is meant to be launched with (read by the runner)."}
+    )
 
 
 # Defaults every recipe starts from: what a single-GPU user of a real BLIP-2 wants.
@@ -77,17 +83,22 @@ def _has_accelerator() -> bool:
         or torch.backends.mps.is_available()
 
 
-def make_parser(defaults: dict[str, Any]) -> TrlParser:
-    parser = TrlParser((ScriptArguments, TrainingArguments, ModelConfig))
+def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlParser:
+    parser = TrlParser((ScriptArguments, TrainingArguments, ModelConfig, *extra))
     # Without a GPU the same command still runs, on the CPU (bf16 there is CPU autocast).
     parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
     return parser
 
 
 def parse_recipe_args(
-    defaults: dict[str, Any], args: list[str] | None = None
-) -> tuple[ScriptArguments, TrainingArguments, ModelConfig]:
-    script_args, training_args, model_args = make_parser(defaults).parse_args_and_config(args)
+    defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()
+) -> tuple:
+    """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for the recipe with these defaults."""
+    parsed = make_parser(defaults, extra).parse_args_and_config(args)
+    script_args, training_args, model_args = parsed[:3]
+    recipe = defaults.get("recipe")
+    if script_args.recipe and recipe and script_args.recipe != recipe:
+        raise RecipeError(f"this preset is for recipes/{script_args.recipe}.py, not recipes/{recipe}.py.")
     # The collator reads raw image/text columns; the Trainer must not drop them.
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
@@ -95,4 +106,4 @@ def parse_recipe_args(
         if not model_args.use_peft:
             raise RecipeError("a quantized base (--load_in_4bit / --load_in_8bit) can only be trained with LoRA "
                              "(--use_peft); use recipes/qlora.py.")
-    return script_args, training_args, model_args
+    return parsed

@@ -45,12 +45,37 @@ def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+def parameter_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Parameters plus the block scales a 4-bit (bitsandbytes) weight keeps beside its packed data."""
+    tensors = []
+    for param in model.parameters():
+        tensors.append(param)
+        quant_state = getattr(param, "quant_state", None)
+        if quant_state is not None and isinstance(getattr(quant_state, "absmax", None), torch.Tensor):
+            tensors.append(quant_state.absmax)
+    return tensors
+
+
 def optimizer_state_tensors(optimizer) -> list[torch.Tensor]:
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
     tensors = []
     for state in inner.state.values():
         tensors.extend(value for value in state.values() if isinstance(value, torch.Tensor))
     return tensors
+
+
+def zero_offload_tensors(optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DeepSpeed ZeRO-1/2 keeps fp32 master weights beside the optimizer's moments, and gradients in
+    its own buffers rather than in `param.grad`: (master weights, gradient buffers)."""
+    zero = optimizer
+    while zero is not None and not hasattr(zero, "single_partition_of_fp32_groups"):
+        zero = getattr(zero, "optimizer", None)
+    if zero is None:
+        return [], []
+    masters = list(zero.single_partition_of_fp32_groups)
+    grads = [master.grad for master in masters if master.grad is not None]
+    grads += list(getattr(zero, "accumulated_grads_in_cpu", {}).values())
+    return masters, grads
 
 
 def peak_memory() -> tuple[int, str]:
@@ -67,27 +92,29 @@ class MemoryBreakdown:
     params: int
     grads: int
     optimizer: int
-    optimizer_on_cpu: int
     activations: int
     peak: int
     peak_source: str
+    grads_on_cpu: int = 0  # offloaded (DeepSpeed) parts, counted in grads / optimizer too
+    optimizer_on_cpu: int = 0
 
     @property
     def other(self) -> int:
         counted = self.params + self.grads + self.optimizer + self.activations
         if self.peak_source.startswith("GPU"):
-            counted -= self.optimizer_on_cpu  # offloaded state is not in the GPU's peak
+            counted -= self.optimizer_on_cpu + self.grads_on_cpu  # offloaded parts are not in the GPU's peak
         return max(0, self.peak - counted)
 
     def as_log(self) -> dict[str, float]:
-        parts = {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
-                 "optimizer_on_cpu": self.optimizer_on_cpu, "activations": self.activations,
+        parts = {"params": self.params, "grads": self.grads, "grads_on_cpu": self.grads_on_cpu,
+                 "optimizer": self.optimizer, "optimizer_on_cpu": self.optimizer_on_cpu, "activations": self.activations,
                  "other": self.other, "peak": self.peak}
-        return {f"memory/{name}_gb": round(value / GB, 6) for name, value in parts.items()}
+        return {f"memory/{name}_gb": round(value / GB, 9) for name, value in parts.items()}
 
     def line(self) -> str:
         return (
-            f"[memory] step {self.step} | params {format_bytes(self.params)} | grads {format_bytes(self.grads)}"
+            f"[memory] step {self.step} | params {format_bytes(self.params)}"
+            f" | grads {format_bytes(self.grads)} (on CPU {format_bytes(self.grads_on_cpu)})"
             f" | optimizer {format_bytes(self.optimizer)} (on CPU {format_bytes(self.optimizer_on_cpu)})"
             f" | activations {format_bytes(self.activations)} | other {format_bytes(self.other)}"
             f" | peak {format_bytes(self.peak)} ({self.peak_source})"
@@ -140,8 +167,10 @@ class MemoryBreakdownCallback(TrainerCallback):
         return step == 1 or (self.report_steps > 0 and step % self.report_steps == 0)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        params = unique_bytes(model.parameters())
-        self._report(state, MemoryBreakdown(state.global_step, params, 0, 0, 0, 0, *peak_memory()))
+        params = unique_bytes(parameter_tensors(model))
+        peak, peak_source = peak_memory()
+        self._report(state, MemoryBreakdown(state.global_step, params, grads=0, optimizer=0, activations=0,
+                                            peak=peak, peak_source=peak_source))
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self._is_report_step(state.global_step + 1):
@@ -157,13 +186,16 @@ class MemoryBreakdownCallback(TrainerCallback):
             return
         activations = self._meter.stop()
         self._meter = None
-        optimizer_tensors = optimizer_state_tensors(optimizer) if optimizer is not None else []
+        master_weights, zero_grads = zero_offload_tensors(optimizer)
+        optimizer_tensors = (optimizer_state_tensors(optimizer) if optimizer is not None else []) + master_weights
+        grads = [p.grad for p in model.parameters() if p.grad is not None] + zero_grads
         on_accelerator = next(model.parameters()).device.type != "cpu"
         peak, peak_source = peak_memory()
         self._pending = MemoryBreakdown(
             step=state.global_step + 1,  # the Trainer counts the step after this event
-            params=unique_bytes(model.parameters()),
-            grads=unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
+            params=unique_bytes(parameter_tensors(model)),
+            grads=unique_bytes(grads),
+            grads_on_cpu=unique_bytes(g for g in grads if g.device.type == "cpu") if on_accelerator else 0,
             optimizer=unique_bytes(optimizer_tensors),
             optimizer_on_cpu=unique_bytes(t for t in optimizer_tensors if t.device.type == "cpu") if on_accelerator else 0,
             activations=activations,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import importlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from trl import ModelConfig
 from .collator import AltTextCollator
 from .config import ScriptArguments, parse_recipe_args
 from .data import load_caption_dataset, select_split
-from .errors import RecipeError
+from .errors import RecipeError, exit_on_user_error
 from .generation import generate_alt_text
 from .memory import GB, MemoryBreakdownCallback, peak_memory
 from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
@@ -104,9 +105,29 @@ def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     return TrainResult(training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports)
 
 
+RECIPES = ("full_ft", "lora", "qlora")
+
+
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    """The defaults a recipe file declares (its module-level `DEFAULTS`)."""
+    if recipe not in RECIPES:
+        raise RecipeError(f"unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}.")
+    return importlib.import_module(recipe).DEFAULTS
+
+
+def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig) -> int:
+    """Tokens of the longest training caption plus EOS, as the collator will build them."""
+    splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
+                                  script_args.dataset_config)
+    captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
+    try:
+        tokenizer = load_processor(model_args.model_name_or_path).tokenizer
+        longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
+    except OSError:  # no tokenizer offline (a Hub id): BPE vocabularies spend about 1.3 tokens a word
+        longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
+    return min(longest, script_args.max_caption_tokens) + 1
+
+
 def main(defaults: dict[str, Any]) -> None:
     """Entry point of a recipe file: a bad input ends with one readable line, not a traceback."""
-    try:
-        run(defaults)
-    except RecipeError as error:
-        sys.exit(f"error: {error}")
+    exit_on_user_error(run, defaults)

@@ -1,0 +1,50 @@
+"""Predict a recipe's memory per GPU before loading any weights, and say whether it fits.
+
+    python recipes/estimate.py full_ft --config recipes/configs/matrix/bf16_true.yaml --gpu_memory 80
+    python recipes/estimate.py qlora --model_name_or_path Salesforce/blip2-flan-t5-xxl --json
+    python recipes/estimate.py full_ft --config recipes/configs/matrix/even_larger.yaml --num_gpus 4 --strategy fsdp
+
+It takes the recipe's own YAML and flags, so anything a recipe accepts can be estimated. The arithmetic:
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+from core.estimator import __doc__ as ARITHMETIC
+from core.estimator import estimate
+from core.errors import exit_on_user_error
+from core.train import RECIPES, caption_token_count, recipe_defaults
+
+__doc__ += ARITHMETIC
+
+
+@dataclass
+class EstimatorArguments:
+    gpu_memory: float = field(default=80.0, metadata={"help": "GPU memory in GB to check the estimate against."})
+    num_gpus: int | None = field(default=None, metadata={"help": "GPUs the run is spread over (default: the accelerate config's, else 1)."})
+    strategy: str | None = field(
+        default=None,
+        metadata={"help": "single, ddp, fsdp or zero2_offload (default: from --accelerate_config, else single).",
+                  "choices": ["single", "ddp", "fsdp", "zero2_offload"]},
+    )
+    device: str = field(default="cuda", metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).",
+                                                   "choices": ["cuda", "cpu"]})
+    json: bool = field(default=False, metadata={"help": "Print one JSON object instead of the table."})
+
+
+def run_estimate(argv: list[str]):
+    if not argv or argv[0] not in RECIPES:
+        sys.exit(f"usage: python recipes/estimate.py {{{','.join(RECIPES)}}} [--config preset.yaml] [flags]\n{__doc__}")
+    from core.config import parse_recipe_args
+
+    script_args, training_args, model_args, options = parse_recipe_args(
+        recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,))
+    result = estimate(script_args, training_args, model_args, caption_token_count(script_args, model_args),
+                      gpu_memory_gb=options.gpu_memory, num_gpus=options.num_gpus, strategy=options.strategy,
+                      device=options.device)
+    print(result.to_json() if options.json else result.table())
+    return result
+
+
+if __name__ == "__main__":
+    exit_on_user_error(run_estimate, sys.argv[1:])

@@ -1,0 +1,103 @@
+"""Run named technique presets side by side and table and chart what each costs.
+
+    python recipes/experiments.py baseline bf16_true qlora             # the real presets, on a GPU
+    python recipes/experiments.py --tiny --all                         # every tiny twin, on CPU
+    python recipes/experiments.py --tiny lora qlora --out_dir /tmp/m   # some twins, elsewhere
+
+Each preset runs in its own subprocess (an OOM or a crash is a recorded result, not the end of the
+run) through the command a user would type, and the estimator's prediction is computed beside it.
+Writes results.json, results.md and memory.png to --out_dir (default benchmarks/results/matrix-<cpu|gpu>).
+A tiny twin is the preset with the embedded tiny model of the same family, on CPU, for 2 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from core.errors import exit_on_user_error
+from core.estimator import estimate
+from core.experiments import (RunResult, all_presets, classify_failure, draw_chart, estimate_gb, launch_command,
+                              load_preset, markdown_table, read_measurements, recipe_args)
+from core.paths import REPO_ROOT
+from core.train import caption_token_count, recipe_defaults
+
+
+def predict(preset, tiny: bool, output_dir: Path, gpu_memory: float) -> dict:
+    from core.config import parse_recipe_args
+
+    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
+                                                               recipe_args(preset, tiny, output_dir))
+    result = estimate(script_args, training_args, model_args, caption_token_count(script_args, model_args),
+                      gpu_memory_gb=gpu_memory, device="cpu" if tiny else "cuda")
+    return estimate_gb(result)
+
+
+def run_preset(preset, tiny: bool, out_dir: Path, timeout: int, gpu_memory: float) -> RunResult:
+    output_dir = out_dir / "runs" / preset.name
+    command = launch_command(preset, tiny, output_dir)
+    printable = shlex.join(command).replace(str(REPO_ROOT) + "/", "")
+    print(f"\n=== {preset.name}: {preset.title}\n$ {printable}", flush=True)
+    result = RunResult(preset.name, preset.title, "ok", command=printable)
+    result.estimate = predict(preset, tiny, output_dir, gpu_memory)
+    log_path = out_dir / "logs" / f"{preset.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log = completed.stdout + completed.stderr
+        if completed.returncode != 0:
+            result.status = classify_failure(log)
+            result.error = log.strip().splitlines()[-1][:300] if log.strip() else f"exit {completed.returncode}"
+    except subprocess.TimeoutExpired as expired:
+        log = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        result.status, result.error = "timeout", f"over {timeout} s"
+    log_path.write_text(log)
+    result.measured, result.train_seconds, result.samples_per_second, result.final_loss = read_measurements(output_dir)
+    print(f"--> {result.status} in {time.perf_counter() - start:.0f} s | measured peak {result.measured.get('peak')} GB"
+          f" | estimated {result.estimate['total_gb']:.3f} GB ({'fits' if result.estimate['fits'] else 'OOM'})"
+          + (f" | {result.error}" if result.error else ""), flush=True)
+    return result
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("presets", nargs="*", help="preset names (recipes/configs/matrix/<name>.yaml) or paths")
+    parser.add_argument("--all", action="store_true", help="every preset in recipes/configs/matrix")
+    parser.add_argument("--tiny", action="store_true", help="run the tiny CPU twins instead of the real presets")
+    parser.add_argument("--out_dir", type=Path, help="where results go (default benchmarks/results/matrix-<cpu|gpu>)")
+    parser.add_argument("--gpu_memory", type=float, default=80.0, help="GPU capacity in GB, for the estimate and chart")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds before a preset's run is stopped")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="presets run at once (CPU twins only: GPU runs must not share the GPU)")
+    args = parser.parse_args(argv)
+    presets = all_presets() if args.all else [load_preset(name) for name in args.presets]
+    if not presets:
+        parser.error("name at least one preset, or --all")
+    out_dir = args.out_dir or REPO_ROOT / "benchmarks" / "results" / f"matrix-{'cpu' if args.tiny else 'gpu'}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    jobs = args.jobs if args.tiny else 1
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own process; threads only wait
+        results = list(pool.map(lambda p: run_preset(p, args.tiny, out_dir, args.timeout, args.gpu_memory), presets))
+    device = "cpu" if args.tiny else "cuda"
+    command = "python recipes/experiments.py " + shlex.join(argv)
+    (out_dir / "results.json").write_text(json.dumps(
+        {"command": command, "device": device, "results": [dataclasses.asdict(r) for r in results]}, indent=2))
+    (out_dir / "results.md").write_text(f"Command: `{command}`\n\n{markdown_table(results, device)}\n")
+    title = "Tiny twins on CPU: measured memory (bars) vs estimate" if args.tiny else "Measured memory per GPU vs estimate"
+    draw_chart(results, out_dir / "memory.png", None if args.tiny else args.gpu_memory, title)
+    print(f"\n{markdown_table(results, device)}\n\nwrote {out_dir}/results.json, results.md, memory.png")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main, sys.argv[1:])

@@ -1,0 +1,104 @@
+"""The memory estimator: exact parameter counts, and predictions that match what the tiny twins measure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from core.config import parse_recipe_args
+from core.estimator import estimate, load_config, meta_model
+from core.experiments import all_presets, load_preset
+from core.train import recipe_defaults
+
+# Exact parameter counts of the real models (meta-device instantiation of their configs).
+REAL_PARAMETER_COUNTS = {
+    "Salesforce/blip2-opt-2.7b": 3_744_679_936,
+    "Salesforce/blip2-opt-6.7b": 7_752_738_304,
+    "Salesforce/blip2-flan-t5-xl": 3_876_648_448,
+    "Salesforce/blip2-flan-t5-xxl": 12_098_000_384,
+}
+PRESET_NAMES = [preset.name for preset in all_presets()]
+
+
+@pytest.mark.parametrize("model", sorted(REAL_PARAMETER_COUNTS))
+def test_shipped_configs_give_exact_parameter_counts(model):
+    assert sum(p.numel() for p in meta_model(load_config(model)).parameters()) == REAL_PARAMETER_COUNTS[model]
+
+
+def _estimate(preset_name: str, *flags: str, caption_tokens: int = 20, **options):
+    preset = load_preset(preset_name)
+    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
+                                                               ["--config", str(preset.path), *flags])
+    return estimate(script_args, training_args, model_args, caption_tokens, **options)
+
+
+def test_real_presets_follow_the_expected_arithmetic():
+    baseline = _estimate("baseline")
+    n = REAL_PARAMETER_COUNTS["Salesforce/blip2-opt-2.7b"]
+    assert baseline.num_params == n and baseline.trainable_params == n
+    assert baseline.params_gb == pytest.approx(4 * n / 2**30, rel=1e-3)  # fp32
+    assert baseline.optimizer_gb == pytest.approx(8 * n / 2**30, rel=1e-3)  # AdamW, two fp32 moments
+    assert not baseline.fits  # batch 64 in fp32 does not fit 80 GB
+    bf16 = _estimate("bf16_true")
+    assert bf16.params_gb == pytest.approx(2 * n / 2**30, rel=1e-3)
+    assert bf16.total_gb < _estimate("bf16_mixed").total_gb < _estimate("grad_accumulation").total_gb
+    # Accumulation does not change memory; a smaller batch only shrinks activations.
+    assert _estimate("grad_accumulation").total_gb == pytest.approx(_estimate("reduced_batch").total_gb)
+    assert _estimate("reduced_batch").activations_gb == pytest.approx(baseline.activations_gb / 4, rel=1e-6)
+    assert _estimate("sgd").optimizer_gb == 0
+    xxl = _estimate("xxl_batch1")
+    assert not xxl.fits and xxl.params_gb + xxl.grads_gb + xxl.optimizer_gb > 80  # states alone overflow
+    # bf16 AdamW keeps two bf16 moments (4 B/param); 8-bit Adam two 1-byte moments + block scales.
+    assert _estimate("adam_8bit").optimizer_gb < 0.55 * _estimate("even_larger").optimizer_gb
+    assert _estimate("activation_checkpointing").activations_gb < 0.3 * _estimate("adam_8bit").activations_gb
+    offload = _estimate("cpu_offload")
+    assert offload.optimizer_gb == 0 and offload.host_gb > 150  # 16 B/param of 12B on the host
+    qlora, lora = _estimate("qlora"), _estimate("lora")
+    assert qlora.params_gb < 0.4 * lora.params_gb and qlora.fits
+    assert lora.trainable_params < 0.01 * lora.num_params
+
+
+def test_strategies_divide_memory_per_gpu():
+    single = _estimate("even_larger")
+    fsdp = _estimate("even_larger", strategy="fsdp", num_gpus=4)
+    ddp = _estimate("even_larger", strategy="ddp", num_gpus=4)
+    assert fsdp.optimizer_gb == pytest.approx(single.optimizer_gb / 4)
+    assert fsdp.total_gb < single.total_gb < ddp.total_gb
+
+
+def test_estimate_cli_prints_json():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes/estimate.py"), "qlora", "--config",
+                             "recipes/configs/matrix/qlora.yaml", "--gpu_memory", "24", "--json"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    for key in ("num_params", "trainable_params", "params_gb", "grads_gb", "optimizer_gb", "activations_gb",
+                "total_gb", "fits"):
+        assert key in report
+    assert report["num_params"] == REAL_PARAMETER_COUNTS["Salesforce/blip2-flan-t5-xxl"]
+
+
+@pytest.fixture(scope="module")
+def tiny_matrix(tmp_path_factory):
+    """Every preset's tiny twin, run on CPU by the experiment runner, as a user runs it."""
+    out_dir = tmp_path_factory.mktemp("matrix")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes/experiments.py"), "--tiny", "--all",
+                             "--jobs", "2", "--out_dir", str(out_dir)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out_dir / "results.md").exists() and (out_dir / "memory.png").stat().st_size > 10_000
+    return {r["preset"]: r for r in json.loads((out_dir / "results.json").read_text())["results"]}
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_estimate_matches_tiny_twin_measurement(tiny_matrix, preset):
+    result = tiny_matrix[preset]
+    assert result["status"] == "ok", result["error"]
+    measured, predicted = result["measured"], result["estimate"]
+    for part in ("params", "grads", "optimizer"):
+        assert predicted[f"{part}_gb"] == pytest.approx(measured[part], rel=0.01, abs=1e-6), part
+    assert predicted["total_gb"] == pytest.approx(measured["peak"], rel=0.20)
