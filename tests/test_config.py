@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -61,11 +62,19 @@ def test_quantized_full_fine_tuning_is_refused():
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
 def test_help_lists_script_trainer_and_model_flags(recipe):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), "--help"],
+    from core.config import make_parser
+
+    text = make_parser(recipe_defaults(recipe)).format_help()
+    for flag in ("--dataset_name", "--image_column", "--gradient_accumulation_steps", "--lora_r", "--dtype",
+                 "--scale_lr", "--device_map"):
+        assert flag in text
+
+
+def test_help_from_the_command_line():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / "lora.py"), "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for flag in ("--dataset_name", "--image_column", "--gradient_accumulation_steps", "--lora_r", "--dtype"):
-        assert flag in result.stdout
+    assert "--dataset_name" in result.stdout and "--lora_target_modules" in result.stdout
 
 
 def test_every_path_the_readme_names_exists():
@@ -74,3 +83,22 @@ def test_every_path_the_readme_names_exists():
     assert len(paths) > 10
     missing = [path for path in paths if not (REPO_ROOT / path).exists()]
     assert not missing, f"README names missing files: {missing}"
+
+
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load_as_accelerate_writes_them(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(config))
+    assert loaded.compute_environment.value == "LOCAL_MACHINE"
+    assert "accelerate launch --config_file accelerate_configs/" + config.name in config.read_text()
+    if loaded.distributed_type.value == "DEEPSPEED":
+        assert (REPO_ROOT / loaded.deepspeed_config["deepspeed_config_file"]).exists()
+
+
+@pytest.mark.parametrize("name", ["zero2.json", "zero2_offload.json", "zero3_offload.json"])
+def test_deepspeed_configs_leave_trainer_values_to_auto(name):
+    settings = json.loads((REPO_ROOT / "ds_configs" / name).read_text())
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert settings[key] == "auto"
+    assert settings["bf16"]["enabled"] == "auto" and settings["zero_optimization"]["reduce_bucket_size"] == "auto"

@@ -102,3 +102,16 @@ def test_estimate_matches_tiny_twin_measurement(tiny_matrix, preset):
     for part in ("params", "grads", "optimizer"):
         assert predicted[f"{part}_gb"] == pytest.approx(measured[part], rel=0.01, abs=1e-6), part
     assert predicted["total_gb"] == pytest.approx(measured["peak"], rel=0.20)
+
+
+def test_multi_gpu_presets_are_estimated_per_gpu_as_their_strategy_divides():
+    def multi(name):
+        path = REPO_ROOT / f"recipes/configs/multi_gpu/{name}.yaml"
+        script_args, training_args, model_args = parse_recipe_args(recipe_defaults("full_ft"), ["--config", str(path)])
+        return estimate(script_args, training_args, model_args, 20)
+
+    single, ddp, fsdp = multi("single_gpu_baseline"), multi("ddp4_bf16"), multi("fsdp4_bf16")
+    assert (ddp.strategy, ddp.num_gpus, fsdp.strategy, fsdp.num_gpus) == ("ddp", 4, "fsdp", 4)
+    assert ddp.params_gb == single.params_gb and ddp.grads_gb == pytest.approx(2 * single.grads_gb)
+    assert fsdp.optimizer_gb == pytest.approx(single.optimizer_gb / 4)
+    assert fsdp.total_gb < single.total_gb < ddp.total_gb

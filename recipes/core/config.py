@@ -46,6 +46,16 @@ class ScriptArguments:
         default=0, metadata={"help": "After training, print alt text for this many test images beside the reference."}
     )
     generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
+    scale_lr: str = field(
+        default="none",
+        metadata={"help": "Scale --learning_rate with the number of processes: linear (x N), sqrt (x sqrt N) or none. "
+                          "The given rate is the one tuned for one process.", "choices": ["linear", "sqrt", "none"]},
+    )
+    device_map: str | None = field(
+        default=None,
+        metadata={"help": "Model parallel on one machine: split the layers over its GPUs with 'auto', 'balanced', "
+                          "'sequential', or a JSON map {module: device}. No data parallelism; launch with python."},
+    )
     recipe: str | None = field(
         default=None, metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."}
     )

@@ -13,6 +13,7 @@ from accelerate import PartialState
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .errors import RecipeError
+from .parallel import describe_device_map
 from .paths import resolve_local
 
 # LoRA targets per language-model family: the attention query and value projections.
@@ -34,17 +35,23 @@ def quantized_device_map() -> dict[str, int | str]:
     return {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
 
 
-def load_model(model_args: ModelConfig) -> PreTrainedModel:
-    """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it."""
+def load_model(model_args: ModelConfig, device_map: str | dict | None = None) -> PreTrainedModel:
+    """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it,
+    split over this machine's GPUs when `device_map` asks for model parallelism."""
     quantization_config = get_quantization_config(model_args)
-    return AutoModelForImageTextToText.from_pretrained(
+    if device_map is None and quantization_config is not None:
+        device_map = quantized_device_map()
+    model = AutoModelForImageTextToText.from_pretrained(
         resolve_local(model_args.model_name_or_path),
         revision=model_args.model_revision,
         dtype=torch_dtype(model_args.dtype),
         attn_implementation=model_args.attn_implementation,
         quantization_config=quantization_config,
-        device_map=quantized_device_map() if quantization_config is not None else None,
+        device_map=device_map,
     )
+    if isinstance(getattr(model, "hf_device_map", None), dict) and len(set(model.hf_device_map.values())) > 1:
+        print(describe_device_map(model.hf_device_map), flush=True)
+    return model
 
 
 def is_encoder_decoder(model: PreTrainedModel) -> bool:

@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig
@@ -19,6 +22,7 @@ from .errors import RecipeError, exit_on_user_error
 from .generation import generate_alt_text
 from .memory import GB, MemoryBreakdownCallback, peak_memory
 from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
+from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
 
 
 @dataclass
@@ -38,9 +42,11 @@ def count_parameters(model) -> tuple[int, int]:
 
 def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> Trainer:
     processor = load_processor(model_args.model_name_or_path)
-    model = load_model(model_args)
+    model = load_model(model_args, parse_device_map(script_args.device_map))
     if model_args.use_peft:
         model = add_lora(model, model_args, training_args.gradient_checkpointing)
+    if PartialState().distributed_type == DistributedType.FSDP:
+        align_query_tokens_for_fsdp(model)
     trainable, total = count_parameters(model)
     print(f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
           f"({100 * trainable / total:.2f}%)", flush=True)
@@ -58,6 +64,27 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
                       data_collator=collator, processing_class=processor, callbacks=[memory_callback])
     memory_callback.trainer = trainer
     return trainer
+
+
+def gather_peaks(trainer: Trainer, peak_bytes: int) -> list[int]:
+    """Every rank's peak, collected on all ranks (a collective: every rank must call it)."""
+    if trainer.accelerator.num_processes == 1:
+        return [peak_bytes]
+    peaks = trainer.accelerator.gather(torch.tensor([peak_bytes], dtype=torch.int64, device=trainer.accelerator.device))
+    return peaks.tolist()
+
+
+def apply_lr_scaling(script_args: ScriptArguments, training_args: TrainingArguments) -> None:
+    """Scale the learning rate with the number of data-parallel processes, and say so."""
+    processes = training_args.world_size
+    if script_args.scale_lr == "none" and processes == 1:
+        return
+    scaled = scaled_learning_rate(training_args.learning_rate, processes, script_args.scale_lr)
+    if training_args.process_index == 0:
+        global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+        print(f"learning rate: {training_args.learning_rate:g} -> {scaled:g} ({script_args.scale_lr} scaling, "
+              f"{processes} processes, global batch {global_batch})", flush=True)
+    training_args.learning_rate = scaled
 
 
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
@@ -83,6 +110,7 @@ def show_examples(trainer: Trainer, script_args: ScriptArguments) -> None:
 def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
     script_args, training_args, model_args = parse_recipe_args(defaults, args)
+    apply_lr_scaling(script_args, training_args)
     set_seed(training_args.seed)
     trainer = build_trainer(script_args, training_args, model_args)
 
@@ -94,9 +122,13 @@ def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the logged loss curve and memory reports
     peak_bytes, peak_source = peak_memory()
+    rank_peaks = gather_peaks(trainer, peak_bytes)
     if trainer.is_world_process_zero():
         print(f"saved to {training_args.output_dir}")
         print(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})", flush=True)
+        if len(rank_peaks) > 1:
+            print("peak memory per rank: " + ", ".join(f"rank {rank} {peak / GB:.2f} GB"
+                                                        for rank, peak in enumerate(rank_peaks)), flush=True)
         if script_args.show_examples > 0:
             show_examples(trainer, script_args)
 
