@@ -167,13 +167,18 @@ def test_model_parallel_plan_keeps_layers_whole_and_balances_them():
     assert "0:" in describe_device_map(plan) and "3:" in describe_device_map(plan)
 
 
-def test_device_map_flag_prints_the_split(tmp_path):
-    result = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml", "--max_steps", "1",
-                        "--output_dir", str(tmp_path), "--device_map", '{"": "cpu"}')
-    assert result.returncode == 0, result.stderr[-2000:]
-    bad = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml", "--output_dir", str(tmp_path),
-                     "--device_map", "{not json")
-    assert bad.returncode != 0 and "--device_map must be one of" in bad.stderr
+def test_device_map_option_loads_with_the_map_and_rejects_bad_ones():
+    from trl import ModelConfig
+
+    from core.errors import RecipeError
+    from core.modeling import load_model
+    from core.parallel import parse_device_map
+
+    assert parse_device_map("balanced") == "balanced"
+    model = load_model(ModelConfig(model_name_or_path=str(TINY_MODELS["opt"])), parse_device_map('{"": "cpu"}'))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    with pytest.raises(RecipeError, match="--device_map must be one of"):
+        parse_device_map("{not json")
 
 
 def test_learning_rate_scaling_rules():
