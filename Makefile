@@ -15,6 +15,9 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements-cpu.txt
+	# Build DeepSpeed's CPU Adam and shared-memory ops now, not in the middle of the first DeepSpeed run.
+	$(PYTHON) -c "from deepspeed.accelerator import get_accelerator as a; \
+	  [b.load() for n in ('CPUAdamBuilder', 'ShareMemCommBuilder') if (b := a().create_op_builder(n))]"
 	touch $@
 
 demo: setup

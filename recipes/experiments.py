@@ -7,7 +7,7 @@
 Each preset runs in its own subprocess (an OOM or a crash is a recorded result, not the end of the
 run) through the command a user would type, and the estimator's prediction is computed beside it.
 Writes results.json, results.md and memory.png to --out_dir (default benchmarks/results/matrix-<cpu|gpu>).
-A tiny twin is the preset with the embedded tiny model of the same family, on CPU, for 2 steps.
+A tiny twin is the preset with the embedded tiny model of the same family, on CPU, for one optimizer step.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .paths import REPO_ROOT, TINY_OPT, TINY_T5
 
 MATRIX_DIR = REPO_ROOT / "recipes" / "configs" / "matrix"
 # What the tiny twin changes: the model (same family, same technique) and a short CPU run.
-TINY_TWIN_FLAGS = ["--use_cpu", "true", "--max_steps", "2", "--logging_steps", "1", "--memory_report_steps", "1",
+TINY_TWIN_FLAGS = ["--use_cpu", "true", "--max_steps", "1", "--logging_steps", "1", "--memory_report_steps", "1",
                    "--max_train_samples", "128", "--report_to", "none"]
 
 
