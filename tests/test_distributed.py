@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, TINY_MODELS, run_recipe
 from core.estimator import load_config, meta_model
+from core.experiments import cpu_deepspeed_flags
 from core.parallel import align_query_tokens_for_fsdp, describe_device_map, plan_device_map, scaled_learning_rate
 
 TINY_FLAGS = ["--config", "recipes/configs/tiny/full_ft.yaml", "--logging_steps", "1", "--memory_report_steps", "2",
@@ -94,15 +95,11 @@ def test_lora_ddp_checkpoint_resumes_with_its_adapters(tmp_path):
 
 
 def test_deepspeed_zero2_offload_two_ranks_trains_saves_and_resumes(tmp_path):
-    # The shipped JSON as it is, but for the all-gather bucket: 5e8 elements suits GPUs and costs
-    # seconds per step on CPU (cpu-stack-facts), so the test passes a copy with only that value smaller.
-    settings = json.loads((REPO_ROOT / "ds_configs/zero2_offload.json").read_text())
-    settings["zero_optimization"]["allgather_bucket_size"] = 5e5
-    cpu_json = tmp_path / "zero2_offload_cpu.json"
-    cpu_json.write_text(json.dumps(settings))
+    # The shipped JSON as it is, but for the all-gather bucket (see cpu_deepspeed_flags).
+    flags = cpu_deepspeed_flags("accelerate_configs/ds_zero2_offload.yaml", tmp_path / "deepspeed")
+    assert flags
     _resume_matches_uninterrupted(tmp_path, "ds_zero2_offload.yaml", "full_ft", "model.safetensors", *TINY_FLAGS,
-                                  "--per_device_train_batch_size", "4",
-                                  launcher_flags=("--deepspeed_config_file", str(cpu_json)))
+                                  "--per_device_train_batch_size", "4", launcher_flags=tuple(flags))
 
 
 def test_two_machines_on_localhost_form_one_world(tmp_path):

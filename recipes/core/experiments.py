@@ -69,10 +69,11 @@ def recipe_args(preset: Preset, tiny: bool, output_dir: Path) -> list[str]:
     return args
 
 
-def cpu_deepspeed_flags(preset: Preset, output_dir: Path) -> list[str]:
-    """For a CPU twin of a DeepSpeed preset: its DeepSpeed JSON with a small all-gather bucket (5e8
-    elements suits GPUs but costs seconds per step on CPU); every other value as shipped."""
-    settings = yaml.safe_load((REPO_ROOT / preset.accelerate_config).read_text())
+def cpu_deepspeed_flags(accelerate_config: str, output_dir: Path) -> list[str]:
+    """For a CPU run under a DeepSpeed accelerate config: launcher flags pointing at its DeepSpeed JSON
+    with a small all-gather bucket (5e8 elements suits GPUs but costs seconds per step on CPU); every
+    other value as shipped. No flags for other configs."""
+    settings = yaml.safe_load((REPO_ROOT / accelerate_config).read_text())
     ds_file = (settings.get("deepspeed_config") or {}).get("deepspeed_config_file")
     if not ds_file:
         return []
@@ -91,7 +92,7 @@ def launch_command(preset: Preset, tiny: bool, output_dir: Path) -> list[str]:
         return [sys.executable, script, *recipe_args(preset, tiny, output_dir)]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO_ROOT / preset.accelerate_config)]
     if tiny:
-        launcher += ["--num_processes", "1", *cpu_deepspeed_flags(preset, output_dir)]
+        launcher += ["--num_processes", "1", *cpu_deepspeed_flags(preset.accelerate_config, output_dir)]
     return [*launcher, script, *recipe_args(preset, tiny, output_dir)]
 
 
