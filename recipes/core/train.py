@@ -132,6 +132,12 @@ def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
         if script_args.show_examples > 0:
             show_examples(trainer, script_args)
 
+    if torch.distributed.is_initialized():
+        # Leave the process group together: a rank exiting while gloo threads still run aborts with
+        # SIGABRT after a successful run (seen with two launchers on two "machines").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
     memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports)
