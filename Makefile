@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test data models
+.PHONY: setup demo test java browser data models
 
 setup: $(VENV)/.installed
 
@@ -20,11 +20,19 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 	  [b.load() for n in ('CPUAdamBuilder', 'ShareMemCommBuilder') if (b := a().create_op_builder(n))]"
 	touch $@
 
-demo: setup
+demo: setup java
 	$(PYTHON) recipes/full_ft.py --config recipes/configs/demo.yaml
 
-test: setup
+test: setup java browser
 	$(PYTHON) -m pytest -q tests
+
+# Caption metrics tokenize with the COCO (Stanford PTB) tokenizer, which runs on Java.
+java:
+	@command -v java >/dev/null || (apt-get update -q && apt-get install -y -q default-jre-headless)
+
+# The alt-text page test opens the generated page in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 # Regenerate the embedded data and tiny models (their outputs are committed).
 data: setup

@@ -17,11 +17,15 @@ from transformers import TrainingArguments
 from trl import ModelConfig, TrlParser
 
 from .errors import RecipeError
+from .evaluation import GenerationSettings
+from .metrics import BUNDLED_EMBEDDING_MODEL
 from .paths import EMBEDDED_DATASET
 
 
 @dataclass
-class ScriptArguments:
+class DataArguments:
+    """Where the captioned images come from (training, evaluation and the quality table alike)."""
+
     dataset_name: str = field(
         default=EMBEDDED_DATASET,
         metadata={"help": "Local imagefolder or save_to_disk folder, or a Hub dataset id."},
@@ -29,15 +33,39 @@ class ScriptArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     caption_column: str = field(default="text", metadata={"help": "Column holding the alt text / captions."})
+
+
+@dataclass
+class GenerationArguments:
+    """How alt text is generated and scored: in evaluation during training, evaluate_captions.py and alt_text.py."""
+
+    prompt: str = field(
+        default="",
+        metadata={"help": "Text before the caption; it is never a training target. BLIP-2 captions need none."},
+    )
+    generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
+    num_beams: int = field(default=1, metadata={"help": "Beams for generating alt text (1: greedy)."})
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(self.prompt, self.generation_max_new_tokens, self.num_beams)
+
+
+@dataclass
+class ScoringArguments:
+    embedding_model: str = field(
+        default=BUNDLED_EMBEDDING_MODEL,
+        metadata={"help": "Sentence-embedding model for the embedding distance: the bundled all-MiniLM-L6-v2 "
+                          f"('{BUNDLED_EMBEDDING_MODEL}'), a local sentence-transformers folder, or 'none'."},
+    )
+
+
+@dataclass
+class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (optional)."})
     test_split: str = field(default="test", metadata={"help": "Split the closing examples come from."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
-    prompt: str = field(
-        default="",
-        metadata={"help": "Text before the caption; it is never a training target. BLIP-2 captions need none."},
-    )
     max_caption_tokens: int = field(default=64, metadata={"help": "Captions are truncated to this many tokens."})
     memory_report_steps: int = field(
         default=50, metadata={"help": "Print the memory breakdown at steps 0, 1 and every N steps (0: only 0 and 1)."}
@@ -45,7 +73,11 @@ class ScriptArguments:
     show_examples: int = field(
         default=0, metadata={"help": "After training, print alt text for this many test images beside the reference."}
     )
-    generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
+    caption_metrics: bool = field(
+        default=True,
+        metadata={"help": "At each evaluation (--eval_strategy), generate alt text for the eval split and log "
+                          "BLEU-4, CIDEr, ROUGE-L and embedding distance (eval_cider, ...) beside the eval loss."},
+    )
     scale_lr: str = field(
         default="none",
         metadata={"help": "Scale --learning_rate with the number of processes: linear (x N), sqrt (x sqrt N) or none. "
@@ -112,6 +144,8 @@ def parse_recipe_args(
     # The collator reads raw image/text columns; the Trainer must not drop them.
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
+    if (training_args.metric_for_best_model or "").endswith("distance"):
+        training_args.greater_is_better = False  # the embedding distance: 0 is best
     if model_args.load_in_4bit or model_args.load_in_8bit:
         if not model_args.use_peft:
             raise RecipeError("a quantized base (--load_in_4bit / --load_in_8bit) can only be trained with LoRA "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
+from datasets import Dataset
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .collator import _rgb
 
@@ -12,10 +16,11 @@ from .collator import _rgb
 def generate_alt_text(
     model: torch.nn.Module,
     processor,
-    images: list[Image.Image],
+    images: Sequence[Image.Image],
     prompt: str = "",
     max_new_tokens: int = 40,
     num_beams: int = 1,
+    **generate_kwargs: Any,
 ) -> list[str]:
     """Generate one caption per image, conditioned as in training: `<image>`×N, BOS, prompt."""
     inputs = processor(images=[_rgb(image) for image in images], text=[prompt.strip()] * len(images),
@@ -27,8 +32,27 @@ def generate_alt_text(
     inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
     was_training = model.training
     model.eval()
-    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+    # use_cache: training with activation checkpointing switches the cache off in the config.
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                               use_cache=True, **generate_kwargs)
     model.train(was_training)
     if not model.config.get_text_config().is_encoder_decoder:
         generated = generated[:, inputs["input_ids"].shape[1]:]  # decoder-only output repeats the input
     return [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]
+
+
+def generate_for_dataset(
+    model: torch.nn.Module,
+    processor,
+    dataset: Dataset,
+    batch_size: int = 8,
+    progress: bool = False,
+    **generation: Any,
+) -> list[str]:
+    """Alt text for every row of `dataset` (column `image`), decoding one batch of images at a time."""
+    captions: list[str] = []
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="generating", unit="batch", disable=not progress, leave=False):
+        images = dataset[start:start + batch_size]["image"]
+        captions.extend(generate_alt_text(model, processor, images, **generation))
+    return captions

@@ -75,6 +75,8 @@ def _linear_module_names(model: torch.nn.Module) -> list[str]:
 def check_lora_targets(model: PreTrainedModel, targets: list[str] | str) -> None:
     """Fail before training when a target matches no module: peft would otherwise raise deep inside."""
     names = [name for name, _ in model.named_modules()]
+    if isinstance(targets, str) and targets.lower() == "all-linear":
+        return  # peft's own choice: every linear layer but the output layer
     if isinstance(targets, str):
         matched = any(re.fullmatch(targets, name) for name in names)
     else:
@@ -104,15 +106,27 @@ def add_lora(model: PreTrainedModel, model_args: ModelConfig, gradient_checkpoin
     return get_peft_model(model, peft_config)
 
 
-def load_trained(folder: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
-    """Reload a recipe's output folder (full model or LoRA adapter) with its processor."""
+def load_trained(folder: str | Path, dtype: str = "float32", base_model: str | None = None,
+                 ) -> tuple[PreTrainedModel, object]:
+    """Reload a recipe's output folder (full model or LoRA adapter) with its processor, in eval mode.
+
+    An adapter is put on the base model named in its `adapter_config.json`, or on `base_model` when the
+    base lives elsewhere on this machine. The base is loaded unquantized, also for QLoRA adapters.
+    """
     folder = Path(resolve_local(str(folder)))
-    processor = AutoProcessor.from_pretrained(folder)
-    adapter_config = folder / "adapter_config.json"
-    if adapter_config.exists():
-        base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base = AutoModelForImageTextToText.from_pretrained(resolve_local(base_name), dtype=torch_dtype(dtype))
-        model = PeftModel.from_pretrained(base, folder)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype))
+    try:
+        processor = AutoProcessor.from_pretrained(folder)
+        adapter_config = folder / "adapter_config.json"
+        if adapter_config.exists():
+            base_name = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
+            base = AutoModelForImageTextToText.from_pretrained(resolve_local(base_name), dtype=torch_dtype(dtype))
+            model = PeftModel.from_pretrained(base, folder)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype))
+    except OSError as error:  # a missing folder or file, or a Hub id that cannot be reached offline
+        raise RecipeError(f"cannot load a model from '{folder}': {error}".splitlines()[0]) from error
     return model.eval(), processor
+
+
+def inference_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

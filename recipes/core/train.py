@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig
 
@@ -20,9 +20,11 @@ from .config import ScriptArguments, parse_recipe_args
 from .data import load_caption_dataset, select_split
 from .errors import RecipeError, exit_on_user_error
 from .generation import generate_alt_text
-from .memory import GB, MemoryBreakdownCallback, peak_memory
+from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
+from .model_card import RunSummary
 from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
+from .trainer import AltTextTrainer
 
 
 @dataclass
@@ -40,7 +42,36 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> Trainer:
+def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> RunSummary:
+    """The model card's account of the run: the settings that decide what was learnt and what it cost."""
+    hyperparameters = {
+        "learning rate": training_args.learning_rate,
+        "batch size per device": training_args.per_device_train_batch_size,
+        "gradient accumulation": training_args.gradient_accumulation_steps,
+        "processes": training_args.world_size,
+        "epochs" if training_args.max_steps <= 0 else "steps":
+            training_args.num_train_epochs if training_args.max_steps <= 0 else training_args.max_steps,
+        "optimizer": training_args.optim,
+        "scheduler": training_args.lr_scheduler_type,
+        "weights dtype": model_args.dtype,
+        "mixed precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "activation checkpointing": training_args.gradient_checkpointing,
+        "seed": training_args.seed,
+    }
+    if model_args.use_peft:
+        hyperparameters.update({"LoRA r": model_args.lora_r, "LoRA alpha": model_args.lora_alpha,
+                                "LoRA dropout": model_args.lora_dropout,
+                                "LoRA targets": model_args.lora_target_modules or "default for the language model"})
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        hyperparameters["quantization"] = "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "8-bit"
+    return RunSummary(base_model=model_args.model_name_or_path, dataset=script_args.dataset_name,
+                      recipe=script_args.recipe, is_adapter=bool(model_args.use_peft),
+                      generation={"max_new_tokens": script_args.generation_max_new_tokens,
+                                  "num_beams": script_args.num_beams},
+                      hyperparameters=hyperparameters)
+
+
+def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> AltTextTrainer:
     processor = load_processor(model_args.model_name_or_path)
     model = load_model(model_args, parse_device_map(script_args.device_map))
     if model_args.use_peft:
@@ -60,13 +91,16 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
 
     collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
     memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=eval_split,
-                      data_collator=collator, processing_class=processor, callbacks=[memory_callback])
+    trainer = AltTextTrainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=eval_split,
+                             data_collator=collator, processing_class=processor, callbacks=[memory_callback],
+                             generation=script_args.generation_settings(), embedding_model=script_args.embedding_model,
+                             caption_metrics=script_args.caption_metrics,
+                             run_summary=run_summary(script_args, training_args, model_args))
     memory_callback.trainer = trainer
     return trainer
 
 
-def gather_peaks(trainer: Trainer, peak_bytes: int) -> list[int]:
+def gather_peaks(trainer: AltTextTrainer, peak_bytes: int) -> list[int]:
     """Every rank's peak, collected on all ranks (a collective: every rank must call it)."""
     if trainer.accelerator.num_processes == 1:
         return [peak_bytes]
@@ -95,13 +129,13 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return training_args.resume_from_checkpoint
 
 
-def show_examples(trainer: Trainer, script_args: ScriptArguments) -> None:
+def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
     splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
                                   script_args.dataset_config)
     split_name = script_args.test_split if script_args.test_split in splits else script_args.train_split
     examples = select_split(splits, split_name, script_args.show_examples)
     alt_texts = generate_alt_text(trainer.model, trainer.processing_class, list(examples["image"]),
-                                  script_args.prompt, script_args.generation_max_new_tokens)
+                                  **script_args.generation_settings().as_kwargs())
     print(f"\nAlt text for {len(examples)} {split_name} images:")
     for index, (reference, alt_text) in enumerate(zip(examples["text"], alt_texts)):
         print(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
@@ -118,11 +152,15 @@ def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
     train_seconds = time.perf_counter() - start
 
-    # Saves the full model or only the adapter, and the processor beside it, so the folder reloads alone.
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json: the logged loss curve and memory reports
     peak_bytes, peak_source = peak_memory()
     rank_peaks = gather_peaks(trainer, peak_bytes)
+    trainer.run_summary.peak_memory = f"{format_bytes(max(rank_peaks))} ({peak_source}, highest process)"
+    trainer.run_summary.train_seconds = train_seconds
+    trainer.save_state()  # trainer_state.json: the logged loss curve, memory reports and evaluations
+    # Saves the full model or only the adapter, the processor beside it (so the folder reloads alone) and
+    # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card()
     if trainer.is_world_process_zero():
         print(f"saved to {training_args.output_dir}")
         print(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})", flush=True)

@@ -1,0 +1,87 @@
+"""`AltTextTrainer`: the Trainer, plus caption metrics from real generation and our model card.
+
+Evaluation runs the Trainer's own loop (eval loss), then generates alt text for the evaluation split the
+way it will be used (no teacher forcing) and adds BLEU-4, CIDEr, ROUGE-L and the embedding distance to
+the metrics, as `eval_cider` etc., so `--metric_for_best_model cider` and `--load_best_model_at_end` work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import Trainer
+
+from .evaluation import GenerationSettings, references_of
+from .generation import generate_for_dataset
+from .metrics import caption_scores
+from .model_card import RunSummary, write_model_card
+
+EXAMPLES_IN_LOG = 2
+
+
+class AltTextTrainer(Trainer):
+    def __init__(self, *args, generation: GenerationSettings, embedding_model: str | None,
+                 caption_metrics: bool, run_summary: RunSummary, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation = generation
+        self.embedding_model = embedding_model
+        self.caption_metrics = caption_metrics
+        self.run_summary = run_summary
+        self._dataset_under_evaluation: Dataset | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        self._dataset_under_evaluation = dataset if isinstance(dataset, Dataset) else None
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.caption_metrics and description == "Evaluation" and self._dataset_under_evaluation is not None:
+            scores = self.generated_caption_scores(self._dataset_under_evaluation)
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
+        return output
+
+    def generated_caption_scores(self, dataset: Dataset) -> dict[str, float]:
+        """Every process generates for its share of `dataset`; the first scores all of it and shares the result."""
+        captions = self._generate_sharded(dataset)
+        scores = None
+        if self.is_world_process_zero():
+            references = references_of(dataset)
+            scores = caption_scores(captions, references, self.embedding_model)
+            for caption, reference in list(zip(captions, references))[:EXAMPLES_IN_LOG]:
+                tqdm.write(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")
+        if self.args.world_size > 1:
+            shared = [scores]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            scores = shared[0]
+        return scores
+
+    def _generate_sharded(self, dataset: Dataset) -> list[str]:
+        # Equal contiguous shards (the last padded with the final row): sharded models (FSDP, ZeRO-3)
+        # need every process to run the same number of generate calls.
+        world, rank = self.args.world_size, self.args.process_index
+        per_process = math.ceil(len(dataset) / world)
+        rows = [min(row, len(dataset) - 1) for row in range(rank * per_process, (rank + 1) * per_process)]
+        with self.autocast_smart_context_manager():
+            captions = generate_for_dataset(self.model, self.processing_class, dataset.select(rows),
+                                            self.args.per_device_eval_batch_size, **self.generation.as_kwargs())
+        if world > 1:
+            captions = gather_object(captions)  # concatenated in process order
+        return captions[:len(dataset)]
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        """Our card (base model, data, technique, hyper-parameters, metrics, memory peak, how to load)."""
+        if not self.is_world_process_zero():
+            return
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name \
+            or self.args.output_dir.rstrip("/").split("/")[-1]
+        best = None
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
+            best = (f"the best checkpoint by {self.args.metric_for_best_model} ({self.state.best_metric:.4g}), "
+                    f"step {self.state.best_global_step}")
+        write_model_card(self.args.output_dir, self.run_summary, repo_id, self.state.log_history, best)

@@ -1,0 +1,65 @@
+"""Score models and adapters side by side on a caption split, with real generation.
+
+    python recipes/evaluate_captions.py --models base=data/models/tiny-blip2-opt lora=outputs/tiny-lora \
+        --split test --output_file outputs/scores.json
+
+Prints BLEU-4, CIDEr, ROUGE-L and the embedding distance (0 is best) per model, then a few images'
+reference beside each model's alt text; `--output_file` gets the scores, settings and every caption as JSON.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+from core.config import DataArguments, GenerationArguments, ScoringArguments
+from core.data import load_caption_dataset, select_split
+from core.errors import exit_on_user_error
+from core.evaluation import examples_text, parse_named_models, score_models, scores_table
+from core.paths import TINY_OPT
+
+
+@dataclass
+class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
+    models: list[str] = field(
+        default_factory=lambda: [TINY_OPT],
+        metadata={"help": "Model or adapter folders (or Hub ids) to score, each as PATH or NAME=PATH."},
+    )
+    split: str = field(default="test", metadata={"help": "Split to score on."})
+    max_samples: int | None = field(default=None, metadata={"help": "Score only the first N rows of the split."})
+    batch_size: int = field(default=16, metadata={"help": "Images per generate call."})
+    dtype: str = field(default="auto", metadata={"help": "dtype to load the models in: auto, float32, bfloat16."})
+    examples: int = field(default=3, metadata={"help": "Images whose alt text is printed beside the reference."})
+    output_file: str | None = field(default=None, metadata={"help": "Write scores, settings and captions here (JSON)."})
+
+
+def evaluate(args: EvaluationArguments) -> dict:
+    models = parse_named_models(args.models)
+    splits = load_caption_dataset(args.dataset_name, args.image_column, args.caption_column, args.dataset_config)
+    dataset = select_split(splits, args.split, args.max_samples)
+    print(f"scoring {len(models)} model(s) on {len(dataset)} '{args.split}' images of {args.dataset_name}", flush=True)
+    results = score_models(models, dataset, args.generation_settings(), args.batch_size, args.embedding_model,
+                           args.dtype)
+    print("\n" + scores_table(results) + "\n\n" + examples_text(results, args.examples))
+    report = {
+        "dataset": args.dataset_name, "split": args.split, "images": len(dataset),
+        "generation": asdict(args.generation_settings()),
+        "models": {name: {"path": models[name], "scores": result.scores, "captions": result.captions}
+                   for name, result in results.items()},
+        "references": next(iter(results.values())).references,
+    }
+    if args.output_file:
+        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_file).write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.output_file}")
+    return report
+
+
+def main() -> None:
+    (args,) = TrlParser(EvaluationArguments).parse_args_and_config()
+    exit_on_user_error(evaluate, args)
+
+
+if __name__ == "__main__":
+    main()

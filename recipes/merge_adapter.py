@@ -1,0 +1,49 @@
+"""Merge a LoRA or QLoRA adapter into its base model: one standalone folder that loads without peft.
+
+    python recipes/merge_adapter.py --adapter_dir outputs/lora --output_dir outputs/lora-merged
+    python recipes/merge_adapter.py --adapter_dir outputs/qlora --output_dir outputs/qlora-merged --dtype bfloat16
+
+The base named in the adapter's config (or `--base_model`) is loaded unquantized in `--dtype`, also for
+QLoRA adapters, so the merged weights are plain bf16/fp32 weights. The processor is saved beside them.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import HfArgumentParser
+
+from core.errors import RecipeError, exit_on_user_error
+from core.modeling import load_trained
+
+
+@dataclass
+class MergeArguments:
+    adapter_dir: str = field(metadata={"help": "Folder a LoRA/QLoRA recipe saved (adapter + processor)."})
+    output_dir: str = field(metadata={"help": "Where the merged model and its processor are written."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "Base model folder or id, if not the one named in adapter_config.json."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "dtype of the merged weights: auto (the base's), float32, bfloat16."})
+
+
+def merge_adapter(args: MergeArguments) -> Path:
+    if not (Path(args.adapter_dir) / "adapter_config.json").exists():
+        raise RecipeError(f"{args.adapter_dir} holds no adapter_config.json: it is not a LoRA/QLoRA output folder.")
+    model, processor = load_trained(args.adapter_dir, args.dtype, args.base_model)
+    if not isinstance(model, PeftModel):
+        raise RecipeError(f"{args.adapter_dir} did not load as an adapter.")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(args.output_dir)  # safetensors
+    processor.save_pretrained(args.output_dir)
+    print(f"merged {args.adapter_dir} into {type(merged).__name__} ({merged.dtype}); saved to {args.output_dir}")
+    return Path(args.output_dir)
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses()
+    exit_on_user_error(merge_adapter, args)
+
+
+if __name__ == "__main__":
+    main()
