@@ -27,8 +27,11 @@ TINY_FLAGS = ["--config", "recipes/configs/tiny/full_ft.yaml", "--logging_steps"
 
 def launch(config: str, recipe: str, *args: str, processes: int = 2, launcher_flags: tuple = (),
            timeout: int = 400) -> subprocess.CompletedProcess:
+    # A free port each time: tests may run side by side (pytest -n), and accelerate's default is one fixed port.
+    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(_free_port())]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}",
-               "--num_processes", str(processes), *launcher_flags, f"recipes/{recipe}.py", *args, "--use_cpu", "true"]
+               "--num_processes", str(processes), *port, *launcher_flags, f"recipes/{recipe}.py", *args,
+               "--use_cpu", "true"]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -8,17 +8,15 @@ import json
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 import torch
 import transformers.utils.hub
-from huggingface_hub import RepoUrl
-from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoModelForImageTextToText
 
 from conftest import DATASET, TINY_MODELS, run_recipe
+from hub_standin import LocalHub
 from core.alt_text import shorten
 from core.errors import RecipeError
 from core.generation import generate_alt_text
@@ -83,31 +81,6 @@ def test_training_logs_generated_caption_metrics_and_keeps_the_best(trained_lora
     card = (output_dir / "README.md").read_text()
     assert "library_name: peft" in card and "| cider |" in card and "Peak memory while training" in card
     assert f"best checkpoint by cider ({state['best_metric']:.4g}), step {best['step']}" in card
-
-
-class LocalHub:
-    """Stands in for the Hub API the Trainer calls (create_repo, upload_folder): files land in a folder."""
-
-    def __init__(self, root: Path):
-        self.root, self.commits = root, []
-
-    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
-        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(self, repo_id, folder_path, commit_message=None, token=None, run_as_future=False,
-                      ignore_patterns=None, allow_patterns=None, path_in_repo=None, revision=None, **kwargs):
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
-        target = self.root / repo_id / (path_in_repo or "")
-        for name in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(folder_path) / name, target / name)
-        self.commits.append(commit_message)
-        if run_as_future:
-            done = Future()
-            done.set_result(None)
-            return done
-        return None
 
 
 def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypatch):

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .errors import RecipeError
+from .images import BadImage, open_checked
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Words that leave a shortened description hanging ("a bowl of soup with").
@@ -47,21 +48,14 @@ def find_images(inputs: list[str]) -> list[Path]:
     return sorted(found.values())
 
 
-def open_image(path: Path) -> Image.Image:
-    """The photo as it is meant to be seen: EXIF orientation applied, RGB."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
-
-
 def load_images(paths: list[Path]) -> tuple[list[tuple[Path, Image.Image]], list[tuple[Path, str]]]:
-    """Open each image; an unreadable one is set aside with the reason instead of stopping the run."""
+    """Open each image as RGB (EXIF orientation applied); an unusable one is set aside with the reason."""
     loaded, skipped = [], []
     for path in paths:
         try:
-            loaded.append((path, open_image(path)))
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as error:
-            skipped.append((path, f"{type(error).__name__}: {error}"))
+            loaded.append((path, open_checked(path)))
+        except BadImage as error:
+            skipped.append((path, str(error)))
     return loaded, skipped
 
 

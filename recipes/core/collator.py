@@ -12,11 +12,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .images import to_rgb
+
 IGNORE_INDEX = -100
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class AltTextCollator:
@@ -48,7 +46,7 @@ class AltTextCollator:
         return ids
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [_rgb(example["image"]) for example in examples]
+        images = [to_rgb(example["image"]) for example in examples]
         captions = [example["text"].strip() for example in examples]
         if self.is_encoder_decoder:
             return self._encoder_decoder_batch(images, captions)

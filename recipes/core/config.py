@@ -8,6 +8,7 @@ command line override the file; recipe defaults sit underneath both.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from trl import ModelConfig, TrlParser
 
 from .errors import RecipeError
 from .evaluation import GenerationSettings
+from .images import MAX_ASPECT_RATIO, MAX_PIXELS
 from .metrics import BUNDLED_EMBEDDING_MODEL
 from .paths import EMBEDDED_DATASET
 
@@ -33,6 +35,13 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     caption_column: str = field(default="text", metadata={"help": "Column holding the alt text / captions."})
+    on_bad_example: str = field(
+        default="skip",
+        metadata={"help": "An unreadable, missing, oversized or uncaptioned example: 'skip' it (counted, listed in "
+                          "data_report.json) or stop with an 'error'.", "choices": ["skip", "error"]},
+    )
+    max_image_pixels: int = field(default=MAX_PIXELS, metadata={"help": "Larger images are refused (memory)."})
+    max_aspect_ratio: float = field(default=MAX_ASPECT_RATIO, metadata={"help": "Longer/narrower images are refused."})
 
 
 @dataclass
@@ -88,6 +97,10 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
         metadata={"help": "Model parallel on one machine: split the layers over its GPUs with 'auto', 'balanced', "
                           "'sequential', or a JSON map {module: device}. No data parallelism; launch with python."},
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run Python code from the model's repository. Off unless you ask: it runs "
+                                         "with your permissions."},
+    )
     recipe: str | None = field(
         default=None, metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."}
     )
@@ -132,12 +145,31 @@ def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlPa
     return parser
 
 
+def check_hardware(training_args: TrainingArguments) -> None:
+    """Options that need a GPU fail here, before any weights load, when none is visible."""
+    if _has_accelerator():
+        return
+    if not training_args.use_cpu:
+        raise RecipeError("--use_cpu false asks for a GPU, and this machine has none visible (CUDA_VISIBLE_DEVICES, "
+                          "drivers?). Drop it to train on the CPU.")
+    if training_args.fp16:
+        raise RecipeError("--fp16 needs a GPU, and this machine has none visible; on the CPU use --bf16 "
+                          "(or neither, for fp32).")
+
+
 def parse_recipe_args(
     defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()
 ) -> tuple:
     """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for the recipe with these defaults."""
-    parsed = make_parser(defaults, extra).parse_args_and_config(args)
+    try:
+        parsed = make_parser(defaults, extra).parse_args_and_config(args)
+    except RecipeError:
+        raise
+    except ValueError as error:  # TrainingArguments / ModelConfig checks: one line, not their traceback
+        hint = " This machine has no GPU." if not _has_accelerator() and "gpu" in str(error).lower() else ""
+        raise RecipeError(f"invalid settings: {error}{hint}") from None
     script_args, training_args, model_args = parsed[:3]
+    check_hardware(training_args)
     recipe = defaults.get("recipe")
     if script_args.recipe and recipe and script_args.recipe != recipe:
         raise RecipeError(f"this preset is for recipes/{script_args.recipe}.py, not recipes/{recipe}.py.")
@@ -146,6 +178,11 @@ def parse_recipe_args(
     training_args.label_names = ["labels"]
     if (training_args.metric_for_best_model or "").endswith("distance"):
         training_args.greater_is_better = False  # the embedding distance: 0 is best
+    if training_args.hub_token:
+        # The Hub client reads it from the environment; kept out of the arguments, it is never written
+        # (training_args.bin, checkpoints) or printed.
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
     if model_args.load_in_4bit or model_args.load_in_8bit:
         if not model_args.use_peft:
             raise RecipeError("a quantized base (--load_in_4bit / --load_in_8bit) can only be trained with LoRA "

@@ -9,7 +9,7 @@ from datasets import Dataset
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .collator import _rgb
+from .images import to_rgb
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def generate_alt_text(
     **generate_kwargs: Any,
 ) -> list[str]:
     """Generate one caption per image, conditioned as in training: `<image>`×N, BOS, prompt."""
-    inputs = processor(images=[_rgb(image) for image in images], text=[prompt.strip()] * len(images),
+    inputs = processor(images=[to_rgb(image) for image in images], text=[prompt.strip()] * len(images),
                        padding="longest", padding_side="left", return_tensors="pt")
     # The vision tower is registered first: its first floating parameter gives the pixel dtype
     # (quantized layers hold integer storage, their norms and embeddings stay floating point).

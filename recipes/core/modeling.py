@@ -26,8 +26,22 @@ def torch_dtype(name: str | None) -> torch.dtype | str:
     return getattr(torch, name)
 
 
-def load_processor(name_or_path: str):
-    return AutoProcessor.from_pretrained(resolve_local(name_or_path))
+def unreachable(name_or_path: str, error: OSError) -> RecipeError:
+    """A model that cannot be loaded: say which, and how to point at a local copy."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RecipeError(
+        f"cannot load '{name_or_path}': it is not a folder here ({Path.cwd()} or the repository) and could not be "
+        f"loaded from the Hub ({first_line}). Offline, download it first on a connected machine "
+        f"(`hf download {name_or_path} --local-dir models/<name>`) and pass that folder, e.g. "
+        f"--model_name_or_path models/<name>."
+    )
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False):
+    try:
+        return AutoProcessor.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise unreachable(name_or_path, error) from None
 
 
 def quantized_device_map() -> dict[str, int | str]:
@@ -35,20 +49,26 @@ def quantized_device_map() -> dict[str, int | str]:
     return {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
 
 
-def load_model(model_args: ModelConfig, device_map: str | dict | None = None) -> PreTrainedModel:
+def load_model(model_args: ModelConfig, device_map: str | dict | None = None,
+               trust_remote_code: bool = False) -> PreTrainedModel:
     """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it,
     split over this machine's GPUs when `device_map` asks for model parallelism."""
     quantization_config = get_quantization_config(model_args)
     if device_map is None and quantization_config is not None:
         device_map = quantized_device_map()
-    model = AutoModelForImageTextToText.from_pretrained(
-        resolve_local(model_args.model_name_or_path),
-        revision=model_args.model_revision,
-        dtype=torch_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization_config,
-        device_map=device_map,
-    )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            resolve_local(model_args.model_name_or_path),
+            revision=model_args.model_revision,
+            dtype=torch_dtype(model_args.dtype),
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization_config,
+            device_map=device_map,
+            use_safetensors=True,  # never unpickle weights
+            trust_remote_code=trust_remote_code,  # off unless asked for
+        )
+    except OSError as error:
+        raise unreachable(model_args.model_name_or_path, error) from None
     if isinstance(getattr(model, "hf_device_map", None), dict) and len(set(model.hf_device_map.values())) > 1:
         print(describe_device_map(model.hf_device_map), flush=True)
     return model
@@ -114,17 +134,19 @@ def load_trained(folder: str | Path, dtype: str = "float32", base_model: str | N
     base lives elsewhere on this machine. The base is loaded unquantized, also for QLoRA adapters.
     """
     folder = Path(resolve_local(str(folder)))
+    name = str(folder)
     try:
         processor = AutoProcessor.from_pretrained(folder)
         adapter_config = folder / "adapter_config.json"
         if adapter_config.exists():
-            base_name = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-            base = AutoModelForImageTextToText.from_pretrained(resolve_local(base_name), dtype=torch_dtype(dtype))
+            name = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
+            base = AutoModelForImageTextToText.from_pretrained(resolve_local(name), dtype=torch_dtype(dtype),
+                                                               use_safetensors=True)
             model = PeftModel.from_pretrained(base, folder)
         else:
-            model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype))
+            model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype(dtype), use_safetensors=True)
     except OSError as error:  # a missing folder or file, or a Hub id that cannot be reached offline
-        raise RecipeError(f"cannot load a model from '{folder}': {error}".splitlines()[0]) from error
+        raise unreachable(name, error) from None
     return model.eval(), processor
 
 

@@ -6,13 +6,13 @@ import importlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig
 
 from .collator import AltTextCollator
@@ -24,7 +24,9 @@ from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
 from .model_card import RunSummary
 from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
-from .trainer import AltTextTrainer
+from .resources import out_of_memory_advice
+from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
+from .validation import apply_policy, check_split, write_report
 
 
 @dataclass
@@ -72,8 +74,8 @@ def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, 
 
 
 def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> AltTextTrainer:
-    processor = load_processor(model_args.model_name_or_path)
-    model = load_model(model_args, parse_device_map(script_args.device_map))
+    processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
+    model = load_model(model_args, parse_device_map(script_args.device_map), script_args.trust_remote_code)
     if model_args.use_peft:
         model = add_lora(model, model_args, training_args.gradient_checkpointing)
     if PartialState().distributed_type == DistributedType.FSDP:
@@ -84,10 +86,22 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
 
     splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
                                   script_args.dataset_config)
-    train_split = select_split(splits, script_args.train_split, script_args.max_train_samples)
-    eval_split = None
+    wanted = {script_args.train_split: script_args.max_train_samples}
     if training_args.eval_strategy != "no":
-        eval_split = select_split(splits, script_args.eval_split, script_args.max_eval_samples)
+        wanted[script_args.eval_split] = script_args.max_eval_samples
+    checked, reports = {}, []
+    for name, max_samples in wanted.items():
+        checked[name], report = check_split(select_split(splits, name, max_samples), name, processor.tokenizer,
+                                            script_args.max_caption_tokens, script_args.max_image_pixels,
+                                            script_args.max_aspect_ratio)
+        reports.append(report)
+    if training_args.process_index == 0:
+        apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens)
+        write_report(reports, training_args.output_dir)
+    else:
+        apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=True)
+    train_split = checked[script_args.train_split]
+    eval_split = checked.get(script_args.eval_split) if training_args.eval_strategy != "no" else None
 
     collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
     memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
@@ -122,18 +136,31 @@ def apply_lr_scaling(script_args: ScriptArguments, training_args: TrainingArgume
 
 
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    if training_args.resume_from_checkpoint in (None, ""):
+    """`--resume_from_checkpoint auto`: the newest complete checkpoint in output_dir (none: start fresh)."""
+    requested = training_args.resume_from_checkpoint
+    if requested in (None, ""):
         return None
-    if training_args.resume_from_checkpoint == "auto":
-        return get_last_checkpoint(training_args.output_dir)
-    return training_args.resume_from_checkpoint
+    if requested == "auto":
+        checkpoint, incomplete = latest_complete_checkpoint(training_args.output_dir)
+        if training_args.process_index == 0:
+            for folder in incomplete:
+                print(f"resume: {folder} is incomplete (the run stopped while saving it); not used", flush=True)
+            print(f"resume: {'from ' + checkpoint if checkpoint else 'no complete checkpoint, starting fresh'}",
+                  flush=True)
+        return checkpoint
+    if not Path(requested).is_dir():
+        raise RecipeError(f"--resume_from_checkpoint {requested}: no such folder.")
+    if not is_complete_checkpoint(requested):
+        raise RecipeError(f"--resume_from_checkpoint {requested}: this checkpoint is incomplete (the run stopped while "
+                          "saving it). Use an earlier one, or --resume_from_checkpoint auto.")
+    return requested
 
 
 def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
     splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
                                   script_args.dataset_config)
     split_name = script_args.test_split if script_args.test_split in splits else script_args.train_split
-    examples = select_split(splits, split_name, script_args.show_examples)
+    examples, _ = check_split(select_split(splits, split_name, script_args.show_examples), split_name)
     alt_texts = generate_alt_text(trainer.model, trainer.processing_class, list(examples["image"]),
                                   **script_args.generation_settings().as_kwargs())
     print(f"\nAlt text for {len(examples)} {split_name} images:")
@@ -149,7 +176,12 @@ def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     trainer = build_trainer(script_args, training_args, model_args)
 
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    try:
+        trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise RecipeError(out_of_memory_advice(script_args, training_args, model_args,
+                                               caption_token_count(script_args, model_args))) from None
     train_seconds = time.perf_counter() - start
 
     peak_bytes, peak_source = peak_memory()
@@ -199,7 +231,7 @@ def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig) -
     try:
         tokenizer = load_processor(model_args.model_name_or_path).tokenizer
         longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
-    except OSError:  # no tokenizer offline (a Hub id): BPE vocabularies spend about 1.3 tokens a word
+    except RecipeError:  # no tokenizer offline (a Hub id): BPE vocabularies spend about 1.3 tokens a word
         longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
     return min(longest, script_args.max_caption_tokens) + 1
 

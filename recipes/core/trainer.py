@@ -7,13 +7,16 @@ the metrics, as `eval_cider` etc., so `--metric_for_best_model cider` and `--loa
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import GenerationSettings, references_of
 from .generation import generate_for_dataset
@@ -21,6 +24,25 @@ from .metrics import caption_scores
 from .model_card import RunSummary, write_model_card
 
 EXAMPLES_IN_LOG = 2
+# Written into a checkpoint folder once everything in it is saved: a run killed while saving leaves a
+# folder without it, which resuming never mistakes for a complete checkpoint.
+COMPLETE_MARKER = "checkpoint-complete.json"
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> tuple[str | None, list[str]]:
+    """The newest complete `checkpoint-N` in output_dir, and the incomplete ones newer than it."""
+    folders = sorted((p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()
+                      and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    incomplete = []
+    for folder in folders:
+        if is_complete_checkpoint(folder):
+            return str(folder), incomplete
+        incomplete.append(str(folder))
+    return None, incomplete
 
 
 class AltTextTrainer(Trainer):
@@ -73,6 +95,13 @@ class AltTextTrainer(Trainer):
         if world > 1:
             captions = gather_object(captions)  # concatenated in process order
         return captions[:len(dataset)]
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its part (sharded strategies)
+        if self.is_world_process_zero():
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": self.state.global_step}))
 
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
         """Our card (base model, data, technique, hyper-parameters, metrics, memory peak, how to load)."""

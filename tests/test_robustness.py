@@ -1,0 +1,220 @@
+"""Real photo collections and interruptions: bad inputs are converted or skipped and counted, a SIGKILLed
+run resumes to the same result, resource problems end in one clear message, secrets stay out of files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers.utils.hub
+from safetensors.torch import load_file
+
+from bad_inputs import BAD, USABLE, write_corpus
+from conftest import REPO_ROOT, TINY_MODELS
+from core.config import parse_recipe_args
+from core.data import load_caption_dataset
+from core.errors import RecipeError
+from core.images import open_checked
+from core.modeling import load_processor
+from core.train import recipe_defaults, run
+from core.validation import check_split
+from hub_standin import LocalHub
+
+TINY_TRAIN = ["--config", "recipes/configs/tiny/full_ft.yaml", "--per_device_train_batch_size", "4",
+              "--memory_report_steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("bad-inputs"))
+
+
+def test_every_bad_input_has_its_outcome_and_no_valid_example_is_dropped(corpus):
+    split = load_caption_dataset(str(corpus))["train"]
+    tokenizer = load_processor(str(TINY_MODELS["opt"])).tokenizer
+    kept, report = check_split(split, "train", tokenizer, max_caption_tokens=64)
+    skipped = {Path(problem.path).name: problem.reason for problem in report.problems}
+    assert set(skipped) == set(BAD)
+    for name, (_, reason) in BAD.items():
+        assert reason in skipped[name], (name, skipped[name])
+    assert report.kept == len(kept) == len(USABLE) and set(kept["text"]) == set(USABLE.values())
+    assert report.truncated_captions == 1  # the overlong caption is used, truncated, and counted
+    images = {caption: image for caption, image in zip(kept["text"], kept["image"])}
+    from core.images import to_rgb
+    assert all(to_rgb(image).mode == "RGB" for image in images.values())
+
+
+def test_colour_modes_are_converted_faithfully(corpus):
+    folder = corpus / "train"
+    rgba = np.asarray(open_checked(folder / "rgba.png"))
+    assert (rgba == 255).all()  # fully transparent pixels are shown on white, not their hidden colour
+    gray16 = np.asarray(open_checked(folder / "gray16.png"))
+    assert gray16.shape == (32, 48, 3) and abs(int(gray16[0, 0, 0]) - round(40000 / 65535 * 255)) <= 1
+    rotated = open_checked(folder / "exif_rotated.jpg")
+    assert rotated.size == (20, 60)  # stored 60×20 with orientation 6: shown upright, rotated
+    for name in ("cmyk.jpg", "la.png", "palette.png", "palette_transparent.gif", "gray.png", "one_pixel.png"):
+        assert open_checked(folder / name).mode == "RGB"
+
+
+def test_training_on_a_messy_collection_skips_reports_and_trains(corpus, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    trained = run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--dataset_name", str(corpus),
+                                               "--output_dir", str(output_dir), "--max_steps", "4"])
+    assert trained.train_seconds > 0 and (output_dir / "model.safetensors").exists()
+    stdout = capsys.readouterr().out
+    assert f"data check: 'train' {len(USABLE) + len(BAD)} rows, {len(USABLE)} used, {len(BAD)} skipped" \
+        in stdout
+    assert "1 captions longer than 64 tokens will be truncated" in stdout
+    report = json.loads((output_dir / "data_report.json").read_text())[0]
+    assert report["kept"] == len(USABLE) and {Path(p["path"]).name for p in report["problems"]} == set(BAD)
+
+
+
+def test_bad_examples_stop_the_run_when_asked_to(corpus, tmp_path):
+    with pytest.raises(RecipeError, match=rf"^{len(BAD)} bad example\(s\) .*--on_bad_example skip"):
+        run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--dataset_name", str(corpus), "--output_dir", str(tmp_path),
+                                         "--on_bad_example", "error"])
+
+
+def test_a_split_with_no_usable_example_is_a_clear_error(tmp_path):
+    split = tmp_path / "data/train"
+    split.mkdir(parents=True)
+    (split / "broken.jpg").write_text("no image")
+    (split / "metadata.jsonl").write_text(json.dumps({"file_name": "broken.jpg", "text": "a plate"}) + "\n")
+    with pytest.raises(RecipeError, match="split 'train' has no usable example"):
+        run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--dataset_name", str(tmp_path / "data"),
+                                         "--output_dir", str(tmp_path / "out")])
+
+
+def test_alt_text_skips_unusable_files_with_reasons(corpus, tmp_path):
+    from alt_text import AltTextArguments, write_alt_text
+
+    records = write_alt_text(AltTextArguments(images=[str(corpus / "train")], model=str(TINY_MODELS["opt"]),
+                                              output_dir=str(tmp_path), generation_max_new_tokens=8))
+    skipped = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+    unreadable = {"truncated.jpg", "corrupt.png", "not_an_image.jpg", "panorama.png", "bomb.png"}
+    assert {Path(entry["path"]).name for entry in skipped} == unreadable
+    images_on_disk = {p.name for p in (corpus / "train").iterdir() if p.suffix != ".jsonl"}
+    assert {Path(r.path).name for r in records} == images_on_disk - unreadable
+
+
+def _losses(output_dir: Path) -> dict[int, float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if (output_dir / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(output_dir / name)
+
+
+@pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, capsys):
+    args = ["--config", f"recipes/configs/tiny/{recipe}.yaml", "--max_steps", "16", "--per_device_train_batch_size", "8",
+            "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "4", "--memory_report_steps", "0",
+            "--warmup_steps", "2"]
+    reference = tmp_path / "reference"
+    run(recipe_defaults(recipe), [*args, "--output_dir", str(reference)])
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args,
+                                "--output_dir", str(interrupted)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    marker = interrupted / "checkpoint-8" / "checkpoint-complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (interrupted / "trainer_state.json").exists()
+
+    run(recipe_defaults(recipe), [*args, "--output_dir", str(interrupted), "--resume_from_checkpoint", "auto"])
+    assert "resume: from " in capsys.readouterr().out
+    expected, resumed = _losses(reference), _losses(interrupted)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 17))
+    assert resumed == pytest.approx(expected, rel=1e-4)
+    reference_weights, resumed_weights = _weights(reference), _weights(interrupted)
+    assert reference_weights.keys() == resumed_weights.keys()
+    for key in reference_weights:
+        torch.testing.assert_close(resumed_weights[key], reference_weights[key], rtol=1e-4, atol=1e-5)
+
+
+def test_incomplete_checkpoints_are_never_resumed(tmp_path):
+    from core.train import _resume_checkpoint
+
+    for step, complete in ((5, True), (10, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "checkpoint-complete.json").write_text("{}")
+    _, training_args, _ = parse_recipe_args({}, ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "auto"])
+    assert _resume_checkpoint(training_args) == str(tmp_path / "checkpoint-5")
+    training_args.resume_from_checkpoint = str(tmp_path / "checkpoint-10")
+    with pytest.raises(RecipeError, match="incomplete"):
+        _resume_checkpoint(training_args)
+
+
+def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_path, monkeypatch):
+    from core.trainer import AltTextTrainer
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(AltTextTrainer, "train", out_of_memory)
+    with pytest.raises(RecipeError) as error:
+        run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--output_dir", str(tmp_path)])
+    message = str(error.value)
+    assert "out of memory" in message and "Estimated for these settings" in message
+    for technique in ("--per_device_train_batch_size 2 --gradient_accumulation_steps 2", "--gradient_checkpointing",
+                      "--dtype bfloat16 --bf16", "--optim adamw_bnb_8bit", "recipes/lora.py", "recipes/qlora.py"):
+        assert technique in message
+    assert message.count(" GB") >= 7
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--tf32", "true"], "invalid settings: --tf32 requires Ampere"),
+    (["--use_cpu", "false"], "This machine has no GPU"),
+    (["--fp16", "--bf16", "false"], "--fp16 needs a GPU"),
+])
+def test_gpu_only_options_fail_at_start_on_a_machine_without_gpu(flags, expected):
+    with pytest.raises(RecipeError, match=expected.replace("-", r"\-")):
+        parse_recipe_args(recipe_defaults("full_ft"), ["--output_dir", "unused", *flags])
+
+
+def test_an_unreachable_model_id_names_itself_and_the_local_folder_option(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        run(recipe_defaults("full_ft"), ["--model_name_or_path", "Salesforce/blip2-opt-2.7b",
+                                         "--output_dir", str(tmp_path), "--max_steps", "1"])
+    assert "cannot load 'Salesforce/blip2-opt-2.7b'" in str(error.value)
+    assert "--model_name_or_path models/" in str(error.value)
+
+
+def test_hub_token_never_reaches_files_or_logs_and_weights_are_safetensors(tmp_path, monkeypatch, capfd):
+    planted_env, planted_flag = "hf_PLANTEDenvTOKEN0123456789", "hf_PLANTEDflagTOKEN9876543210"
+    monkeypatch.setenv("HF_TOKEN", planted_env)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", LocalHub(tmp_path / "hub"))
+    output_dir = tmp_path / "out"
+    run(recipe_defaults("lora"), ["--config", "recipes/configs/tiny/lora.yaml", "--output_dir", str(output_dir),
+                                  "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+                                  "--push_to_hub", "--hub_model_id", "gourmetgram/secret-test",
+                                  "--hub_token", planted_flag, "--logging_steps", "1"])
+    captured = capfd.readouterr()
+    files = [p for folder in (output_dir, tmp_path / "hub") for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any(p.name == "README.md" for p in files)
+    for token in (planted_env, planted_flag):
+        assert token not in captured.out + captured.err
+        for path in files:
+            assert token.encode() not in path.read_bytes(), path
+    weights = {p.name for p in files if p.suffix in (".bin", ".pt", ".pth", ".safetensors", ".ckpt")}
+    assert "adapter_model.safetensors" in weights
+    assert not weights & {"adapter_model.bin", "pytorch_model.bin", "model.bin"}
+    assert os.environ["HF_TOKEN"] == planted_flag  # handed to the Hub client through the environment
