@@ -10,7 +10,7 @@ Reload: `PeftModel.from_pretrained(base_model, output_dir)` (the processor is sa
 
 from core.train import main
 
-DEFAULTS = {"recipe": "lora", "use_peft": True, "learning_rate": 2e-4, "optim": "adamw_torch", "output_dir": "outputs/lora"}
+DEFAULTS = {"recipe": "lora", "use_peft": True, "learning_rate": 2e-4, "optim": "adamw_torch_fused", "output_dir": "outputs/lora"}
 
 if __name__ == "__main__":
     main(DEFAULTS)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .images import to_rgb
+from .inputs import is_prepared
 
 IGNORE_INDEX = -100
 
@@ -46,16 +47,23 @@ class AltTextCollator:
         return ids
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [to_rgb(example["image"]) for example in examples]
         captions = [example["text"].strip() for example in examples]
+        if all(is_prepared(example["image"]) for example in examples):
+            # Already upright, RGB and at the input size (inputs.prepare_for_training): the processor
+            # only rescales and normalises them.
+            images, image_kwargs = [example["image"] for example in examples], {"do_resize": False}
+        else:
+            images, image_kwargs = [to_rgb(example["image"]) for example in examples], {}
         if self.is_encoder_decoder:
-            return self._encoder_decoder_batch(images, captions)
-        return self._decoder_only_batch(images, captions)
+            return self._encoder_decoder_batch(images, captions, image_kwargs)
+        return self._decoder_only_batch(images, captions, image_kwargs)
 
-    def _decoder_only_batch(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
+    def _decoder_only_batch(self, images: list[Image.Image], captions: list[str],
+                            image_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         texts = [self._join_prompt(caption) + self.eos_suffix for caption in captions]
         batch = self.processor(
             images=images,
+            **image_kwargs,
             text=texts,
             padding="longest",
             padding_side="right",
@@ -70,8 +78,10 @@ class AltTextCollator:
         batch["labels"] = labels
         return dict(batch)
 
-    def _encoder_decoder_batch(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.processor(images=images, text=[self.prompt] * len(images), padding="longest", return_tensors="pt")
+    def _encoder_decoder_batch(self, images: list[Image.Image], captions: list[str],
+                               image_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch = self.processor(images=images, text=[self.prompt] * len(images), padding="longest",
+                               return_tensors="pt", **image_kwargs)
         targets = self.tokenizer(
             [caption + self.eos_suffix for caption in captions],
             padding="longest",

@@ -20,6 +20,7 @@ from .config import ScriptArguments, parse_recipe_args
 from .data import load_caption_dataset, select_split
 from .errors import RecipeError, exit_on_user_error
 from .generation import generate_alt_text
+from .inputs import prepare_for_training
 from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
 from .model_card import RunSummary
 from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
@@ -82,7 +83,7 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
         align_query_tokens_for_fsdp(model)
     trainable, total = count_parameters(model)
     print(f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
-          f"({100 * trainable / total:.2f}%)", flush=True)
+          f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention", flush=True)
 
     splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
                                   script_args.dataset_config)
@@ -101,6 +102,10 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
     else:
         apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=True)
     train_split = checked[script_args.train_split]
+    if script_args.fast_inputs:
+        with training_args.main_process_first(desc="image cache"):  # the first process fills the cache
+            train_split = prepare_for_training(train_split, processor, script_args.cache_images,
+                                               training_args.dataloader_num_workers)
     eval_split = checked.get(script_args.eval_split) if training_args.eval_strategy != "no" else None
 
     collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)

@@ -1,0 +1,377 @@
+"""Throughput: our training path against the plain BLIP-2 fine-tuning loop, side by side in one run.
+
+    python benchmarks/throughput.py --out benchmarks/results/throughput-cpu/results.json     # CPU, tiny model
+    python benchmarks/throughput.py --config recipes/configs/throughput/opt27b_bf16_full.yaml \\
+        --model_config data/model_configs/blip2-opt-2.7b \\
+        --out benchmarks/results/throughput-h100/results.json                                # GPU, real size
+
+1. Input pipeline alone, on --images generated 640×480 JPEG photos: the plain pattern (the data set decodes
+   each photo in the main process, the processor resizes and normalises it in the training step) against
+   ours (recipes/core/inputs.py: draft-mode decoding and resizing in DataLoader workers), in images/s, at
+   the model's input size and at 224² (real BLIP-2) when that differs.
+2. Training on the same model, photos, batch and precision, each variant in a fresh process (so peak
+   memory is its own): the plain loop (fp32 load then cast, eager attention, default AdamW, processor in
+   the step, `.item()` every step) against our recipe's Trainer (the preset as a user runs it), and
+   optionally ours with --torch_compile. Steps/s, samples/s, peak memory, model FLOP/s and, on a GPU with
+   a known peak, MFU. Model FLOPs per sample = 3 × the forward FLOPs counted by torch's FlopCounterMode
+   (vision encoder, Q-Former, language model), the full fine-tuning convention; recomputation from
+   activation checkpointing is not counted.
+
+--model_config builds random weights from a shipped real config (weights cannot be downloaded offline),
+with the tiny twin's tokenizer: the shapes, and so the speed and memory, are the real model's.
+Writes a table and the ratios (`input_pipeline_speedup`, `train_speedup` = ours ÷ plain) to stdout and
+JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "recipes"))
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageTextToText, TrainerCallback, set_seed  # noqa: E402
+
+from core.collator import AltTextCollator  # noqa: E402
+from core.config import COMMON_DEFAULTS, parse_recipe_args  # noqa: E402
+from core.data import load_caption_dataset  # noqa: E402
+from core.inputs import default_num_workers, prepare_for_training  # noqa: E402
+from core.memory import GB, peak_memory  # noqa: E402
+from core.modeling import add_lora, is_encoder_decoder, load_processor  # noqa: E402
+from core.paths import EMBEDDED_DATASET, TINY_OPT, TINY_T5  # noqa: E402
+from core.train import apply_lr_scaling, build_trainer, recipe_defaults  # noqa: E402
+
+DEFAULT_PRESET = "recipes/configs/tiny/full_ft.yaml"
+REAL_BLIP2_IMAGE_SIZE = 224
+# Dense bf16 matmul peak measured on the lent H100s (the datasheet's 989 TFLOP/s is not reached).
+MEASURED_PEAK_TFLOPS = {"H100": 790.0}
+PARTS = ("vision_model", "qformer", "language_projection", "language_model")
+
+
+# ---------------------------------------------------------------- data and model
+def make_photos(folder: Path, count: int, seed: int = 0) -> Path:
+    """`count` 640×480 JPEG "photos" (smooth colour fields, shapes, sensor noise) with food captions, as an
+    imagefolder `train` split; captions are the embedded data set's, repeated."""
+    captions = [json.loads(line)["text"] for line in (REPO_ROOT / EMBEDDED_DATASET / "train/metadata.jsonl")
+                .read_text().splitlines()]
+    rng = np.random.default_rng(seed)
+    split = folder / "train"
+    split.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        image = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y, r = int(rng.integers(0, 640)), int(rng.integers(0, 480)), int(rng.integers(20, 120))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        noisy = np.asarray(image).astype(np.int16) + rng.integers(-12, 12, (480, 640, 3))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(split / f"photo_{index:04d}.jpg", quality=90)
+        rows.append({"file_name": f"photo_{index:04d}.jpg", "text": captions[index % len(captions)]})
+    (split / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def build_random_model(config_folder: str, out_folder: Path) -> Path:
+    """A model with the shipped real config's shapes and random bf16 weights, saved with a processor made
+    from the tiny twin's tokenizer (image token, query count and image size set to the real model's)."""
+    config = AutoConfig.from_pretrained(REPO_ROOT / config_folder)
+    twin = TINY_T5 if config.get_text_config().is_encoder_decoder else TINY_OPT
+    processor = load_processor(twin)
+    processor.num_query_tokens = config.num_query_tokens
+    size = config.vision_config.image_size
+    processor.image_processor.size = {"height": size, "width": size}
+    config.image_token_index = processor.tokenizer.convert_tokens_to_ids(processor.image_token.content)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out_folder)
+    processor.save_pretrained(out_folder)
+    return out_folder
+
+
+# ---------------------------------------------------------------- 1. input pipeline
+def plain_batches(dataset, collator, batch_size: int):
+    """The plain pattern: rows decoded in the main process, the processor run on them in the step."""
+    for start in range(0, len(dataset), batch_size):
+        yield collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
+
+
+def our_batches(prepared, collator, batch_size: int, workers: int):
+    """Ours, as the recipes' Trainer builds it: prepared rows, collated in the DataLoader workers."""
+    yield from DataLoader(prepared, batch_size=batch_size, num_workers=workers, collate_fn=collator,
+                          pin_memory=torch.cuda.is_available())
+
+
+def images_per_second(batches) -> float:
+    start, images = time.perf_counter(), 0
+    for batch in batches:
+        images += batch["pixel_values"].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def measure_input_pipeline(photos: Path, model_folder: str, batch_size: int, workers: int) -> list[dict]:
+    """Images/s of one pass over the photos: plain; ours decoding in the workers every epoch
+    (--cache_images false); ours with the cache (the default): building it, then each later epoch."""
+    dataset = load_caption_dataset(str(photos))["train"]
+    processor = load_processor(model_folder)
+    sizes = [processor.image_processor.size["height"]]
+    if sizes[0] != REAL_BLIP2_IMAGE_SIZE:
+        sizes.append(REAL_BLIP2_IMAGE_SIZE)
+    rows = []
+    for size in sizes:
+        processor.image_processor.size = {"height": size, "width": size}
+        collator = AltTextCollator(processor, is_encoder_decoder=False)
+        plain = images_per_second(plain_batches(dataset, collator, batch_size))
+        in_workers = images_per_second(our_batches(prepare_for_training(dataset, processor), collator, batch_size, workers))
+        start = time.perf_counter()
+        cached = prepare_for_training(dataset, processor, cache=True, num_proc=workers)
+        build_seconds = time.perf_counter() - start
+        cached_epoch = images_per_second(our_batches(cached, collator, batch_size, workers))
+        first_epoch = len(dataset) / (build_seconds + len(dataset) / cached_epoch)
+        rows.append({"image_size": size, "images": len(dataset), "workers": workers,
+                     "plain_images_per_s": plain, "workers_images_per_s": in_workers,
+                     "cached_first_epoch_images_per_s": first_epoch, "cached_epoch_images_per_s": cached_epoch,
+                     "workers_speedup": in_workers / plain, "first_epoch_speedup": first_epoch / plain,
+                     "speedup": cached_epoch / plain})
+    return rows
+
+
+# ---------------------------------------------------------------- 2. training
+def forward_flops_by_part(model: torch.nn.Module, batch: dict) -> dict[str, int]:
+    """Forward FLOPs of one batch per top-level part (vision_model, qformer, ...), counted by torch."""
+    with FlopCounterMode(display=False, depth=2) as counter:
+        model(**batch)  # with autograd on: the counter's module tracker needs it
+    counts = counter.get_flop_counts()
+    by_part = {}
+    for name, per_op in counts.items():
+        if name.count(".") == 1 and name.split(".")[-1] in PARTS:
+            by_part[name.split(".")[-1]] = int(sum(per_op.values()))
+    by_part["total"] = int(sum(counts["Global"].values()))
+    return by_part
+
+
+class StepClock(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+def recipe_arguments(args: argparse.Namespace, model_folder: str, photos: Path, output_dir: str) -> list[str]:
+    return ["--config", args.config, "--model_name_or_path", model_folder, "--dataset_name", str(photos),
+            "--max_steps", str(args.warmup_steps + args.steps), "--per_device_train_batch_size", str(args.batch_size),
+            "--gradient_accumulation_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
+            "--memory_report_steps", "0", "--show_examples", "0", "--logging_steps", "1000000",
+            "--disable_tqdm", "true", "--output_dir", output_dir, "--dataloader_num_workers", str(args.workers)]
+
+
+def train_ours(args: argparse.Namespace, model_folder: str, photos: Path, compile_model: bool) -> dict:
+    with tempfile.TemporaryDirectory() as output_dir:
+        cli = recipe_arguments(args, model_folder, photos, output_dir) + (["--torch_compile", "true"] if compile_model else [])
+        script_args, training_args, model_args = parse_recipe_args(recipe_defaults(args.recipe), cli)
+        apply_lr_scaling(script_args, training_args)
+        set_seed(training_args.seed)
+        trainer = build_trainer(script_args, training_args, model_args)
+        clock = StepClock()
+        trainer.add_callback(clock)
+        trainer.train()
+    seconds = clock.times[-1] - clock.times[args.warmup_steps - 1]
+    return {"steps_per_s": args.steps / seconds, "attention": trainer.model.config._attn_implementation,
+            "optimizer": training_args.optim, "workers": training_args.dataloader_num_workers}
+
+
+def train_plain(args: argparse.Namespace, model_folder: str, photos: Path) -> dict:
+    """The loop most BLIP-2 fine-tuning tutorials write, with the preset's dtype, batch and technique."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        script_args, training_args, model_args = parse_recipe_args(
+            recipe_defaults(args.recipe), recipe_arguments(args, model_folder, photos, output_dir))
+    set_seed(training_args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager")
+    model = model.to(getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32)
+    if training_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    if model_args.use_peft:
+        model = add_lora(model, model_args, training_args.gradient_checkpointing)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training_args.learning_rate)
+    processor = load_processor(model_folder)
+    collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
+    dataset = load_caption_dataset(str(photos))["train"].shuffle(seed=training_args.seed)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=training_args.bf16)
+    times, batches = [], (batch for _ in iter(int, 1) for batch in plain_batches(dataset, collator, args.batch_size))
+    for _ in range(args.warmup_steps + args.steps):
+        batch = {key: value.to(device) for key, value in next(batches).items()}
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        loss.item()  # the per-step logging sync such loops have
+        times.append(time.perf_counter())
+    with autocast:
+        flops = forward_flops_by_part(model, batch)
+    seconds = times[-1] - times[args.warmup_steps - 1]
+    return {"steps_per_s": args.steps / seconds, "attention": "eager", "optimizer": "torch.optim.AdamW defaults",
+            "workers": 0, "forward_flops_per_batch": flops}
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    """In a fresh process: one training variant; prints its JSON as the last line."""
+    model_folder, photos = args.model_folder, Path(args.photos)
+    if args.variant == "plain":
+        result = train_plain(args, model_folder, photos)
+    else:
+        result = train_ours(args, model_folder, photos, compile_model=args.variant == "ours_compiled")
+    peak, source = peak_memory()
+    result.update({"samples_per_s": result["steps_per_s"] * args.batch_size, "peak_bytes": peak, "peak_source": source})
+    print(json.dumps(result), flush=True)
+
+
+def measure_training(args: argparse.Namespace, model_folder: str, photos: Path) -> dict[str, dict]:
+    variants = ["plain", "ours"] + (["ours_compiled"] if args.compile else [])
+    results = {}
+    for variant in variants:
+        command = [sys.executable, __file__, "--variant", variant, "--model_folder", model_folder, "--photos", str(photos),
+                   "--config", args.config, "--recipe", args.recipe, "--batch_size", str(args.batch_size),
+                   "--steps", str(args.steps), "--warmup_steps", str(args.warmup_steps), "--workers", str(args.workers)]
+        print(f"training: {variant} ...", flush=True)
+        finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+        if finished.returncode != 0:
+            sys.exit(f"the {variant} run failed:\n{finished.stderr[-4000:]}")
+        results[variant] = json.loads(finished.stdout.strip().splitlines()[-1])
+    return results
+
+
+# ---------------------------------------------------------------- report
+def peak_tflops(requested: float | None) -> float | None:
+    if requested is not None:
+        return requested
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return next((peak for key, peak in MEASURED_PEAK_TFLOPS.items() if key in name), None)
+    return None
+
+
+def add_flops(training: dict[str, dict], batch_size: int, peak: float | None) -> dict:
+    forward = training["plain"]["forward_flops_per_batch"]
+    per_sample = {part: 3 * flops / batch_size for part, flops in forward.items()}
+    for result in training.values():
+        result["model_tflops_per_s"] = per_sample["total"] * result["samples_per_s"] / 1e12
+        result["mfu"] = result["model_tflops_per_s"] / peak if peak else None
+    return per_sample
+
+
+def report(result: dict) -> str:
+    lines = [f"device: {result['device']} | model: {result['model']} | preset: {result['config']} | "
+             f"batch {result['batch_size']} | {result['steps']} timed steps after {result['warmup_steps']} warm-up", "",
+             f"Input pipeline, images/s over {result['input_pipeline'][0]['images']} 640×480 JPEGs "
+             f"({result['input_pipeline'][0]['workers']} workers; ratio to plain in brackets)",
+             "| image size | plain | ours, decoded in workers each epoch | ours cached: first epoch (builds the cache) "
+             "| ours cached: each later epoch |", "|---|---|---|---|---|"]
+    for row in result["input_pipeline"]:
+        lines.append(f"| {row['image_size']}² | {row['plain_images_per_s']:.0f} | {row['workers_images_per_s']:.0f} "
+                     f"({row['workers_speedup']:.1f}×) | {row['cached_first_epoch_images_per_s']:.0f} "
+                     f"({row['first_epoch_speedup']:.1f}×) | {row['cached_epoch_images_per_s']:.0f} ({row['speedup']:.1f}×) |")
+    lines += ["", "Training", "| loop | attention | optimizer | steps/s | samples/s | peak memory | model TFLOP/s | MFU |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, run in result["training"].items():
+        mfu = f"{100 * run['mfu']:.1f}%" if run.get("mfu") is not None else "n/a"
+        lines.append(f"| {name} | {run['attention']} | {run['optimizer']} | {run['steps_per_s']:.2f} | "
+                     f"{run['samples_per_s']:.1f} | {run['peak_bytes'] / GB:.2f} GB ({run['peak_source']}) | "
+                     f"{run['model_tflops_per_s']:.3f} | {mfu} |")
+    flops = result["model_flops_per_sample"]
+    lines += ["", "Model FLOPs per training sample (3 × forward): " + ", ".join(
+        f"{part} {value / 1e9:.2f} GFLOP" for part, value in flops.items()), "",
+        f"input_pipeline_speedup = {result['input_pipeline_speedup']:.2f}×  (ours ÷ plain images/s per epoch once "
+        f"the cache is built, {result['input_pipeline'][0]['image_size']}²; first epoch "
+        f"{result['input_pipeline'][0]['first_epoch_speedup']:.2f}×, without the cache "
+        f"{result['input_pipeline'][0]['workers_speedup']:.2f}×)",
+        f"train_speedup = {result['train_speedup']:.2f}×  (ours ÷ plain samples/s), "
+        f"peak memory ours ÷ plain = {result['peak_memory_ratio']:.2f}"]
+    if "compiled_train_speedup" in result:
+        lines.append(f"with --torch_compile: {result['compiled_train_speedup']:.2f}× the plain loop")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_PRESET, help="the recipe preset to measure")
+    parser.add_argument("--recipe", default=None, help="full_ft or lora (default: the preset's, else full_ft)")
+    parser.add_argument("--model_config", default=None,
+                        help="build random weights from this shipped config folder (e.g. data/model_configs/blip2-opt-2.7b) "
+                             "instead of loading the preset's model")
+    parser.add_argument("--images", type=int, default=300, help="generated 640×480 photos")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    parser.add_argument("--warmup_steps", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--workers", type=int, default=default_num_workers(), help="DataLoader workers (ours)")
+    parser.add_argument("--compile", action="store_true", help="also measure ours with --torch_compile")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: 790 on H100)")
+    parser.add_argument("--out", default=None, help="write the JSON here")
+    # internal: one training variant in a fresh process
+    parser.add_argument("--variant", choices=["plain", "ours", "ours_compiled"], help=argparse.SUPPRESS)
+    parser.add_argument("--model_folder", help=argparse.SUPPRESS)
+    parser.add_argument("--photos", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.variant:
+        return run_variant(args)
+
+    import yaml
+    preset = yaml.safe_load((REPO_ROOT / args.config).read_text())
+    args.recipe = args.recipe or preset.get("recipe") or "full_ft"
+    if args.recipe not in ("full_ft", "lora"):
+        sys.exit("the plain loop is written for full fine-tuning and LoRA presets (--recipe full_ft or lora).")
+    args.batch_size = args.batch_size or preset.get("per_device_train_batch_size", 8)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        print(f"generating {args.images} 640×480 photos ...", flush=True)
+        photos = make_photos(scratch / "photos", args.images)
+        model_folder = preset.get("model_name_or_path", COMMON_DEFAULTS["model_name_or_path"]) if not args.model_config else \
+            str(build_random_model(args.model_config, scratch / "model"))
+        print("input pipeline ...", flush=True)
+        input_rows = measure_input_pipeline(photos, model_folder, args.batch_size, args.workers)
+        training = measure_training(args, model_folder, photos)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    per_sample = add_flops(training, args.batch_size, peak_tflops(args.peak_tflops))
+    result = {
+        "device": device, "model": args.model_config or model_folder, "config": args.config,
+        "recipe": args.recipe, "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "input_pipeline": input_rows, "training": training, "model_flops_per_sample": per_sample,
+        "input_pipeline_speedup": input_rows[0]["speedup"],
+        "train_speedup": training["ours"]["samples_per_s"] / training["plain"]["samples_per_s"],
+        "peak_memory_ratio": training["ours"]["peak_bytes"] / training["plain"]["peak_bytes"],
+        "seconds": time.perf_counter() - started,
+    }
+    if "ours_compiled" in training:
+        result["compiled_train_speedup"] = training["ours_compiled"]["samples_per_s"] / training["plain"]["samples_per_s"]
+    print(report(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(f"`{result['command']}`\n\n{report(result)}\n")
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
