@@ -26,7 +26,6 @@ JSON to --out.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess

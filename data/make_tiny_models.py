@@ -1,12 +1,14 @@
-"""Build the two tiny BLIP-2 models that the tests and the offline demo fine-tune.
+"""Build the tiny models that the tests and the offline demo fine-tune: two BLIP-2s, an Idefics2, a LLaVA.
 
-    python data/make_tiny_models.py                 # rewrites data/models/tiny-blip2-{opt,t5}
+    python data/make_tiny_models.py                 # rewrites data/models/tiny-{blip2-opt,blip2-t5,idefics2,llava}
+    python data/make_tiny_models.py --only llava    # one of them
     python data/make_tiny_models.py --steps 300     # quicker, less pre-trained
 
 Each is an ordinary `save_pretrained` folder (model + processor, safetensors) with the real
-architecture at toy size: a ViT vision encoder, a Q-Former, and an OPT decoder or a T5
-encoder-decoder. The tokenizers are trained here on the captions of both tasks, so nothing comes
-from the Hub. Each model is then pre-trained on a generic synthetic captioning task (coloured shapes
+architecture at toy size: BLIP-2 = ViT + Q-Former + OPT decoder or T5 encoder-decoder; Idefics2 =
+SigLIP-style vision tower + perceiver-resampler connector + Mistral decoder, with Idefics2's chat
+template; LLaVA-1.5 = CLIP vision tower + MLP projector + Llama decoder, with LLaVA-1.5's chat
+template. The tokenizers are trained here on the captions of both tasks, so nothing comes from the Hub. Each model is then pre-trained on a generic synthetic captioning task (coloured shapes
 on a plain background, never food), so fine-tuning on the food photos is a real adaptation and LoRA
 has a working model to adapt. Every weight matrix has at least 4096 elements, so 8-bit optimizers
 really quantize their state.
@@ -28,6 +30,12 @@ import torch
 from PIL import Image, ImageDraw
 from tokenizers.implementations import ByteLevelBPETokenizer
 from transformers import (
+    Idefics2Config,
+    Idefics2ForConditionalGeneration,
+    Idefics2Processor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
@@ -39,15 +47,36 @@ from transformers import (
     T5Tokenizer,
 )
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core.collator import AltTextCollator  # noqa: E402
+from core.collator import make_collator  # noqa: E402
+from core.generation import generate_alt_text  # noqa: E402
 from make_gourmetgram_mini import random_scene  # noqa: E402
 
 IMAGE_SIZE = 64
 NUM_QUERY_TOKENS = 8
 HIDDEN = 128
+
+# The chat templates of HuggingFaceM4/idefics2-8b and llava-hf/llava-1.5-7b-hf.
+IDEFICS2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}{% if message['content'][0]['type'] == 'image' %}"
+    "{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
+    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
+    "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+MODELS = ("opt", "t5", "idefics2", "llava")
+FOLDERS = {"opt": "tiny-blip2-opt", "t5": "tiny-blip2-t5", "idefics2": "tiny-idefics2", "llava": "tiny-llava"}
 
 SHAPE_COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 210), "green": (40, 170, 60), "yellow": (240, 210, 40),
                  "white": (245, 245, 245), "black": (20, 20, 20), "orange": (245, 140, 30), "purple": (140, 50, 170)}
@@ -89,13 +118,14 @@ def caption_corpus(rng: random.Random, size: int = 4000) -> list[str]:
     return shapes + food
 
 
-def make_opt_tokenizer(corpus: list[str], vocab_size: int) -> GPT2Tokenizer:
-    """Byte-level BPE with OPT's special tokens: <s>=0, <pad>=1, </s>=2 (BOS and EOS), <unk>=3."""
+def make_opt_tokenizer(corpus: list[str], vocab_size: int, bos_token: str = "</s>") -> GPT2Tokenizer:
+    """Byte-level BPE with OPT's special tokens: <s>=0, <pad>=1, </s>=2 (EOS; OPT's BOS too), <unk>=3.
+    The Llama-style decoders of the chat twins take bos_token="<s>"."""
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
     trained = json.loads(bpe.to_str())["model"]
     vocab, merges = trained["vocab"], [tuple(pair) for pair in trained["merges"]]
-    return GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", unk_token="<unk>",
+    return GPT2Tokenizer(vocab=vocab, merges=merges, bos_token=bos_token, eos_token="</s>", unk_token="<unk>",
                          pad_token="<pad>", add_bos_token=True)
 
 
@@ -141,18 +171,64 @@ def make_config(tokenizer, language_model: str) -> Blip2Config:
                        num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_token_id)
 
 
-def build_model(config: Blip2Config, seed: int) -> Blip2ForConditionalGeneration:
+def _decoder_config(tokenizer) -> dict:
+    """A Llama/Mistral-style decoder at toy size (grouped-query attention, gated MLP)."""
+    return dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+
+
+def make_idefics2(tokenizer) -> tuple[Idefics2Processor, Idefics2Config]:
+    # One 64x64 image per example (no splitting into crops): 64 patches, resampled to 8 latents.
+    image_processor = Idefics2ImageProcessorPil(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE},
+                                                do_image_splitting=False)
+    processor = Idefics2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=NUM_QUERY_TOKENS, chat_template=IDEFICS2_CHAT_TEMPLATE)
+    vision = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=IMAGE_SIZE, patch_size=8, initializer_range=0.02)
+    perceiver = dict(hidden_size=HIDDEN, hidden_act="silu", resampler_n_latents=NUM_QUERY_TOKENS, resampler_depth=2,
+                     resampler_n_heads=4, resampler_head_dim=32, num_key_value_heads=2, rms_norm_eps=1e-6)
+    text = {**_decoder_config(processor.tokenizer), "model_type": "mistral", "sliding_window": None}
+    config = Idefics2Config(vision_config=vision, perceiver_config=perceiver, text_config=text,
+                            image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    return processor, config
+
+
+def make_llava(tokenizer) -> tuple[LlavaProcessor, LlavaConfig]:
+    # As LLaVA-1.5: shortest edge resized, centre crop, CLS dropped ("default"), the next-to-last layer's features.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+    vision = dict(model_type="clip_vision_model", hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+                  num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8,
+                  projection_dim=HIDDEN)
+    text = {**_decoder_config(processor.tokenizer), "model_type": "llama"}
+    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default",
+                         image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    return processor, config
+
+
+def build_model(config, seed: int):
     torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config)
-    # Zero query tokens + the Q-Former's LayerNorm give exploding gradients at the start.
-    torch.nn.init.normal_(model.query_tokens, std=0.02)
-    return model
+    if isinstance(config, Blip2Config):
+        model = Blip2ForConditionalGeneration(config)
+        # Zero query tokens + the Q-Former's LayerNorm give exploding gradients at the start.
+        torch.nn.init.normal_(model.query_tokens, std=0.02)
+        return model
+    if isinstance(config, Idefics2Config):
+        return Idefics2ForConditionalGeneration(config)
+    return LlavaForConditionalGeneration(config)
 
 
 def pretrain(model, processor, steps: int, batch_size: int, seed: int) -> None:
     """Teach the model generic captioning on coloured shapes (not food)."""
     rng = random.Random(seed)
-    collator = AltTextCollator(processor, is_encoder_decoder=model.config.text_config.is_encoder_decoder)
+    collator = make_collator(processor, model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1)
     model.train()
@@ -170,18 +246,26 @@ def pretrain(model, processor, steps: int, batch_size: int, seed: int) -> None:
     model.eval()
 
 
-def make_tiny_model(language_model: str, out_dir: Path, corpus: list[str], steps: int, seed: int) -> None:
-    tokenizer = make_opt_tokenizer(corpus, 600) if language_model == "opt" else make_t5_tokenizer(corpus)
-    processor = make_processor(tokenizer)
-    model = build_model(make_config(processor.tokenizer, language_model), seed)
+def make_processor_and_config(name: str, corpus: list[str]):
+    if name == "opt":
+        processor = make_processor(make_opt_tokenizer(corpus, 600))
+    elif name == "t5":
+        processor = make_processor(make_t5_tokenizer(corpus))
+    elif name == "idefics2":
+        return make_idefics2(make_opt_tokenizer(corpus, 600, bos_token="<s>"))
+    else:
+        return make_llava(make_opt_tokenizer(corpus, 600, bos_token="<s>"))
+    return processor, make_config(processor.tokenizer, name)
+
+
+def make_tiny_model(name: str, out_dir: Path, corpus: list[str], steps: int, seed: int) -> None:
+    processor, config = make_processor_and_config(name, corpus)
+    model = build_model(config, seed)
     print(f"{out_dir.name}: {sum(p.numel() for p in model.parameters()):,} parameters, vocabulary {len(processor.tokenizer)}")
     pretrain(model, processor, steps, batch_size=32, seed=seed)
     example = shape_example(random.Random(seed + 1))
-    inputs = processor(images=[example["image"]], text=[""], return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=20)
-    if not model.config.text_config.is_encoder_decoder:
-        generated = generated[:, inputs["input_ids"].shape[1]:]
-    print(f"  reference: {example['text']}\n  generated: {processor.batch_decode(generated, skip_special_tokens=True)[0].strip()}")
+    generated = generate_alt_text(model, processor, [example["image"]], max_new_tokens=20)[0]
+    print(f"  reference: {example['text']}\n  generated: {generated}")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     model.save_pretrained(out_dir)
@@ -193,13 +277,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models")
     parser.add_argument("--steps", type=int, default=1500, help="pre-training steps (batch 32)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=["opt", "t5"], help="build only one of the two models")
+    parser.add_argument("--only", choices=MODELS, help="build only this model")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     corpus = caption_corpus(random.Random(args.seed))
-    for language_model in ("opt", "t5"):
-        if args.only in (None, language_model):
-            make_tiny_model(language_model, args.out / f"tiny-blip2-{language_model}", corpus, args.steps, args.seed)
+    for name in MODELS:
+        if args.only in (None, name):
+            make_tiny_model(name, args.out / FOLDERS[name], corpus, args.steps, args.seed)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python recipes/estimate.py full_ft --config recipes/configs/matrix/bf16_true.yaml --gpu_memory 80
     python recipes/estimate.py qlora --model_name_or_path Salesforce/blip2-flan-t5-xxl --json
     python recipes/estimate.py full_ft --config recipes/configs/matrix/even_larger.yaml --num_gpus 4 --strategy fsdp
+    python recipes/estimate.py full_ft --config recipes/configs/idefics2/full_model_parallel.yaml --num_gpus 2
 
 It takes the recipe's own YAML and flags, so anything a recipe accepts can be estimated. The arithmetic:
 """
@@ -21,11 +22,16 @@ __doc__ += ARITHMETIC
 @dataclass
 class EstimatorArguments:
     gpu_memory: float = field(default=80.0, metadata={"help": "GPU memory in GB to check the estimate against."})
-    num_gpus: int | None = field(default=None, metadata={"help": "GPUs the run is spread over (default: the accelerate config's, else 1)."})
+    num_gpus: int | None = field(
+        default=None,
+        metadata={"help": "GPUs the run is spread over (default: the accelerate config's; with --device_map the "
+                          "visible GPUs; else 1)."},
+    )
     strategy: str | None = field(
         default=None,
-        metadata={"help": "single, ddp, fsdp or zero2_offload (default: from --accelerate_config, else single).",
-                  "choices": ["single", "ddp", "fsdp", "zero2_offload"]},
+        metadata={"help": "single, ddp, fsdp, zero2_offload or model_parallel (default: from --accelerate_config, "
+                          "model_parallel with --device_map, else single).",
+                  "choices": ["single", "ddp", "fsdp", "zero2_offload", "model_parallel"]},
     )
     device: str = field(default="cuda", metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).",
                                                    "choices": ["cuda", "cpu"]})

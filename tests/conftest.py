@@ -18,6 +18,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_MODELS = {"opt": REPO_ROOT / "data/models/tiny-blip2-opt", "t5": REPO_ROOT / "data/models/tiny-blip2-t5"}
+# The chat-template families' twins (recipes/core/families.py).
+CHAT_TWINS = {"idefics2": REPO_ROOT / "data/models/tiny-idefics2", "llava": REPO_ROOT / "data/models/tiny-llava"}
+ALL_TWINS = {"blip2-opt": TINY_MODELS["opt"], "blip2-t5": TINY_MODELS["t5"], **CHAT_TWINS}
 DATASET = REPO_ROOT / "data/gourmetgram-mini"
 
 

@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 from core.config import parse_recipe_args
 from core.errors import RecipeError
 from core.train import recipe_defaults
+from core.two_stage import TwoStageArguments
 
 PRESETS = sorted((REPO_ROOT / "recipes" / "configs").rglob("*.yaml"))
 
@@ -30,7 +31,9 @@ def _recipe_of(preset) -> str:
 def test_every_preset_parses_for_its_recipe(preset):
     recipe = _recipe_of(preset)
     assert (REPO_ROOT / "recipes" / f"{recipe}.py").exists()
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), ["--config", str(preset)])
+    extra = (TwoStageArguments,) if recipe == "two_stage" else ()
+    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), ["--config", str(preset)],
+                                                               extra=extra)[:3]
     assert training_args.remove_unused_columns is False
     assert model_args.model_name_or_path
 

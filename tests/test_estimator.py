@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT
 from core.config import parse_recipe_args
-from core.estimator import estimate, load_config, meta_model
+from core.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
+from core.families import FAMILIES
 from core.experiments import all_presets, load_preset
 from core.train import recipe_defaults
 
@@ -20,6 +23,8 @@ REAL_PARAMETER_COUNTS = {
     "Salesforce/blip2-opt-6.7b": 7_752_738_304,
     "Salesforce/blip2-flan-t5-xl": 3_876_648_448,
     "Salesforce/blip2-flan-t5-xxl": 12_098_000_384,
+    "HuggingFaceM4/idefics2-8b": 8_402_768_112,
+    "llava-hf/llava-1.5-7b-hf": 7_063_427_072,
 }
 PRESET_NAMES = [preset.name for preset in all_presets()]
 
@@ -123,3 +128,94 @@ def test_multi_gpu_presets_are_estimated_per_gpu_as_their_strategy_divides():
     assert ddp.params_gb == single.params_gb and ddp.grads_gb == pytest.approx(2 * single.grads_gb)
     assert fsdp.optimizer_gb == pytest.approx(single.optimizer_gb / 4)
     assert fsdp.total_gb < single.total_gb < ddp.total_gb
+
+
+# --- Other model families: Idefics2 and LLaVA (meta-device configs, no weights) ---------------------------------
+
+IDEFICS2 = "HuggingFaceM4/idefics2-8b"
+LLAVA = "llava-hf/llava-1.5-7b-hf"
+# Idefics2-8B's parameters per part (families.py): SigLIP tower; perceiver resampler + projection; Mistral + lm_head.
+IDEFICS2_PART_COUNTS = {"vision": 417_792_240, "connector": 743_219_200, "language": 7_241_756_672}
+IDEFICS2_PRESETS = {"lora": ("single", 1), "qlora": ("single", 1), "lora_ddp4": ("ddp", 4), "full": ("single", 1),
+                    "full_model_parallel": ("model_parallel", 2), "full_fsdp4": ("fsdp", 4)}
+
+
+@functools.cache
+def _idefics2(name: str, *flags: str, **options):
+    preset = load_preset(str(REPO_ROOT / f"recipes/configs/idefics2/{name}.yaml"))
+    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
+                                                               ["--config", str(preset.path), *flags])
+    return estimate(script_args, training_args, model_args, 20, **options)
+
+
+def _recipe_estimate(recipe: str, *flags: str):
+    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), list(flags))
+    return estimate(script_args, training_args, model_args, 20)
+
+
+def test_families_idefics2_parts_add_up_to_the_model():
+    model = meta_model(load_config(IDEFICS2))
+    counts = {part: 0 for part in (*IDEFICS2_PART_COUNTS, "other")}
+    for name, parameter in model.named_parameters():
+        counts[FAMILIES["idefics2"].part_of(name)] += parameter.numel()
+    assert counts == {**IDEFICS2_PART_COUNTS, "other": 0}
+    assert sum(IDEFICS2_PART_COUNTS.values()) == REAL_PARAMETER_COUNTS[IDEFICS2]
+
+
+@pytest.mark.parametrize("model", sorted(REAL_PARAMETER_COUNTS))
+def test_families_layer_stacks_name_real_layer_lists(model):
+    """The stacks the activation arithmetic uses exist in the model (model parallel places them by name)."""
+    config = load_config(model)
+    module = meta_model(config)
+    stacks, _ = layer_stacks(config, 20, 1, {})
+    for stack in stacks:
+        layers = module.get_submodule(stack.modules)
+        assert len(layers) == stack.layers if isinstance(layers, torch.nn.ModuleList) else stack.layers == 1
+
+
+@pytest.mark.parametrize("name", sorted(IDEFICS2_PRESETS))
+def test_families_idefics2_presets_are_estimated_with_their_strategy(name):
+    options = {"num_gpus": 2} if name == "full_model_parallel" else {}
+    result = _idefics2(name, **options)
+    assert (result.strategy, result.num_gpus) == IDEFICS2_PRESETS[name]
+    assert result.num_params == REAL_PARAMETER_COUNTS[IDEFICS2]
+    assert 0 < result.total_gb and result.fits  # each preset is sized for 80 GB GPUs
+
+
+def test_families_idefics2_estimates_order_as_the_techniques_promise():
+    lora, qlora, full = _idefics2("lora"), _idefics2("qlora"), _idefics2("full")
+    assert qlora.params_gb < 0.4 * lora.params_gb
+    assert lora.trainable_params < 0.01 * lora.num_params
+    # full.yaml trains the connector and the language model; the vision tower is frozen and, with nothing
+    # trainable before it, saves no activations.
+    assert full.trainable_params == IDEFICS2_PART_COUNTS["connector"] + IDEFICS2_PART_COUNTS["language"]
+    assert full.parts["stack_modes"]["vision"] == "frozen" and full.parts["activations_by_part_gb"]["vision"] == 0
+    assert _idefics2("full_fsdp4").total_gb < full.total_gb
+    parallel = _idefics2("full_model_parallel", num_gpus=2)
+    assert parallel.params_gb < 0.6 * full.params_gb and parallel.total_gb < full.total_gb
+
+
+def test_families_train_modules_choose_what_trains_in_full():
+    connector = _idefics2("full", "--train_modules", "connector")
+    assert connector.trainable_params == IDEFICS2_PART_COUNTS["connector"]
+    everything = _idefics2("full", "--train_modules", "vision", "connector", "language")
+    assert everything.trainable_params == REAL_PARAMETER_COUNTS[IDEFICS2]
+    assert connector.activations_gb < _idefics2("full").activations_gb < everything.activations_gb
+    # Beside LoRA: the connector trains in full (a trainable copy beside the frozen original), its adapters
+    # are dropped, and under 4-bit it is not quantized (fp32 after prepare_model_for_kbit_training).
+    lora, qlora = _idefics2("lora"), _idefics2("qlora", "--train_modules", "connector")
+    connector_adapters = _idefics2("lora", "--lora_target_modules", r".*connector.*\.(q_proj|k_proj|v_proj|o_proj|"
+                                   r"gate_proj|up_proj|down_proj)").trainable_params
+    assert qlora.trainable_params == lora.trainable_params - connector_adapters + IDEFICS2_PART_COUNTS["connector"]
+    connector_bytes = 2 * 4 * IDEFICS2_PART_COUNTS["connector"]
+    assert qlora.parts["params_by_part_gb"]["connector"] == pytest.approx(connector_bytes / GB)
+
+
+def test_families_llava_default_lora_targets_leave_the_vision_tower_alone():
+    result = _recipe_estimate("lora", "--model_name_or_path", LLAVA)
+    assert result.num_params == REAL_PARAMETER_COUNTS[LLAVA] and result.trainable_params < 0.01 * result.num_params
+    assert result.parts["stack_modes"]["vision"] == "frozen" and result.parts["activations_by_part_gb"]["vision"] == 0
+    assert result.parts["stack_modes"]["connector"] == result.parts["stack_modes"]["language_model"] == "lora"
+    script_args, _, model_args = parse_recipe_args(recipe_defaults("lora"), ["--model_name_or_path", LLAVA])
+    plan = training_plan(meta_model(load_config(LLAVA)), script_args, model_args)
+    assert plan.adapters and not [name for name in plan.adapters if FAMILIES["llava"].part_of(name) == "vision"]

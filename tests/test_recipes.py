@@ -1,4 +1,5 @@
-"""Every recipe on both tiny models, launched as a user launches it: loss falls, output reloads."""
+"""Every recipe on every tiny twin (both BLIP-2s, Idefics2, LLaVA), launched as a user launches it: loss
+falls, output reloads."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from conftest import TINY_MODELS, run_recipe
+from conftest import ALL_TWINS, TINY_MODELS, run_recipe
 from core.generation import generate_alt_text
 from core.modeling import load_trained
 
@@ -28,18 +29,19 @@ def _assert_trained(result, output_dir):
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, f"loss did not fall: {losses}"
 
 
-@pytest.mark.parametrize("family", sorted(TINY_MODELS))
+@pytest.mark.parametrize("twin", sorted(ALL_TWINS))
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
-def test_recipe_trains_and_output_reloads(recipe, family, tmp_path, food_splits):
+def test_recipe_trains_and_output_reloads(recipe, twin, tmp_path, food_splits):
     output_dir = tmp_path / "out"
     result = run_recipe(recipe, "--config", f"recipes/configs/tiny/{recipe}.yaml",
-                        "--model_name_or_path", str(TINY_MODELS[family]), "--output_dir", str(output_dir),
+                        "--model_name_or_path", str(ALL_TWINS[twin]), "--output_dir", str(output_dir),
                         "--max_steps", "30", "--logging_steps", "5", "--memory_report_steps", "10")
     _assert_trained(result, output_dir)
     assert (output_dir / "processor_config.json").exists()
+    assert f"trainable parameters by part ({twin.split('-')[0]};" in result.stdout
 
     model, processor = load_trained(output_dir)
-    base = AutoModelForImageTextToText.from_pretrained(TINY_MODELS[family])
+    base = AutoModelForImageTextToText.from_pretrained(ALL_TWINS[twin])
     if recipe == "full_ft":
         assert not (output_dir / "adapter_config.json").exists()
         assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters()))

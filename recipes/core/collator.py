@@ -1,8 +1,12 @@
-"""Turn (image, caption) examples into BLIP-2 training batches.
+"""Turn (image, caption) examples into training batches.
 
-Everything goes through the processor: it puts `num_query_tokens` `<image>` tokens in front of the
-text, and the model writes the Q-Former outputs into exactly those positions. A caption tokenized
-with the bare tokenizer has no `<image>` tokens, and a model trained on it never sees the image.
+Everything goes through the processor: it puts the model's `<image>` tokens into the text (BLIP-2:
+`num_query_tokens` in front; Idefics2: the resampler's latents between boundary tokens; LLaVA: one per
+patch), and the model writes the image features into exactly those positions. A caption tokenized with
+the bare tokenizer has no `<image>` tokens, and a model trained on it never sees the image.
+
+`AltTextCollator` builds BLIP-2's bare-caption batches; `ChatCollator` the chat families' (the caption is
+the assistant's answer to an instruction); `make_collator` picks by the model's family.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .errors import RecipeError
+from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of
 from .images import to_rgb
 from .inputs import is_prepared
 
@@ -48,12 +54,7 @@ class AltTextCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         captions = [example["text"].strip() for example in examples]
-        if all(is_prepared(example["image"]) for example in examples):
-            # Already upright, RGB and at the input size (inputs.prepare_for_training): the processor
-            # only rescales and normalises them.
-            images, image_kwargs = [example["image"] for example in examples], {"do_resize": False}
-        else:
-            images, image_kwargs = [to_rgb(example["image"]) for example in examples], {}
+        images, image_kwargs = batch_images(examples)
         if self.is_encoder_decoder:
             return self._encoder_decoder_batch(images, captions, image_kwargs)
         return self._decoder_only_batch(images, captions, image_kwargs)
@@ -97,3 +98,97 @@ class AltTextCollator:
 
     def _join_prompt(self, caption: str) -> str:
         return f"{self.prompt} {caption}" if self.prompt else caption
+
+
+def batch_images(examples: list[dict[str, Any]]) -> tuple[list, dict[str, Any]]:
+    """The examples' images and the image-processor options they need."""
+    if all(is_prepared(example["image"]) for example in examples):
+        # Already upright, RGB and at the input size (inputs.prepare_for_training): the processor
+        # only rescales and normalises them.
+        return [example["image"] for example in examples], {"do_resize": False}
+    return [to_rgb(example["image"]) for example in examples], {}
+
+
+def chat_prompt(processor: Any, instruction: str = "") -> str:
+    """The user turn (one image, the instruction) and the assistant's opening, as the chat template writes them."""
+    return processor.apply_chat_template(_conversation(instruction), add_generation_prompt=True, tokenize=False)
+
+
+def _conversation(instruction: str, answer: str | None = None) -> list[dict[str, Any]]:
+    turns = [{"role": "user", "content": [{"type": "image"},
+                                           {"type": "text", "text": instruction.strip() or DEFAULT_INSTRUCTION}]}]
+    if answer is not None:
+        turns.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return turns
+
+
+class ChatCollator:
+    """Build training batches for chat models (Idefics2/3, LLaVA): the user turn holds the image and the
+    instruction, the caption is the assistant's answer, and only the answer is learnt.
+
+    The prompt (with the processor's `<image>` tokens) and the answer are tokenized apart and joined, as
+    at generation time, when the model continues the tokenized prompt. Labels are -100 on the prompt,
+    its image tokens and padding; the answer ends with the template's end-of-turn token, or EOS.
+    """
+
+    _PLACEHOLDER = "\u2063CAPTION\u2063"
+
+    def __init__(self, processor: Any, family: ModelFamily, instruction: str = "", max_caption_tokens: int = 64):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.family = family
+        self.max_caption_tokens = max_caption_tokens
+        if getattr(processor, "chat_template", None) is None:
+            raise RecipeError(f"the {family.name} processor has no chat template; add one (chat_template.jinja "
+                              "in the model folder) or use a model that ships it.")
+        self.prompt = chat_prompt(processor, instruction)
+        self.answer_prefix, self.answer_suffix = self._answer_frame(instruction)
+        suffix_ids = self.tokenizer(self.answer_suffix, add_special_tokens=False)["input_ids"]
+        stops = {self.tokenizer.eos_token_id, *self.stop_token_ids()}
+        # The answer must end in a token that stops generation: the template's end of turn, else EOS.
+        self.tail_ids = suffix_ids if suffix_ids and suffix_ids[-1] in stops else suffix_ids + [self.tokenizer.eos_token_id]
+
+    def _answer_frame(self, instruction: str) -> tuple[str, str]:
+        """What the template writes around an answer: (before, after), trailing whitespace dropped."""
+        full = self.processor.apply_chat_template(_conversation(instruction, self._PLACEHOLDER), tokenize=False)
+        if not full.startswith(self.prompt) or self._PLACEHOLDER not in full:
+            raise RecipeError(f"the {self.family.name} chat template does not write the assistant's answer after "
+                              "its generation prompt; the caption cannot be the answer.")
+        before, after = full[len(self.prompt):].split(self._PLACEHOLDER)
+        return before, after.rstrip()
+
+    def stop_token_ids(self) -> list[int]:
+        end = self.family.end_of_turn
+        return [self.tokenizer.convert_tokens_to_ids(end)] if end else []
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images, image_kwargs = batch_images(examples)
+        prompts = self.processor(images=[[image] for image in images], text=[self.prompt] * len(images),
+                                 padding="longest", padding_side="right", return_tensors="pt", **image_kwargs)
+        answers = [self._answer_ids(example["text"]) for example in examples]
+        prompt_lengths = prompts["attention_mask"].sum(dim=1).tolist()
+        total = max(length + len(answer) for length, answer in zip(prompt_lengths, answers))
+        batch = {key: value for key, value in prompts.items() if key not in ("input_ids", "attention_mask")}
+        input_ids = torch.full((len(examples), total), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, (length, answer) in enumerate(zip(prompt_lengths, answers)):
+            end = length + len(answer)
+            input_ids[row, :length] = prompts["input_ids"][row, :length]
+            input_ids[row, length:end] = torch.tensor(answer)
+            labels[row, length:end] = torch.tensor(answer)
+            attention_mask[row, :end] = 1
+        return {**batch, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _answer_ids(self, caption: str) -> list[int]:
+        ids = self.tokenizer(self.answer_prefix + caption.strip(), add_special_tokens=False)["input_ids"]
+        return ids[: self.max_caption_tokens] + self.tail_ids
+
+
+def make_collator(processor: Any, model: torch.nn.Module, prompt: str = "", max_caption_tokens: int = 64):
+    """The collator the model's family trains with."""
+    family = family_of(model)
+    if family.uses_chat_template:
+        return ChatCollator(processor, family, prompt, max_caption_tokens)
+    return AltTextCollator(processor, bool(model.config.get_text_config().is_encoder_decoder), prompt,
+                           max_caption_tokens)

@@ -63,7 +63,9 @@ class GenerationArguments:
 
     prompt: str = field(
         default="",
-        metadata={"help": "Text before the caption; it is never a training target. BLIP-2 captions need none."},
+        metadata={"help": "BLIP-2: text before the caption (its captions need none). Chat families (Idefics, LLaVA): "
+                          "the instruction in the user turn, default 'Write alt text for this image.'. Never a "
+                          "training target."},
     )
     generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
     num_beams: int = field(default=1, metadata={"help": "Beams for generating alt text (1: greedy)."})
@@ -104,6 +106,14 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
         default="none",
         metadata={"help": "Scale --learning_rate with the number of processes: linear (x N), sqrt (x sqrt N) or none. "
                           "The given rate is the one tuned for one process.", "choices": ["linear", "sqrt", "none"]},
+    )
+    train_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Parts trained in full: any of vision, connector (BLIP-2: Q-Former, query tokens and "
+                          "projection; Idefics2: perceiver resampler and projection; LLaVA: projector), language. "
+                          "Everything else is frozen. Default: all three for full_ft.py; none for lora.py/qlora.py, "
+                          "where the adapters train and a part named here trains in full beside them (stored in "
+                          "the adapter folder). Space- or comma-separated."},
     )
     device_map: str | None = field(
         default=None,

@@ -1,15 +1,28 @@
 """Predict a recipe's training memory before any weight is loaded.
 
 The model is built from its configuration on the meta device (no memory, no download: the configs
-of the four BLIP-2 variants ship in `data/model_configs/`), so parameter counts are exact. Then, per
-GPU, in bytes:
+of the four BLIP-2 variants, Idefics2-8B and LLaVA-1.5-7B ship in `data/model_configs/`), so parameter
+counts are exact. What trains follows the recipe, per model family (recipes/core/families.py):
+
+  full_ft     the parts named in `--train_modules` (vision, connector, language; default all three)
+              train; every other parameter is frozen (no gradient, no optimizer state).
+  lora/qlora  LoRA adapters on the family's default targets (or `--lora_target_modules`), matched as
+              peft matches them: a list entry matches a module named so or ending in "." + entry, a
+              string is `re.fullmatch`ed against the full module name, "all-linear" takes every linear
+              layer but the output layer. A part named in `--train_modules` (and a module in
+              `--lora_modules_to_save`) trains in full beside the adapters as peft's modules_to_save: a
+              trainable copy next to the frozen original, no adapter inside it, and under 4-bit it is
+              not quantized.
+
+Then, per GPU, in bytes:
 
   params      = each parameter x the bytes of the dtype it is held in: `--dtype` (transformers keeps
                 the modules a model lists in `_keep_in_fp32_modules` -- BLIP-2's Q-Former, T5's `wo` --
                 in fp32 only for fp16 loads, not bf16); a 4-bit (QLoRA) linear weight takes 0.5 byte
-                plus a 4-byte absmax per 64 weights, except the output layer and those fp32-listed
-                modules, which are not quantized; `prepare_model_for_kbit_training` then puts every
-                weight that is not 4-bit in fp32; LoRA adapters are fp32.
+                plus a 4-byte absmax per 64 weights, except the output layer, those fp32-listed modules
+                and the parts trained in full, which are not quantized; `prepare_model_for_kbit_training`
+                then puts every weight that is not 4-bit in fp32; LoRA adapters are fp32. A part trained
+                in full beside adapters counts twice (frozen original and trainable copy).
   grads       = trainable parameters x their dtype's bytes.
   optimizer   = AdamW (torch): two moments in the parameter's dtype (8 B/param fp32, 4 B/param bf16);
                 8-bit AdamW (bitsandbytes): 2 B/param + a 4-byte absmax per 256 for tensors of at least
@@ -19,34 +32,68 @@ GPU, in bytes:
                 8·s·h + 2·s·f elements (layer-norm, projection and attention inputs; q, k, v and the
                 attention output; the MLP's two inputs; h hidden, f MLP width, s sequence length;
                 gated MLPs save one more s·f; eager attention adds the heads·s² probabilities) in the
-                compute dtype, times the batch size. Frozen layers with nothing trainable before
-                them save nothing; LoRA layers about 6·s·h + s·f. Activation checkpointing keeps only
-                each layer's input (s·h) plus one layer recomputed at a time. The loss adds the fp32
-                log-probabilities over the vocabulary (s·V).
+                compute dtype, times the batch size; an MLP-only projector s·h + 2·s·f (gated 3·s·f).
+                A stack trained in full saves that; one with LoRA adapters about 6·s·h + s·f (frozen
+                projections need no saved input); a frozen stack with something trained before it
+                passes gradients back and saves what a LoRA stack does; a frozen stack with nothing
+                trainable before it saves nothing (a connector trained after a frozen vision tower:
+                the tower saves nothing). Activation checkpointing keeps only each layer's input
+                (s·h) plus one layer recomputed at a time, for the layers transformers checkpoints
+                (not Idefics2's perceiver and projection, nor LLaVA's projector). The loss adds the
+                fp32 log-probabilities over the vocabulary (s·V).
   other       = allocator slack and temporaries: 10% of the above. On CPU the process itself
                 (Python, torch and the libraries, measured in this process) is added, since a
                 CPU run's peak is the whole process.
+
+The layer stacks per family:
+
+  BLIP-2      ViT over its patches + 1; the Q-Former over its query tokens (cross-attending to the
+              patches); OPT over query tokens + prompt + caption, or T5's encoder over query tokens +
+              prompt and its decoder over the caption.
+  Idefics2    per image, the SigLIP tower over its patches, the projection MLP over the same patches and
+              the perceiver over its latents (cross-attending to the patches); the language model over
+              64 latents per image + prompt + caption. An image is assumed square at the processor's
+              shortest_edge (378 px: 27² = 729 patches; larger photos up to 980 px make more patches),
+              and one example is 5 images (4 crops + the whole) when the processor splits images
+              (`do_image_splitting`, read from the processor config beside the model config or in the
+              model's folder; the shipped idefics2-8b processor config splits).
+  LLaVA       CLIP over 577 tokens (576 patches + class token); the projector and the language model
+              over the 576 image tokens + prompt + caption.
+
+  The prompt is one token (BOS) for BLIP-2; for chat families the instruction (about 1.3 tokens a
+  word) plus about 16 tokens of chat template (turn markers, the tokens around the image).
 
 Strategies divide as they do: DDP keeps a full copy per GPU plus gradient buckets (one more copy of
 the gradients); FSDP (FULL_SHARD) divides params, grads and optimizer state by the GPU count and adds
 the largest layer gathered; DeepSpeed ZeRO-2 with CPU offload keeps bf16 params on each GPU, moves
 fp32 master weights, moments (12 B/param) and fp32 gradients (4 B/param; with gradient accumulation
 also a buffer in the training dtype) to the host, leaving two gradient buckets of h² on the GPU.
+Model parallel (`--device_map`, strategy model_parallel) splits the layers over the GPUs of one
+machine as `plan_device_map` does for `--num_gpus` GPUs (default: those visible, or the devices of a
+JSON map): the figure is the most loaded GPU's -- its parameters, their gradients and optimizer
+state, and the activations of its layers (the logits on the GPU of the output layer). Weights that do
+not fit on the GPUs count as host memory.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
+import re
 import resource
-from dataclasses import asdict, dataclass, field
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 
-from .modeling import DEFAULT_LORA_TARGETS
+from .errors import RecipeError
+from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts
+from .parallel import parse_device_map, plan_device_map
 from .paths import REPO_ROOT, resolve_local
 
 GB = 1024**3
@@ -55,6 +102,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4, None: 4}
 EIGHT_BIT_OPTIMIZERS = {"adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "adam8bit"}
 STATELESS_OPTIMIZERS = {"sgd"}
 CUDA_CONTEXT_GB = 0.5  # what the CUDA context and kernels take outside the allocator's count
+CHAT_TEMPLATE_TOKENS = 16  # turn markers, end of utterance, the tokens around the image
+IDEFICS2_SPLIT_IMAGES = 5  # do_image_splitting: 4 crops + the whole image
 
 
 @dataclass
@@ -105,57 +154,141 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
         return AutoModelForImageTextToText.from_config(config)
 
 
+def image_processor_settings(name_or_path: str) -> dict:
+    """The image processor's saved settings (shipped beside the config, or in the model's folder); {} if none."""
+    for folder in (SHIPPED_CONFIGS / name_or_path.split("/")[-1], Path(resolve_local(name_or_path))):
+        if (folder / "processor_config.json").is_file():
+            return json.loads((folder / "processor_config.json").read_text()).get("image_processor", {})
+        if (folder / "preprocessor_config.json").is_file():
+            return json.loads((folder / "preprocessor_config.json").read_text())
+    return {}
+
+
+# --- What trains --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingPlan:
+    """What a recipe trains: parts in full, LoRA adapters on some linear layers, and beside adapters the
+    modules peft keeps a trainable full copy of (which bitsandbytes leaves unquantized when in a part)."""
+    family: ModelFamily
+    full_parts: tuple[str, ...]
+    adapters: set[str] = field(default_factory=set)  # linear modules that get an adapter
+    full_copies: set[str] = field(default_factory=set)  # modules peft copies (modules_to_save), with descendants
+    unquantized: set[str] = field(default_factory=set)  # modules of the parts trained in full, with descendants
+
+
+def lora_targets(model, family: ModelFamily, model_args) -> list[str] | str:
+    return model_args.lora_target_modules or family.default_lora_targets(model.config.get_text_config().model_type)
+
+
+def is_lora_target(name: str, module: torch.nn.Module, targets: list[str] | str, output_layer) -> bool:
+    """Whether peft puts an adapter on this module (only linear layers are counted)."""
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            return module is not output_layer
+        return re.fullmatch(targets, name) is not None
+    return any(name == target or name.endswith("." + target) for target in targets)
+
+
+def _within(name: str, prefixes) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _in_modules_to_save(name: str, modules_to_save: list[str]) -> bool:
+    return any(re.match(rf"(^|.*\.){module}($|\..*)", name) for module in modules_to_save)  # as peft matches them
+
+
+def training_plan(model, script_args, model_args) -> TrainingPlan:
+    family = family_of(model)
+    parts = trained_parts(getattr(script_args, "train_modules", None), model_args.use_peft)
+    plan = TrainingPlan(family, parts)
+    if not model_args.use_peft:
+        return plan
+    part_modules = part_module_names(model, family, parts)
+    modules_to_save = list(model_args.lora_modules_to_save or [])
+    targets = lora_targets(model, family, model_args)
+    output_layer = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if _within(name, part_modules):
+            plan.unquantized.add(name)
+        if _within(name, part_modules) or _in_modules_to_save(name, modules_to_save):
+            plan.full_copies.add(name)
+        elif is_lora_target(name, module, targets, output_layer):
+            plan.adapters.add(name)
+    if not plan.adapters:
+        raise RecipeError(f"the LoRA targets {targets!r} match no linear layer outside the parts trained in full "
+                          f"(--train_modules {' '.join(parts) or '(none)'}): peft would have no adapter to add.")
+    return plan
+
+
+# --- Weights, gradients, optimizer state --------------------------------------------------------------
+
+
+@dataclass
+class Weight:
+    """One tensor as the run holds it: a parameter, a trainable copy of one, or a LoRA matrix."""
+    name: str
+    numel: int
+    bytes: int
+    part: str  # vision, connector, language, other, or lora
+    trainable: bool
+    kind: str = "base"  # base, copy (peft's modules_to_save) or adapter
+
+
 def _in_fp32_module(name: str, keep_in_fp32: list[str]) -> bool:
     return any(part in keep_in_fp32 for part in name.split("."))
-
-
-def _lora_targets(model, targets) -> set[str]:
-    if targets:
-        return set(targets)
-    return set(DEFAULT_LORA_TARGETS[model.config.get_text_config().model_type])
 
 
 def _is_quantized_linear(name: str, module: torch.nn.Module, keep_in_fp32: list[str], output_layer) -> bool:
     return isinstance(module, torch.nn.Linear) and module is not output_layer and not _in_fp32_module(name, keep_in_fp32)
 
 
-def weight_bytes(model, model_args) -> tuple[dict[str, int], int, int, list[tuple[str, int, int]]]:
-    """Bytes of parameters per top-level part, total count, trainable count, and the trainable
-    tensors as (name, numel, bytes per element)."""
+def _parameter_bytes(name: str, numel: int, quantize: bool, model_args, keep_in_fp32: list[str]) -> int:
+    if quantize:
+        return numel // 2 + 4 * math.ceil(numel / 64)  # packed NF4 + absmax per block of 64
+    if model_args.load_in_4bit or (model_args.dtype == "float16" and _in_fp32_module(name, keep_in_fp32)):
+        return 4 * numel
+    return DTYPE_BYTES[model_args.dtype] * numel
+
+
+def _adapter_weights(module_name: str, module: torch.nn.Linear, rank: int) -> list[Weight]:
+    # A (r x in) and B (out x r), which peft keeps in fp32
+    return [Weight(f"{module_name}.lora_A", rank * module.in_features, 4 * rank * module.in_features, "lora", True,
+                   "adapter"),
+            Weight(f"{module_name}.lora_B", module.out_features * rank, 4 * module.out_features * rank, "lora", True,
+                   "adapter")]
+
+
+def weight_tensors(model, model_args, plan: TrainingPlan) -> list[Weight]:
+    """Every tensor the run holds for the model, with its bytes and whether it trains."""
     keep_in_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-    base_bytes = DTYPE_BYTES[model_args.dtype]
-    quantized = bool(model_args.load_in_4bit)
     output_layer = model.get_output_embeddings()
-    targets = _lora_targets(model, model_args.lora_target_modules) if model_args.use_peft else set()
-    parts: dict[str, int] = {}
-    trainable: list[tuple[str, int, int]] = []
-    total = 0
+    weights: list[Weight] = []
     seen: set[int] = set()  # tied weights (embeddings and output layer) count once
     for module_name, module in model.named_modules():
-        quantize = quantized and _is_quantized_linear(module_name, module, keep_in_fp32, output_layer)
+        quantize = (bool(model_args.load_in_4bit) and module_name not in plan.unquantized
+                    and _is_quantized_linear(module_name, module, keep_in_fp32, output_layer))
         for param_name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))
             name = f"{module_name}.{param_name}" if module_name else param_name
-            numel = param.numel()
-            total += numel
-            if quantize and param_name == "weight":
-                size = numel // 2 + 4 * math.ceil(numel / 64)  # packed NF4 + absmax per block of 64
-            elif quantized or (model_args.dtype == "float16" and _in_fp32_module(name, keep_in_fp32)):
-                size = 4 * numel
-            else:
-                size = base_bytes * numel
-            part = name.split(".")[0]
-            parts[part] = parts.get(part, 0) + size
-            if not model_args.use_peft:
-                trainable.append((name, numel, size // numel if not quantize else 0))
-        if module_name and module_name.split(".")[-1] in targets and isinstance(module, torch.nn.Linear):
-            lora = model_args.lora_r * (module.in_features + module.out_features)  # A (r x in) and B (out x r)
-            parts["lora"] = parts.get("lora", 0) + 4 * lora  # peft keeps adapters in fp32
-            trainable += [(f"{module_name}.lora_A", model_args.lora_r * module.in_features, 4),
-                          (f"{module_name}.lora_B", module.out_features * model_args.lora_r, 4)]
-    return parts, total, sum(n for _, n, _ in trainable), trainable
+            size = _parameter_bytes(name, param.numel(), quantize and param_name == "weight", model_args, keep_in_fp32)
+            part = plan.family.part_of(name)
+            weights.append(Weight(name, param.numel(), size, part, not model_args.use_peft and part in plan.full_parts))
+            if module_name in plan.full_copies:
+                weights.append(Weight(name, param.numel(), size, part, True, "copy"))
+        if module_name in plan.adapters:
+            weights += _adapter_weights(module_name, module, model_args.lora_r)
+    return weights
+
+
+def trainable_tensors(weights: list[Weight]) -> list[tuple[str, int, int]]:
+    """(name, numel, bytes per element) of each trainable tensor."""
+    return [(w.name, w.numel, w.bytes // w.numel) for w in weights if w.trainable]
 
 
 def optimizer_bytes(trainable: list[tuple[str, int, int]], optim: str, embedding_weights: set[str] = frozenset()) -> int:
@@ -174,9 +307,16 @@ def optimizer_bytes(trainable: list[tuple[str, int, int]], optim: str, embedding
     return sum(2 * numel * size + 4 for _, numel, size in trainable)
 
 
+def embedding_weight_names(model) -> set[str]:
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)}
+
+
+# --- Activations ----------------------------------------------------------------------------------------
+
+
 @dataclass
 class Stack:
-    """One stack of identical transformer layers, as the activation arithmetic sees it."""
+    """One stack of identical transformer layers (or one MLP), as the activation arithmetic sees it."""
     name: str
     layers: int
     seq: int
@@ -185,24 +325,31 @@ class Stack:
     heads: int
     gated: bool = False
     extra_per_layer: int = 0  # elements beyond a self-attention layer (cross-attention)
+    part: str = "language"
+    modules: str = ""  # the layer list (or the one module) in the model, for model-parallel placement
+    per_example: int = 1  # sequences per example (Idefics2: one per image)
+    attention: bool = True  # False: an MLP only (a projector)
+    checkpointed: bool = True  # activation checkpointing applies to its layers
 
     def layer_elements(self, mode: str, eager: bool) -> int:
         s, h, f = self.seq, self.hidden, self.mlp
-        if mode == "full":
-            elements = 8 * s * h + (3 if self.gated else 2) * s * f + self.extra_per_layer
-        else:  # LoRA: frozen projections need no saved input, adapters and nonlinearities do
-            elements = 6 * s * h + (2 if self.gated else 1) * s * f + self.extra_per_layer
+        full = mode == "full"  # else LoRA (or frozen, gradients passing): frozen projections need no saved input
+        mlp_inputs = (3 if self.gated else 2) if full else (2 if self.gated else 1)
+        if not self.attention:
+            return s * h + mlp_inputs * s * f + self.extra_per_layer
+        elements = (8 if full else 6) * s * h + mlp_inputs * s * f + self.extra_per_layer
         return elements + (self.heads * s * s if eager else 0)
 
     def elements(self, mode: str, eager: bool, checkpointed: bool) -> int:
-        if mode == "frozen":
+        if mode == "frozen" or self.layers == 0:
             return 0
-        if checkpointed:  # each layer's input, plus one layer recomputed during backward
+        if checkpointed and self.checkpointed:  # each layer's input, plus one layer recomputed during backward
             return self.layers * self.seq * self.hidden + self.layer_elements(mode, eager)
         return self.layers * self.layer_elements(mode, eager)
 
 
-def blip2_stacks(config, caption_tokens: int, prompt_tokens: int) -> tuple[list[Stack], int]:
+def blip2_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
+                 ) -> tuple[list[Stack], int]:
     """The layer stacks of a BLIP-2 model and the length the loss runs over."""
     vision, qformer, text = config.vision_config, config.qformer_config, config.get_text_config()
     patches = (vision.image_size // vision.patch_size) ** 2 + 1
@@ -210,38 +357,222 @@ def blip2_stacks(config, caption_tokens: int, prompt_tokens: int) -> tuple[list[
     cross = 2 * patches * qformer.hidden_size + 4 * queries * qformer.hidden_size
     stacks = [
         Stack("vision", vision.num_hidden_layers, patches, vision.hidden_size, vision.intermediate_size,
-              vision.num_attention_heads),
+              vision.num_attention_heads, part="vision", modules="vision_model.encoder.layers"),
         Stack("qformer", qformer.num_hidden_layers, queries, qformer.hidden_size, qformer.intermediate_size,
-              qformer.num_attention_heads, extra_per_layer=cross // qformer.cross_attention_frequency),
+              qformer.num_attention_heads, extra_per_layer=cross // qformer.cross_attention_frequency,
+              part="connector", modules="qformer.encoder.layer"),
     ]
     if text.is_encoder_decoder:  # T5: image tokens + prompt into the encoder, caption out of the decoder
         gated = "gated" in text.feed_forward_proj
         encoder_seq, decoder_seq = queries + prompt_tokens, caption_tokens
-        stacks.append(Stack("language_encoder", text.num_layers, encoder_seq, text.d_model, text.d_ff, text.num_heads, gated))
+        stacks.append(Stack("language_encoder", text.num_layers, encoder_seq, text.d_model, text.d_ff, text.num_heads,
+                            gated, modules="language_model.encoder.block"))
         stacks.append(Stack("language_decoder", text.num_decoder_layers, decoder_seq, text.d_model, text.d_ff,
-                            text.num_heads, gated, extra_per_layer=4 * decoder_seq * text.d_model + 2 * encoder_seq * text.d_model))
+                            text.num_heads, gated, extra_per_layer=4 * decoder_seq * text.d_model + 2 * encoder_seq * text.d_model,
+                            modules="language_model.decoder.block"))
         return stacks, decoder_seq
     seq = queries + prompt_tokens + caption_tokens
     stacks.append(Stack("language_model", text.num_hidden_layers, seq, text.hidden_size,
-                        getattr(text, "ffn_dim", None) or text.intermediate_size, text.num_attention_heads))
+                        getattr(text, "ffn_dim", None) or text.intermediate_size, text.num_attention_heads,
+                        modules="language_model.model.decoder.layers"))
     return stacks, seq
 
 
-def activation_bytes(config, model_args, training_args, caption_tokens: int, prompt_tokens: int) -> dict[str, int]:
-    stacks, loss_seq = blip2_stacks(config, caption_tokens, prompt_tokens)
+def idefics2_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
+                    ) -> tuple[list[Stack], int]:
+    """Idefics2: per image the vision tower, the projection MLP and the perceiver; then the language model."""
+    vision, perceiver, text = config.vision_config, config.perceiver_config, config.get_text_config()
+    image_processor = image_processor or {}
+    images = IDEFICS2_SPLIT_IMAGES if image_processor.get("do_image_splitting", False) else 1
+    side = min((image_processor.get("size") or {}).get("shortest_edge", 378), vision.image_size)
+    patches = (side // vision.patch_size) ** 2
+    latents = perceiver.resampler_n_latents
+    kv_width = perceiver.num_key_value_heads * perceiver.resampler_head_dim
+    # The perceiver's latents attend to [patches; latents]: the normed patches and their keys and values.
+    context = 2 * patches * perceiver.hidden_size + 2 * (patches + latents) * kv_width
+    seq = images * latents + prompt_tokens + caption_tokens
+    stacks = [
+        Stack("vision", vision.num_hidden_layers, patches, vision.hidden_size, vision.intermediate_size,
+              vision.num_attention_heads, part="vision", modules="model.vision_model.encoder.layers",
+              per_example=images),
+        Stack("connector_projection", 1, patches, vision.hidden_size, text.intermediate_size, 0, gated=True,
+              part="connector", modules="model.connector.modality_projection", per_example=images, attention=False,
+              checkpointed=False),
+        Stack("connector_perceiver", perceiver.resampler_depth, latents, perceiver.hidden_size,
+              4 * perceiver.hidden_size, perceiver.resampler_n_heads, gated=True, extra_per_layer=context,
+              part="connector", modules="model.connector.perceiver_resampler.layers", per_example=images,
+              checkpointed=False),
+        Stack("language_model", text.num_hidden_layers, seq, text.hidden_size, text.intermediate_size,
+              text.num_attention_heads, gated=True, modules="model.text_model.layers"),
+    ]
+    return stacks, seq
+
+
+def llava_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
+                 ) -> tuple[list[Stack], int]:
+    """LLaVA: CLIP over the patches and the class token; the projector and the language model over the image tokens."""
+    vision, text = config.vision_config, config.get_text_config()
+    patches = (vision.image_size // vision.patch_size) ** 2
+    image_tokens = patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+    seq = image_tokens + prompt_tokens + caption_tokens
+    stacks = [
+        Stack("vision", vision.num_hidden_layers, patches + 1, vision.hidden_size, vision.intermediate_size,
+              vision.num_attention_heads, part="vision", modules="model.vision_tower.encoder.layers"),
+        Stack("connector", 1, image_tokens, vision.hidden_size, text.hidden_size, 0, part="connector",
+              modules="model.multi_modal_projector", attention=False, checkpointed=False),
+        Stack("language_model", text.num_hidden_layers, seq, text.hidden_size, text.intermediate_size,
+              text.num_attention_heads, gated=True, modules="model.language_model.layers"),
+    ]
+    return stacks, seq
+
+
+STACK_BUILDERS = {"blip-2": blip2_stacks, "idefics2": idefics2_stacks, "llava": llava_stacks}
+
+
+def layer_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
+                 ) -> tuple[list[Stack], int]:
+    """The model's layer stacks in forward order, and the length the loss runs over."""
+    builder = STACK_BUILDERS.get(config.model_type)
+    if builder is None:
+        raise RecipeError(f"the memory estimator has no layer arithmetic for '{config.model_type}' models yet "
+                          f"(it knows {', '.join(STACK_BUILDERS)}).")
+    return builder(config, caption_tokens, prompt_tokens, image_processor)
+
+
+def prompt_token_count(family: ModelFamily, script_args) -> int:
+    """Tokens before the caption besides the image's: BLIP-2's BOS; a chat turn with the instruction."""
+    if not family.uses_chat_template:
+        return 1
+    instruction = getattr(script_args, "prompt", "") or DEFAULT_INSTRUCTION
+    return math.ceil(1.3 * len(instruction.split())) + CHAT_TEMPLATE_TOKENS
+
+
+def stack_modes(stacks: list[Stack], plan: TrainingPlan) -> list[str]:
+    """full, lora, through (frozen, gradients pass back to something trained before it) or frozen (saves nothing)."""
+    modes, upstream = [], False
+    for stack in stacks:
+        if stack.part in plan.full_parts:
+            mode = "full"
+        elif any(_within(name, [stack.modules]) for name in plan.adapters):
+            mode = "lora"
+        else:
+            mode = "through" if upstream else "frozen"
+        upstream = upstream or mode != "frozen"
+        modes.append(mode)
+    return modes
+
+
+def stack_bytes(stack: Stack, mode: str, model_args, training_args, layers: int | None = None) -> int:
+    """What one stack (or `layers` of its layers) saves for backward, for one micro-batch."""
+    if layers is not None:
+        stack = replace(stack, layers=layers)
     compute_bytes = 2 if (training_args.bf16 or model_args.dtype == "bfloat16") else 4
     eager = model_args.attn_implementation == "eager"
-    batch = training_args.per_device_train_batch_size
-    result = {}
-    for stack in stacks:
-        if model_args.use_peft:
-            mode = "lora" if stack.name.startswith("language") else "frozen"  # nothing trains before the LM
-        else:
-            mode = "full"
-        result[stack.name] = batch * compute_bytes * stack.elements(mode, eager, training_args.gradient_checkpointing)
-    vocab = config.get_text_config().vocab_size
-    result["logits"] = batch * 4 * loss_seq * vocab  # fp32 log-probabilities kept for the loss's backward
+    elements = stack.elements(mode, eager, training_args.gradient_checkpointing)
+    return training_args.per_device_train_batch_size * stack.per_example * compute_bytes * elements
+
+
+def logits_bytes(config, loss_seq: int, training_args) -> int:
+    # fp32 log-probabilities kept for the loss's backward
+    return training_args.per_device_train_batch_size * 4 * loss_seq * config.get_text_config().vocab_size
+
+
+def activation_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, model_args, training_args
+                     ) -> dict[str, int]:
+    result = {stack.name: stack_bytes(stack, mode, model_args, training_args) for stack, mode in zip(stacks, modes)}
+    result["logits"] = logits_bytes(config, loss_seq, training_args)
     return result
+
+
+# --- Model parallel ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def planned_device_map(model, device_map: str | None, num_gpus: int, gpu_memory_gb: float, dtype: str | None) -> dict:
+    """The split `--device_map` asks for: a JSON map as given, else the one `plan_device_map` computes."""
+    value = parse_device_map(device_map)
+    if isinstance(value, dict):
+        return value
+    dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+    with _quiet("accelerate.utils.modeling"):  # it warns that this machine has none of the planned GPUs
+        return plan_device_map(model, num_gpus, gpu_memory_gb, dtype=dtype, balanced=value != "sequential")
+
+
+def device_map_gpus(device_map: str | None) -> int:
+    """GPUs a model-parallel run uses when --num_gpus is not given: a JSON map's, else those visible."""
+    value = parse_device_map(device_map)
+    if isinstance(value, dict):
+        return len({device for device in value.values() if isinstance(device, int)})
+    return torch.cuda.device_count()
+
+
+def device_of(name: str, device_map: dict):
+    """The device of a parameter or module name: the deepest map entry that contains it."""
+    key = name
+    while key not in device_map:
+        if not key:
+            raise RecipeError(f"the device map places no module holding '{name}'.")
+        key = key.rsplit(".", 1)[0] if "." in key else ""
+    return device_map[key]
+
+
+def module_device(model, module_name: str, device_map: dict):
+    first_parameter = next(name for name, _ in model.get_submodule(module_name).named_parameters())
+    return device_of(f"{module_name}.{first_parameter}" if module_name else first_parameter, device_map)
+
+
+def layers_per_device(model, stack: Stack, device_map: dict) -> Counter:
+    module = model.get_submodule(stack.modules)
+    names = ([f"{stack.modules}.{index}" for index in range(len(module))] if isinstance(module, torch.nn.ModuleList)
+             else [stack.modules])
+    return Counter(module_device(model, name, device_map) for name in names)
+
+
+def per_device_load(model, config, weights: list[Weight], stacks: list[Stack], modes: list[str], loss_seq: int,
+                    device_map: dict, model_args, training_args) -> dict:
+    """{device: {"params", "grads", "optimizer", "activations": {stack: bytes}}} for a model-parallel split."""
+    load = defaultdict(lambda: {"params": 0, "grads": 0, "optimizer": 0, "activations": {}})
+    trainable = defaultdict(list)
+    for weight in weights:
+        device = device_of(weight.name, device_map)
+        load[device]["params"] += weight.bytes
+        if weight.trainable:
+            load[device]["grads"] += weight.bytes
+            trainable[device].append((weight.name, weight.numel, weight.bytes // weight.numel))
+    embeddings = embedding_weight_names(model)
+    for device, tensors in trainable.items():
+        load[device]["optimizer"] = optimizer_bytes(tensors, training_args.optim, embeddings)
+    for stack, mode in zip(stacks, modes):
+        for device, layers in layers_per_device(model, stack, device_map).items():
+            load[device]["activations"][stack.name] = stack_bytes(stack, mode, model_args, training_args, layers)
+    output_name = next(name for name, module in model.named_modules() if module is model.get_output_embeddings())
+    load[module_device(model, output_name, device_map)]["activations"]["logits"] = logits_bytes(config, loss_seq,
+                                                                                                training_args)
+    return dict(load)
+
+
+def device_total(entry: dict) -> int:
+    return entry["params"] + entry["grads"] + entry["optimizer"] + sum(entry["activations"].values())
+
+
+def busiest_gpu(load: dict):
+    gpus = [device for device in load if isinstance(device, int)]
+    if not gpus:
+        raise RecipeError("the model-parallel split places nothing on a GPU.")
+    return max(gpus, key=lambda device: device_total(load[device]))
+
+
+# --- The estimate ---------------------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -282,7 +613,7 @@ def estimate(
     training_args,
     model_args,
     caption_tokens: int,
-    prompt_tokens: int = 1,
+    prompt_tokens: int | None = None,
     gpu_memory_gb: float = 80.0,
     num_gpus: int | None = None,
     strategy: str | None = None,
@@ -290,17 +621,23 @@ def estimate(
 ) -> Estimate:
     config = load_config(model_args.model_name_or_path)
     model = meta_model(config)
-    parts, num_params, num_trainable, trainable = weight_bytes(model, model_args)
-    file_strategy, file_gpus = strategy_of(getattr(script_args, "accelerate_config", None))
-    strategy = strategy or file_strategy
-    num_gpus = num_gpus or file_gpus or 1
-
-    params = sum(parts.values())
+    plan = training_plan(model, script_args, model_args)
+    weights = weight_tensors(model, model_args, plan)
+    strategy, num_gpus = strategy_and_gpus(script_args, strategy, num_gpus)
+    if prompt_tokens is None:
+        prompt_tokens = prompt_token_count(plan.family, script_args)
+    stacks, loss_seq = layer_stacks(config, caption_tokens, prompt_tokens,
+                                    image_processor_settings(model_args.model_name_or_path))
+    modes = stack_modes(stacks, plan)
+    num_params = sum(w.numel for w in weights if w.kind == "base")
+    num_trainable = sum(w.numel for w in weights if w.trainable)
+    trainable = trainable_tensors(weights)
+    params = sum(w.bytes for w in weights)
     grads = sum(numel * size for _, numel, size in trainable)
-    embeddings = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)}
-    optimizer = optimizer_bytes(trainable, training_args.optim, embeddings)
-    activations = activation_bytes(config, model_args, training_args, caption_tokens, prompt_tokens)
+    optimizer = optimizer_bytes(trainable, training_args.optim, embedding_weight_names(model))
+    activations = activation_bytes(config, stacks, modes, loss_seq, model_args, training_args)
     host = 0
+    per_gpu = {}
     if strategy == "ddp":
         grads *= 2  # gradient buckets hold a second copy for the all-reduce
     elif strategy == "fsdp":
@@ -320,6 +657,15 @@ def estimate(
             grads, optimizer = host_grads, host_optimizer
         else:
             grads, optimizer, host = bucket_grads, 0, host_optimizer + host_grads
+    elif strategy == "model_parallel":
+        split = planned_device_map(model, getattr(script_args, "device_map", None), num_gpus, gpu_memory_gb,
+                                   model_args.dtype)
+        load = per_device_load(model, config, weights, stacks, modes, loss_seq, split, model_args, training_args)
+        busiest = load[busiest_gpu(load)]
+        params, grads, optimizer = busiest["params"], busiest["grads"], busiest["optimizer"]
+        activations = busiest["activations"]
+        host = sum(entry["params"] for device, entry in load.items() if not isinstance(device, int))
+        per_gpu = {str(device): device_total(entry) / GB for device, entry in load.items()}
     counted = params + grads + optimizer + sum(activations.values())
     other = 0.10 * counted
     if device == "cpu":
@@ -332,9 +678,35 @@ def estimate(
         trainable_params=num_trainable, params_gb=params / GB, grads_gb=grads / GB, optimizer_gb=optimizer / GB,
         activations_gb=sum(activations.values()) / GB, other_gb=other / GB, total_gb=total / GB,
         host_gb=host / GB, gpu_memory_gb=gpu_memory_gb, fits=fits, device=device,
-        parts={"params_by_part_gb": {k: v / GB for k, v in parts.items()},
-               "activations_by_part_gb": {k: v / GB for k, v in activations.items()}},
+        parts=_breakdown(weights, activations, plan, stacks, modes, per_gpu),
     )
+
+
+def strategy_and_gpus(script_args, strategy: str | None, num_gpus: int | None) -> tuple[str, int]:
+    """The strategy (given, else the accelerate config's, else model_parallel with --device_map, else single)
+    and its GPU count (given, else the accelerate config's, else for model parallel the map's or those visible)."""
+    device_map = getattr(script_args, "device_map", None)
+    file_strategy, file_gpus = strategy_of(getattr(script_args, "accelerate_config", None))
+    if device_map and file_strategy == "single":
+        file_strategy = "model_parallel"
+    strategy = strategy or file_strategy
+    if strategy == "model_parallel":
+        num_gpus = num_gpus or device_map_gpus(device_map)
+    return strategy, num_gpus or file_gpus or 1
+
+
+def _breakdown(weights: list[Weight], activations: dict[str, int], plan: TrainingPlan, stacks: list[Stack],
+               modes: list[str], per_gpu: dict[str, float]) -> dict:
+    params: dict[str, int] = {}
+    for weight in weights:
+        params[weight.part] = params.get(weight.part, 0) + weight.bytes
+    breakdown = {"params_by_part_gb": {part: size / GB for part, size in params.items()},
+                 "activations_by_part_gb": {name: size / GB for name, size in activations.items()},
+                 "trained_in_full": list(plan.full_parts),
+                 "stack_modes": {stack.name: mode for stack, mode in zip(stacks, modes)}}
+    if per_gpu:
+        breakdown["per_device_gb_before_other"] = per_gpu
+    return breakdown
 
 
 def _wrap_classes(model) -> set[str]:

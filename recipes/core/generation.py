@@ -1,4 +1,4 @@
-"""Write alt text with a (fine-tuned) BLIP-2 model: real generation, not teacher-forced argmax."""
+"""Write alt text with a (fine-tuned) model of any family: real generation, not teacher-forced argmax."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datasets import Dataset
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .families import family_of
 from .images import to_rgb
 
 
@@ -22,9 +23,23 @@ def generate_alt_text(
     num_beams: int = 1,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Generate one caption per image, conditioned as in training: `<image>`×N, BOS, prompt."""
-    inputs = processor(images=[to_rgb(image) for image in images], text=[prompt.strip()] * len(images),
-                       padding="longest", padding_side="left", return_tensors="pt")
+    """Generate one caption per image, conditioned as in training: BLIP-2 `<image>`×N, BOS, prompt; chat
+    families the user turn (image, instruction) and the assistant's opening."""
+    from .collator import ChatCollator  # the collator defines the training prompt and its stop tokens
+
+    images = [to_rgb(image) for image in images]
+    family = family_of(model)
+    if family.uses_chat_template:
+        chat = ChatCollator(processor, family, prompt)
+        inputs = processor(images=[[image] for image in images], text=[chat.prompt] * len(images),
+                           padding="longest", padding_side="left", return_tensors="pt")
+        stops = chat.stop_token_ids()
+        if stops:
+            generate_kwargs.setdefault("eos_token_id", [processor.tokenizer.eos_token_id, *stops])
+        generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
+    else:
+        inputs = processor(images=images, text=[prompt.strip()] * len(images), padding="longest",
+                           padding_side="left", return_tensors="pt")
     # The vision tower is registered first: its first floating parameter gives the pixel dtype
     # (quantized layers hold integer storage, their norms and embeddings stay floating point).
     parameter = next(p for p in model.parameters() if p.is_floating_point())

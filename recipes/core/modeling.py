@@ -1,4 +1,5 @@
-"""Load BLIP-2 models and processors, add LoRA adapters, reload what the recipes saved."""
+"""Load models and processors of any supported family, choose what trains (parts, LoRA adapters), reload
+what the recipes saved."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 from accelerate import PartialState
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .errors import RecipeError
+from .families import (PARTS, bare_parameters, describe_trainable, family_of, freeze_all_but, part_module_names,
+                       targets_within)
 from .parallel import describe_device_map
 from .paths import resolve_local
 
-# LoRA targets per language-model family: the attention query and value projections.
-DEFAULT_LORA_TARGETS = {"opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}
+# Output layers stay unquantized (what transformers skips by default when no skip list is given).
+OUTPUT_LAYERS = ["lm_head"]
 
 
 def torch_dtype(name: str | None) -> torch.dtype | str:
@@ -50,10 +53,15 @@ def quantized_device_map() -> dict[str, int | str]:
 
 
 def load_model(model_args: ModelConfig, device_map: str | dict | None = None,
-               trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it,
-    split over this machine's GPUs when `device_map` asks for model parallelism."""
+               trust_remote_code: bool = False, full_parts: tuple[str, ...] = ()) -> PreTrainedModel:
+    """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it
+    (except the parts in `full_parts`, which train in full), split over this machine's GPUs when
+    `device_map` asks for model parallelism."""
     quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None and full_parts:
+        family = family_of(load_config(model_args.model_name_or_path, trust_remote_code))
+        quantization_config.llm_int8_skip_modules = [
+            prefix for part in full_parts for prefix in family.parts[part]] + OUTPUT_LAYERS
     if device_map is None and quantization_config is not None:
         device_map = quantized_device_map()
     try:
@@ -74,18 +82,28 @@ def load_model(model_args: ModelConfig, device_map: str | dict | None = None,
     return model
 
 
+def load_config(name_or_path: str, trust_remote_code: bool = False):
+    try:
+        return AutoConfig.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise unreachable(name_or_path, error) from None
+
+
 def is_encoder_decoder(model: PreTrainedModel) -> bool:
     return bool(model.config.get_text_config().is_encoder_decoder)
 
 
-def default_lora_targets(model: PreTrainedModel) -> list[str]:
-    family = model.config.get_text_config().model_type
-    if family not in DEFAULT_LORA_TARGETS:
-        raise RecipeError(
-            f"no default LoRA targets for language model '{family}'; pass --lora_target_modules "
-            f"(known defaults: {DEFAULT_LORA_TARGETS})."
-        )
-    return DEFAULT_LORA_TARGETS[family]
+def default_lora_targets(model: PreTrainedModel) -> list[str] | str:
+    return family_of(model).default_lora_targets(model.config.get_text_config().model_type)
+
+
+def choose_trainable_parts(model: PreTrainedModel, parts: tuple[str, ...], adapters: bool) -> None:
+    """Full fine-tuning: freeze every part not in `parts`, and print what trains (LoRA: after add_lora)."""
+    family = family_of(model)
+    if not adapters:
+        freeze_all_but(model, family, parts)
+    if PartialState().is_main_process:
+        print(describe_trainable(model, family, parts, adapters), flush=True)
 
 
 def _linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -109,13 +127,22 @@ def check_lora_targets(model: PreTrainedModel, targets: list[str] | str) -> None
         )
 
 
-def add_lora(model: PreTrainedModel, model_args: ModelConfig, gradient_checkpointing: bool) -> PeftModel:
-    """Wrap the model with LoRA adapters on the language model's attention (or the targets asked for)."""
+def add_lora(model: PreTrainedModel, model_args: ModelConfig, gradient_checkpointing: bool,
+             full_parts: tuple[str, ...] = ()) -> PeftModel:
+    """Wrap the model with LoRA adapters on its family's default targets (or the targets asked for);
+    the parts in `full_parts` train in full beside them (peft's modules_to_save, saved with the adapter)."""
+    family = family_of(model)
     targets = model_args.lora_target_modules or default_lora_targets(model)
     check_lora_targets(model, targets)
     peft_config: LoraConfig = get_peft_config(model_args)
+    if full_parts:
+        targets = _targets_outside(model, targets, full_parts)
+        peft_config.modules_to_save = [*(peft_config.modules_to_save or []),
+                                       *part_module_names(model, family, full_parts)]
+        for name in bare_parameters(model, family, full_parts):
+            print(f"note: {name} is a bare parameter, which peft cannot train beside LoRA adapters; it stays frozen.")
     peft_config.target_modules = set(targets) if isinstance(targets, list) else targets
-    # BLIP-2 takes pixel_values and builds its own language-model inputs, so the generic PeftModel
+    # The models take pixel_values and build their own language-model inputs, so the generic PeftModel
     # wrapper is the right one, not the CAUSAL_LM / SEQ_2_SEQ_LM ones that rewrite the text inputs.
     peft_config.task_type = None
     if getattr(model, "is_quantized", False):
@@ -124,6 +151,22 @@ def add_lora(model: PreTrainedModel, model_args: ModelConfig, gradient_checkpoin
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     return get_peft_model(model, peft_config)
+
+
+def _targets_outside(model: PreTrainedModel, targets: list[str] | str, full_parts: tuple[str, ...]) -> str:
+    """The LoRA targets limited to the parts that do not train in full (no adapter on a trained weight)."""
+    family = family_of(model)
+    if isinstance(targets, str) and targets.lower() == "all-linear":
+        output = model.get_output_embeddings()
+        targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                          if isinstance(module, torch.nn.Linear) and module is not output})
+    adapter_parts = tuple(part for part in PARTS if part not in full_parts)
+    limited = targets_within(targets, family, adapter_parts) if adapter_parts else r"(?!)"
+    if not any(re.fullmatch(limited, name) for name, _ in model.named_modules()):
+        raise RecipeError(f"every LoRA target ({targets!r}) lies in a part trained in full (--train_modules "
+                          f"{' '.join(full_parts)}): no adapter is left. Use recipes/full_ft.py with "
+                          "--train_modules, or name fewer parts.")
+    return limited
 
 
 def load_trained(folder: str | Path, dtype: str = "float32", base_model: str | None = None,

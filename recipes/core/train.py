@@ -15,7 +15,7 @@ from accelerate.utils import DistributedType
 from transformers import TrainingArguments, set_seed
 from trl import ModelConfig
 
-from .collator import AltTextCollator
+from .collator import make_collator
 from .config import ScriptArguments, parse_recipe_args
 from .data import load_caption_dataset, select_split
 from .errors import RecipeError, exit_on_user_error
@@ -23,7 +23,8 @@ from .generation import generate_alt_text
 from .inputs import prepare_for_training
 from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
 from .model_card import RunSummary
-from .modeling import add_lora, is_encoder_decoder, load_model, load_processor
+from .families import trained_parts
+from .modeling import add_lora, choose_trainable_parts, load_model, load_processor
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
 from .resources import out_of_memory_advice
 from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
@@ -60,6 +61,7 @@ def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, 
         "mixed precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
         "activation checkpointing": training_args.gradient_checkpointing,
         "seed": training_args.seed,
+        "parts trained in full": ", ".join(trained_parts(script_args.train_modules, model_args.use_peft)) or "none",
     }
     if model_args.use_peft:
         hyperparameters.update({"LoRA r": model_args.lora_r, "LoRA alpha": model_args.lora_alpha,
@@ -75,10 +77,13 @@ def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, 
 
 
 def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> AltTextTrainer:
+    parts = trained_parts(script_args.train_modules, model_args.use_peft)
     processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
-    model = load_model(model_args, parse_device_map(script_args.device_map), script_args.trust_remote_code)
+    model = load_model(model_args, parse_device_map(script_args.device_map), script_args.trust_remote_code,
+                       full_parts=parts if model_args.use_peft else ())
     if model_args.use_peft:
-        model = add_lora(model, model_args, training_args.gradient_checkpointing)
+        model = add_lora(model, model_args, training_args.gradient_checkpointing, parts)
+    choose_trainable_parts(model, parts, adapters=model_args.use_peft)
     if PartialState().distributed_type == DistributedType.FSDP:
         align_query_tokens_for_fsdp(model)
     trainable, total = count_parameters(model)
@@ -108,7 +113,7 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
                                                training_args.dataloader_num_workers)
     eval_split = checked.get(script_args.eval_split) if training_args.eval_strategy != "no" else None
 
-    collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
+    collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
     memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
     trainer = AltTextTrainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=eval_split,
                              data_collator=collator, processing_class=processor, callbacks=[memory_callback],
@@ -175,7 +180,11 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
 
 def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
-    script_args, training_args, model_args = parse_recipe_args(defaults, args)
+    return train(*parse_recipe_args(defaults, args))
+
+
+def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
+    """Train with parsed arguments, save the model (or adapter) with its processor and card, report."""
     apply_lr_scaling(script_args, training_args)
     set_seed(training_args.seed)
     trainer = build_trainer(script_args, training_args, model_args)
@@ -218,13 +227,14 @@ def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     return TrainResult(training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports)
 
 
-RECIPES = ("full_ft", "lora", "qlora")
+RECIPES = ("full_ft", "lora", "qlora")  # the single-run recipes (estimated, run by the matrix)
+ALL_RECIPES = (*RECIPES, "two_stage")
 
 
 def recipe_defaults(recipe: str) -> dict[str, Any]:
     """The defaults a recipe file declares (its module-level `DEFAULTS`)."""
-    if recipe not in RECIPES:
-        raise RecipeError(f"unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}.")
+    if recipe not in ALL_RECIPES:
+        raise RecipeError(f"unknown recipe '{recipe}'; choose one of {', '.join(ALL_RECIPES)}.")
     return importlib.import_module(recipe).DEFAULTS
 
 

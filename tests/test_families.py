@@ -1,0 +1,225 @@
+"""The other model families (Idefics2, LLaVA) on their tiny twins: labels, image sensitivity, trainable
+parts, LoRA targets, the two-stage recipe and evaluation (every recipe on every twin: test_recipes.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForImageTextToText
+
+from conftest import ALL_TWINS, CHAT_TWINS, REPO_ROOT, TINY_MODELS, run_recipe
+from core.collator import IGNORE_INDEX, ChatCollator, make_collator
+from core.errors import RecipeError
+from core.families import FAMILIES, PARTS, family_of, freeze_all_but, parse_train_modules, trainable_by_part
+from core.generation import generate_alt_text
+from core.modeling import load_trained
+
+
+
+@pytest.fixture(scope="module", params=sorted(CHAT_TWINS))
+def chat_twin(request):
+    model, processor = load_trained(CHAT_TWINS[request.param])
+    return request.param, model, processor
+
+
+def _examples(split, indices):
+    return [{"image": split[i]["image"], "text": split[i]["text"]} for i in indices]
+
+
+def _losses(output_dir) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def _by_part(model, family):
+    """{part: {parameter name: tensor}} of a plain (not peft) model."""
+    parts = {part: {} for part in (*PARTS, "other")}
+    for name, parameter in model.named_parameters():
+        parts[family.part_of(name)][name] = parameter.detach().clone()
+    return parts
+
+
+def _same(left: dict, right: dict) -> bool:
+    return left.keys() == right.keys() and all(torch.equal(left[name], right[name]) for name in left)
+
+
+def test_every_twin_is_recognised_and_its_parts_cover_every_parameter():
+    for name, folder in ALL_TWINS.items():
+        model = AutoModelForImageTextToText.from_pretrained(folder)
+        family = family_of(model)
+        counts = trainable_by_part(model, family)
+        assert set(counts) == set(PARTS), f"{name}: {counts}"  # nothing falls outside the three parts
+        assert all(total > 0 for _, total in counts.values())
+    with pytest.raises(RecipeError, match="no family adapter"):
+        family_of(type("Config", (), {"model_type": "paligemma"})())
+
+
+def test_chat_labels_cover_the_answer_only(chat_twin, food_splits):
+    name, model, processor = chat_twin
+    collator = make_collator(processor, model)
+    assert isinstance(collator, ChatCollator)
+    tokenizer = processor.tokenizer
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    examples = _examples(food_splits["train"], range(6))
+    batch = collator(examples)
+    prompt_ids = processor(images=[[examples[0]["image"]]], text=[collator.prompt])["input_ids"][0]
+    expected_image_tokens = prompt_ids.count(image_token_id) if isinstance(prompt_ids, list) else \
+        int((torch.as_tensor(prompt_ids) == image_token_id).sum())
+    assert expected_image_tokens >= 8  # the processor expanded the image into its feature positions
+    stops = {tokenizer.eos_token_id, *collator.stop_token_ids()}
+    for row, example in enumerate(examples):
+        ids, labels, mask = batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row]
+        assert int((ids == image_token_id).sum()) == expected_image_tokens
+        assert (labels[ids == image_token_id] == IGNORE_INDEX).all()
+        assert (labels[mask == 0] == IGNORE_INDEX).all()
+        learnt_positions = (labels != IGNORE_INDEX).nonzero().flatten()
+        # Everything before the answer (BOS, user turn, image, instruction, assistant opening) is masked...
+        assert learnt_positions[0] == len(prompt_ids)
+        assert torch.equal(ids[: len(prompt_ids)], torch.as_tensor(prompt_ids))
+        # ...and the answer is exactly the caption followed by the end-of-turn token.
+        learnt = labels[learnt_positions].tolist()
+        assert learnt[-1] in stops
+        assert tokenizer.decode(learnt[:-1], skip_special_tokens=True).strip() == example["text"]
+    assert (batch["attention_mask"] == 0).any()  # captions differ in length: padding was checked
+
+
+def test_chat_loss_and_generated_text_change_when_only_the_image_changes(chat_twin, food_splits):
+    name, model, processor = chat_twin
+    collator = make_collator(processor, model)
+    examples = _examples(food_splits["train"], range(4))
+    swapped = [{"image": examples[(i + 1) % 4]["image"], "text": examples[i]["text"]} for i in range(4)]
+    batch, swapped_batch = collator(examples), collator(swapped)
+    assert torch.equal(batch["input_ids"], swapped_batch["input_ids"])
+    assert torch.equal(batch["labels"], swapped_batch["labels"])
+    with torch.no_grad():
+        loss, swapped_loss = model(**batch).loss.item(), model(**swapped_batch).loss.item()
+    assert abs(loss - swapped_loss) > 1e-3, f"{name}: the loss ignores the image"
+
+    from make_tiny_models import shape_example
+
+    rng = random.Random(123)
+    pictures = [shape_example(rng)["image"] for _ in range(6)]
+    texts = generate_alt_text(model, processor, pictures, max_new_tokens=20)
+    assert len(set(texts)) > 1, f"{name}: the same text for every image: {texts}"
+    assert not any("Assistant" in text or "ASSISTANT" in text for text in texts)  # stopped at the end of turn
+
+
+def test_default_lora_targets_stay_off_the_vision_tower():
+    from trl import ModelConfig
+
+    from core.modeling import add_lora
+
+    for name, folder in ALL_TWINS.items():
+        model = AutoModelForImageTextToText.from_pretrained(folder)
+        family = family_of(model)
+        peft_model = add_lora(model, ModelConfig(use_peft=True, lora_r=4), gradient_checkpointing=False)
+        adapted = {family.part_of(module_name.removeprefix("base_model.model."))
+                   for module_name, _ in peft_model.named_modules() if module_name.endswith(".lora_A")}
+        assert "language" in adapted and "vision" not in adapted, f"{name}: adapters on {adapted}"
+        # Beside a connector trained in full, no adapter sits inside it, and the connector is saved with them.
+        model = AutoModelForImageTextToText.from_pretrained(folder)
+        peft_model = add_lora(model, ModelConfig(use_peft=True, lora_r=4), False, full_parts=("connector",))
+        adapted = {family.part_of(module_name.removeprefix("base_model.model."))
+                   for module_name, _ in peft_model.named_modules() if module_name.endswith(".lora_A")}
+        assert adapted == {"language"}, f"{name}: adapters on {adapted}"
+        assert any("modules_to_save" in n for n, _ in peft_model.named_parameters())
+
+
+def test_train_modules_parse_and_freeze_by_part():
+    assert parse_train_modules(None, PARTS) == PARTS
+    assert parse_train_modules(["language,connector"], ()) == ("connector", "language")
+    with pytest.raises(RecipeError, match="not a part"):
+        parse_train_modules(["vision", "projector"], ())
+    # BLIP-2's connector is the Q-Former, its query tokens and the projection into the language model.
+    model = AutoModelForImageTextToText.from_pretrained(TINY_MODELS["opt"])
+    freeze_all_but(model, family_of(model), ("connector",))
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"qformer", "query_tokens", "language_projection"}
+    counts = trainable_by_part(model, family_of(model))
+    assert counts["vision"][0] == counts["language"][0] == 0 and counts["connector"][0] == counts["connector"][1]
+
+
+def test_full_ft_trains_only_the_named_parts(tmp_path):
+    output_dir = tmp_path / "out"
+    result = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml",
+                        "--model_name_or_path", str(CHAT_TWINS["idefics2"]), "--output_dir", str(output_dir),
+                        "--train_modules", "connector", "--max_steps", "6", "--logging_steps", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    printed = re.search(r"trainable parameters by part .*?\n((?:  .*\n){3})", result.stdout).group(1)
+    assert re.search(r"vision\s+0 of .* frozen", printed) and re.search(r"language\s+0 of .* frozen", printed)
+    assert re.search(r"connector\s+([\d,]+) of\s+\1\s+trained in full", printed)
+    family = FAMILIES["idefics2"]
+    before = _by_part(AutoModelForImageTextToText.from_pretrained(CHAT_TWINS["idefics2"]), family)
+    after = _by_part(AutoModelForImageTextToText.from_pretrained(output_dir), family)
+    assert _same(before["vision"], after["vision"]) and _same(before["language"], after["language"])
+    assert not _same(before["connector"], after["connector"])
+
+    bad = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml", "--output_dir", str(tmp_path / "b"),
+                     "--train_modules", "projector")
+    assert bad.returncode == 1 and "not a part; choose from vision, connector, language" in bad.stderr
+
+
+def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path):
+    output_dir = tmp_path / "two"
+    result = run_recipe("two_stage", "--config", "recipes/configs/tiny/two_stage.yaml", "--output_dir", str(output_dir),
+                        "--stage1_max_steps", "10", "--max_steps", "20")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stage 1 of 2" in result.stdout and f"starting from {output_dir / 'stage1'}" in result.stdout
+    family = FAMILIES["llava"]
+    base = _by_part(AutoModelForImageTextToText.from_pretrained(CHAT_TWINS["llava"]), family)
+    stage1 = _by_part(AutoModelForImageTextToText.from_pretrained(output_dir / "stage1"), family)
+    # Stage 1: only the connector moved.
+    assert _same(base["vision"], stage1["vision"]) and _same(base["language"], stage1["language"])
+    assert not _same(base["connector"], stage1["connector"])
+    # Stage 2 is an adapter on stage 1 that also carries the connector, trained further.
+    adapter_config = json.loads((output_dir / "stage2" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(output_dir / "stage1")
+    assert adapter_config["modules_to_save"] == ["model.multi_modal_projector"]
+    assert (output_dir / "stage2" / "processor_config.json").exists()
+    model, _ = load_trained(output_dir / "stage2")
+    merged = _by_part(model.merge_and_unload(), family)
+    assert _same(stage1["vision"], merged["vision"])
+    assert not _same(stage1["connector"], merged["connector"])
+    assert not _same(stage1["language"], merged["language"])  # the LoRA update, merged in
+    for stage in ("stage1", "stage2"):
+        losses = _losses(output_dir / stage)
+        assert losses[-1] < losses[0], f"{stage}: {losses}"
+
+    again = run_recipe("two_stage", "--config", "recipes/configs/tiny/two_stage.yaml", "--output_dir",
+                       str(output_dir), "--max_steps", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds a finished stage 1 model" in again.stdout and "stage 1 of 2" not in again.stdout
+
+
+def test_evaluation_scores_every_family(tmp_path):
+    output_file = tmp_path / "scores.json"
+    models = [f"{name}={folder}" for name, folder in ALL_TWINS.items()]
+    result = run_recipe("evaluate_captions", "--models", *models, "--split", "test", "--max_samples", "8",
+                        "--embedding_model", "none", "--examples", "0", "--output_file", str(output_file))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(output_file.read_text())
+    scored = report["models"]
+    assert set(scored) == set(ALL_TWINS)
+    for name, entry in scored.items():
+        captions = entry["captions"]
+        assert len(captions) == 8 and all(captions), name
+        assert 0 <= entry["scores"]["cider"] and 0 <= entry["scores"]["bleu4"] <= 1
+
+
+def test_fsdp_wrap_classes_cover_each_family_s_layers():
+    for name, folder in ALL_TWINS.items():
+        model = AutoModelForImageTextToText.from_pretrained(folder)
+        family = family_of(model)
+        present = {type(module).__name__ for module in model.modules()}
+        wrapped = present & set(family.fsdp_wrap)
+        decoder_layers = {cls for cls in present if cls.endswith(("DecoderLayer", "Block"))}
+        assert decoder_layers and decoder_layers <= wrapped, f"{name}: {decoder_layers - wrapped} not wrapped"
+    settings = yaml.safe_load((REPO_ROOT / "accelerate_configs/fsdp4_idefics2.yaml").read_text())
+    listed = set(settings["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    idefics2 = {type(m).__name__ for m in AutoModelForImageTextToText.from_pretrained(CHAT_TWINS["idefics2"]).modules()}
+    assert listed <= idefics2 and "MistralDecoderLayer" in listed
