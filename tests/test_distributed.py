@@ -124,6 +124,21 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
     assert (tmp_path / "machine0" / "adapter_model.safetensors").exists()
 
 
+def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
+    """Stage 2 on every rank loads what the first rank saved in stage 1: the ranks wait for it."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/ddp4.yaml",
+               "--num_processes", "2", "--multi_gpu", "recipes/two_stage.py", "--config",
+               "recipes/configs/tiny/two_stage.yaml", "--use_cpu", "true", "--per_device_train_batch_size", "4",
+               "--stage1_max_steps", "3", "--max_steps", "3", "--max_train_samples", "32",
+               "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("stage 2 of 2") == 1 and "2 processes, global batch 8" in result.stdout
+    assert (tmp_path / "stage1" / "model.safetensors").exists()
+    assert (tmp_path / "stage2" / "adapter_model.safetensors").exists()
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_fsdp2_shards_the_configured_layers_with_mixed_dtypes_and_gathers_a_reloadable_state_dict(tmp_path, lora):
     out = tmp_path / "fsdp.json"

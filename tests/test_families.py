@@ -55,6 +55,16 @@ def test_every_twin_is_recognised_and_its_parts_cover_every_parameter():
         counts = trainable_by_part(model, family)
         assert set(counts) == set(PARTS), f"{name}: {counts}"  # nothing falls outside the three parts
         assert all(total > 0 for _, total in counts.values())
+    # Idefics3 (no twin shipped) shares Idefics2's adapter: its module names must fall in the same parts.
+    from transformers import Idefics3Config
+
+    config = Idefics3Config(vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                               num_attention_heads=4, image_size=64, patch_size=8),
+                            text_config=dict(model_type="llama", vocab_size=300, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    with torch.device("meta"):
+        idefics3 = AutoModelForImageTextToText.from_config(config)
+    assert set(trainable_by_part(idefics3, family_of(idefics3))) == set(PARTS)
     with pytest.raises(RecipeError, match="no family adapter"):
         family_of(type("Config", (), {"model_type": "paligemma"})())
 

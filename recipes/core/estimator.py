@@ -65,8 +65,8 @@ The layer stacks per family:
 
 Strategies divide as they do: DDP keeps a full copy per GPU plus gradient buckets (one more copy of
 the gradients); FSDP (FULL_SHARD) divides params, grads and optimizer state by the GPU count and adds
-the largest layer gathered; DeepSpeed ZeRO-2 with CPU offload keeps bf16 params on each GPU, moves
-fp32 master weights, moments (12 B/param) and fp32 gradients (4 B/param; with gradient accumulation
+the largest wrapped unit (the family's FSDP classes) gathered; DeepSpeed ZeRO-2 with CPU offload keeps
+bf16 params on each GPU, moves fp32 master weights, moments (12 B/param) and fp32 gradients (4 B/param; with gradient accumulation
 also a buffer in the training dtype) to the host, leaving two gradient buckets of h² on the GPU.
 Model parallel (`--device_map`, strategy model_parallel) splits the layers over the GPUs of one
 machine as `plan_device_map` does for `--num_gpus` GPUs (default: those visible, or the devices of a
@@ -710,4 +710,5 @@ def _breakdown(weights: list[Weight], activations: dict[str, int], plan: Trainin
 
 
 def _wrap_classes(model) -> set[str]:
-    return set(getattr(model, "_no_split_modules", None) or [])
+    """The units FSDP gathers one at a time: the family's wrap classes (as accelerate_configs/ lists them)."""
+    return set(family_of(model).fsdp_wrap)

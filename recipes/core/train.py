@@ -180,7 +180,18 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
 
 def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
-    return train(*parse_recipe_args(defaults, args))
+    result = train(*parse_recipe_args(defaults, args))
+    leave_process_group()
+    return result
+
+
+def leave_process_group() -> None:
+    """After the last training run of a process: leave the process group together. A rank exiting while
+    gloo threads still run aborts with SIGABRT after a successful run (seen with two launchers on two
+    "machines")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
@@ -215,12 +226,6 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
                                                         for rank, peak in enumerate(rank_peaks)), flush=True)
         if script_args.show_examples > 0:
             show_examples(trainer, script_args)
-
-    if torch.distributed.is_initialized():
-        # Leave the process group together: a rank exiting while gloo threads still run aborts with
-        # SIGABRT after a successful run (seen with two launchers on two "machines").
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
     memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

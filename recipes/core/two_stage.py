@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from transformers import TrainingArguments
 from trl import ModelConfig
 
 from .config import ScriptArguments, parse_recipe_args
 from .errors import RecipeError
-from .train import TrainResult, train
+from .train import TrainResult, leave_process_group, train
 
 STAGE1_PARTS = ["connector"]
 STAGE2_PARTS = ["connector"]  # + LoRA adapters on the language model
@@ -70,7 +71,7 @@ def _training_copy(training_args: TrainingArguments, output_dir: Path, **changes
 
 
 def is_finished_stage(folder: Path) -> bool:
-    """A stage 1 folder the recipe finished: saved weights, processor and training state."""
+    """A stage 1 folder the recipe finished: its config, weights and training state are there."""
     return (folder / "config.json").exists() and (folder / "trainer_state.json").exists() \
         and any(folder.glob("model*.safetensors"))
 
@@ -82,14 +83,17 @@ def run_two_stage(defaults: dict[str, Any], args: list[str] | None = None) -> tu
                           "language model); use full_ft.py or lora.py to choose parts yourself.")
     output_dir = Path(training_args.output_dir)
     stage1_dir = output_dir / "stage1"
+    say = print if PartialState().is_main_process else (lambda *args, **kwargs: None)
     stage1 = None
     if options.reuse_stage1 and is_finished_stage(stage1_dir):
-        print(f"stage 1: {stage1_dir} holds a finished stage 1 model; starting stage 2 from it "
+        say(f"stage 1: {stage1_dir} holds a finished stage 1 model; starting stage 2 from it "
               "(--reuse_stage1 false to train it again)", flush=True)
     else:
-        print(f"stage 1 of 2: the connector aligns; vision tower and language model frozen -> {stage1_dir}", flush=True)
+        say(f"stage 1 of 2: the connector aligns; vision tower and language model frozen -> {stage1_dir}", flush=True)
         stage1 = train(*stage1_arguments(script_args, training_args, model_args, options, output_dir))
-    print(f"stage 2 of 2: connector + LoRA on the language model, starting from {stage1_dir} -> "
+        PartialState().wait_for_everyone()  # the first process writes stage 1; the others load it next
+    say(f"stage 2 of 2: connector + LoRA on the language model, starting from {stage1_dir} -> "
           f"{output_dir / 'stage2'}", flush=True)
     stage2 = train(*stage2_arguments(script_args, training_args, model_args, stage1_dir, output_dir))
+    leave_process_group()  # after both stages: they share the process group
     return stage1, stage2
