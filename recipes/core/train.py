@@ -101,11 +101,10 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
                                             script_args.max_caption_tokens, script_args.max_image_pixels,
                                             script_args.max_aspect_ratio)
         reports.append(report)
-    if training_args.process_index == 0:
-        apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens)
+    is_main = training_args.process_index == 0  # the report is printed and written once
+    apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=not is_main)
+    if is_main:
         write_report(reports, training_args.output_dir)
-    else:
-        apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=True)
     train_split = checked[script_args.train_split]
     if script_args.fast_inputs:
         with training_args.main_process_first(desc="image cache"):  # the first process fills the cache
@@ -206,7 +205,8 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise RecipeError(out_of_memory_advice(script_args, training_args, model_args,
-                                               caption_token_count(script_args, model_args))) from None
+                                               caption_token_count(script_args, model_args,
+                                                                   trainer.processing_class.tokenizer))) from None
     train_seconds = time.perf_counter() - start
 
     peak_bytes, peak_source = peak_memory()
@@ -243,13 +243,14 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     return importlib.import_module(recipe).DEFAULTS
 
 
-def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig) -> int:
-    """Tokens of the longest training caption plus EOS, as the collator will build them."""
+def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig, tokenizer: Any = None) -> int:
+    """Tokens of the longest training caption plus EOS, as the collator will build them (with `tokenizer`,
+    or the model's own when it can be loaded)."""
     splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
                                   script_args.dataset_config)
     captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
     try:
-        tokenizer = load_processor(model_args.model_name_or_path).tokenizer
+        tokenizer = tokenizer or load_processor(model_args.model_name_or_path).tokenizer
         longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
     except RecipeError:  # no tokenizer offline (a Hub id): BPE vocabularies spend about 1.3 tokens a word
         longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
