@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,12 @@ def tiny_model(request):
 
     model, processor = load_trained(TINY_MODELS[request.param])
     return request.param, model, processor
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    """The training losses a run logged (its trainer_state.json), in step order."""
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 def run_recipe(recipe: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

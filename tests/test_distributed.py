@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, TINY_MODELS, run_recipe
+from conftest import REPO_ROOT, TINY_MODELS, logged_losses, run_recipe
 from core.estimator import load_config, meta_model
 from core.experiments import cpu_deepspeed_flags
 from core.parallel import align_query_tokens_for_fsdp, describe_device_map, plan_device_map, scaled_learning_rate
@@ -41,11 +41,6 @@ def _ok(result):
     return result.stdout
 
 
-def _losses(output_dir) -> list[float]:
-    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,7 +57,7 @@ def test_ddp_two_ranks_follow_the_single_process_loss_curve(tmp_path):
     assert "learning rate: 0.001 -> 0.001 (none scaling, 2 processes, global batch 8)" in stdout
     assert stdout.count("[memory] step 1 |") == 1  # rank 0 alone prints the summary...
     assert "peak memory per rank: rank 0" in stdout and "rank 1" in stdout  # ...and every rank's peak
-    single_losses, ddp_losses = _losses(single), _losses(ddp)
+    single_losses, ddp_losses = logged_losses(single), logged_losses(ddp)
     assert len(ddp_losses) == len(single_losses) == 6
     assert ddp_losses == pytest.approx(single_losses, rel=0.03)  # 2 x 4 is the same batch of 8 as 1 x 8
     reloaded = load_file(ddp / "model.safetensors")
@@ -81,7 +76,7 @@ def _resume_matches_uninterrupted(tmp_path, config, recipe, weights_file, *flags
     state = json.loads((resumed / "trainer_state.json").read_text())
     # The history of steps 1-2 comes from the checkpoint; steps 3-4 were trained after resuming.
     assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
-    assert _losses(resumed) == pytest.approx(_losses(full), rel=1e-3)
+    assert logged_losses(resumed) == pytest.approx(logged_losses(full), rel=1e-3)
     ours, theirs = load_file(resumed / weights_file), load_file(full / weights_file)
     assert ours.keys() == theirs.keys()
     for key in ours:

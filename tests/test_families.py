@@ -12,13 +12,12 @@ import torch
 import yaml
 from transformers import AutoModelForImageTextToText
 
-from conftest import ALL_TWINS, CHAT_TWINS, REPO_ROOT, TINY_MODELS, run_recipe
+from conftest import ALL_TWINS, CHAT_TWINS, REPO_ROOT, TINY_MODELS, logged_losses, run_recipe
 from core.collator import IGNORE_INDEX, ChatCollator, make_collator
 from core.errors import RecipeError
 from core.families import FAMILIES, PARTS, family_of, freeze_all_but, parse_train_modules, trainable_by_part
 from core.generation import generate_alt_text
 from core.modeling import load_trained
-
 
 
 @pytest.fixture(scope="module", params=sorted(CHAT_TWINS))
@@ -29,11 +28,6 @@ def chat_twin(request):
 
 def _examples(split, indices):
     return [{"image": split[i]["image"], "text": split[i]["text"]} for i in indices]
-
-
-def _losses(output_dir) -> list[float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
 def _by_part(model, family):
@@ -197,7 +191,7 @@ def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path):
     assert not _same(stage1["connector"], merged["connector"])
     assert not _same(stage1["language"], merged["language"])  # the LoRA update, merged in
     for stage in ("stage1", "stage2"):
-        losses = _losses(output_dir / stage)
+        losses = logged_losses(output_dir / stage)
         assert losses[-1] < losses[0], f"{stage}: {losses}"
 
     again = run_recipe("two_stage", "--config", "recipes/configs/tiny/two_stage.yaml", "--output_dir",

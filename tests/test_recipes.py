@@ -3,28 +3,22 @@ falls, output reloads."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from conftest import ALL_TWINS, TINY_MODELS, run_recipe
+from conftest import ALL_TWINS, TINY_MODELS, logged_losses, run_recipe
 from core.generation import generate_alt_text
 from core.modeling import load_trained
-
-
-def _losses(output_dir) -> list[float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
 def _assert_trained(result, output_dir):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[memory] step 0 |" in result.stdout and "[memory] step 1 |" in result.stdout
     assert "train time: " in result.stdout and "| peak memory: " in result.stdout
-    losses = _losses(output_dir)
+    losses = logged_losses(output_dir)
     assert len(losses) >= 4
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, f"loss did not fall: {losses}"
 

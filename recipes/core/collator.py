@@ -175,8 +175,7 @@ class ChatCollator:
         for row, (length, answer) in enumerate(zip(prompt_lengths, answers)):
             end = length + len(answer)
             input_ids[row, :length] = prompts["input_ids"][row, :length]
-            input_ids[row, length:end] = torch.tensor(answer)
-            labels[row, length:end] = torch.tensor(answer)
+            input_ids[row, length:end] = labels[row, length:end] = torch.tensor(answer)
             attention_mask[row, :end] = 1
         return {**batch, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 

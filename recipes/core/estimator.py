@@ -92,7 +92,8 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 
 from .errors import RecipeError
-from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts
+from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts, within
+from .modeling import lora_targets
 from .parallel import parse_device_map, plan_device_map
 from .paths import REPO_ROOT, resolve_local
 
@@ -178,10 +179,6 @@ class TrainingPlan:
     unquantized: set[str] = field(default_factory=set)  # modules of the parts trained in full, with descendants
 
 
-def lora_targets(model, family: ModelFamily, model_args) -> list[str] | str:
-    return model_args.lora_target_modules or family.default_lora_targets(model.config.get_text_config().model_type)
-
-
 def is_lora_target(name: str, module: torch.nn.Module, targets: list[str] | str, output_layer) -> bool:
     """Whether peft puts an adapter on this module (only linear layers are counted)."""
     if not isinstance(module, torch.nn.Linear):
@@ -191,10 +188,6 @@ def is_lora_target(name: str, module: torch.nn.Module, targets: list[str] | str,
             return module is not output_layer
         return re.fullmatch(targets, name) is not None
     return any(name == target or name.endswith("." + target) for target in targets)
-
-
-def _within(name: str, prefixes) -> bool:
-    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
 def _in_modules_to_save(name: str, modules_to_save: list[str]) -> bool:
@@ -209,12 +202,12 @@ def training_plan(model, script_args, model_args) -> TrainingPlan:
         return plan
     part_modules = part_module_names(model, family, parts)
     modules_to_save = list(model_args.lora_modules_to_save or [])
-    targets = lora_targets(model, family, model_args)
+    targets = lora_targets(model, model_args)
     output_layer = model.get_output_embeddings()
     for name, module in model.named_modules():
-        if _within(name, part_modules):
+        if within(name, part_modules):
             plan.unquantized.add(name)
-        if _within(name, part_modules) or _in_modules_to_save(name, modules_to_save):
+        if within(name, part_modules) or _in_modules_to_save(name, modules_to_save):
             plan.full_copies.add(name)
         elif is_lora_target(name, module, targets, output_layer):
             plan.adapters.add(name)
@@ -453,7 +446,7 @@ def stack_modes(stacks: list[Stack], plan: TrainingPlan) -> list[str]:
     for stack in stacks:
         if stack.part in plan.full_parts:
             mode = "full"
-        elif any(_within(name, [stack.modules]) for name in plan.adapters):
+        elif any(within(name, [stack.modules]) for name in plan.adapters):
             mode = "lora"
         else:
             mode = "through" if upstream else "frozen"

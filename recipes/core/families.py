@@ -32,6 +32,11 @@ DEFAULT_INSTRUCTION = "Write alt text for this image."
 _DECODER_PROJECTIONS = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
 
 
+def within(name: str, prefixes) -> bool:
+    """Whether a parameter or module name is one of `prefixes` or lies inside one."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
@@ -49,7 +54,7 @@ class ModelFamily:
     def part_of(self, parameter_name: str) -> str:
         """The part a (base-model) parameter or module name belongs to: vision, connector, language or other."""
         for part, prefixes in self.parts.items():
-            if any(parameter_name == prefix or parameter_name.startswith(prefix + ".") for prefix in prefixes):
+            if within(parameter_name, prefixes):
                 return part
         return "other"
 
@@ -152,9 +157,8 @@ def part_module_names(model: torch.nn.Module, family: ModelFamily, parts: tuple[
 
 def bare_parameters(model: torch.nn.Module, family: ModelFamily, parts: tuple[str, ...]) -> list[str]:
     """Parameters of `parts` that no module holds (BLIP-2's query tokens): peft cannot save them with adapters."""
-    modules = dict(model.named_modules())
-    return [prefix for part in parts for prefix in family.parts[part]
-            if prefix not in modules and any(n == prefix for n, _ in model.named_parameters())]
+    modules, parameters = dict(model.named_modules()), dict(model.named_parameters())
+    return [prefix for part in parts for prefix in family.parts[part] if prefix not in modules and prefix in parameters]
 
 
 def targets_within(targets: list[str] | str, family: ModelFamily, parts: tuple[str, ...]) -> str:

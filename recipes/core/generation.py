@@ -9,6 +9,7 @@ from datasets import Dataset
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .collator import ChatCollator
 from .families import family_of
 from .images import to_rgb
 
@@ -25,12 +26,10 @@ def generate_alt_text(
 ) -> list[str]:
     """Generate one caption per image, conditioned as in training: BLIP-2 `<image>`×N, BOS, prompt; chat
     families the user turn (image, instruction) and the assistant's opening."""
-    from .collator import ChatCollator  # the collator defines the training prompt and its stop tokens
-
     images = [to_rgb(image) for image in images]
     family = family_of(model)
     if family.uses_chat_template:
-        chat = ChatCollator(processor, family, prompt)
+        chat = ChatCollator(processor, family, prompt)  # the training prompt and its stop tokens
         inputs = processor(images=[[image] for image in images], text=[chat.prompt] * len(images),
                            padding="longest", padding_side="left", return_tensors="pt")
         stops = chat.stop_token_ids()

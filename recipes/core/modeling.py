@@ -93,8 +93,10 @@ def is_encoder_decoder(model: PreTrainedModel) -> bool:
     return bool(model.config.get_text_config().is_encoder_decoder)
 
 
-def default_lora_targets(model: PreTrainedModel) -> list[str] | str:
-    return family_of(model).default_lora_targets(model.config.get_text_config().model_type)
+def lora_targets(model: PreTrainedModel, model_args: ModelConfig) -> list[str] | str:
+    """`--lora_target_modules`, else the family's defaults for this language model."""
+    return model_args.lora_target_modules or family_of(model).default_lora_targets(
+        model.config.get_text_config().model_type)
 
 
 def choose_trainable_parts(model: PreTrainedModel, parts: tuple[str, ...], adapters: bool) -> None:
@@ -132,7 +134,7 @@ def add_lora(model: PreTrainedModel, model_args: ModelConfig, gradient_checkpoin
     """Wrap the model with LoRA adapters on its family's default targets (or the targets asked for);
     the parts in `full_parts` train in full beside them (peft's modules_to_save, saved with the adapter)."""
     family = family_of(model)
-    targets = model_args.lora_target_modules or default_lora_targets(model)
+    targets = lora_targets(model, model_args)
     check_lora_targets(model, targets)
     peft_config: LoraConfig = get_peft_config(model_args)
     if full_parts:
