@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import resource
 import sys
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -97,6 +97,7 @@ class MemoryBreakdown:
     peak_source: str
     grads_on_cpu: int = 0  # offloaded (DeepSpeed) parts, counted in grads / optimizer too
     optimizer_on_cpu: int = 0
+    activations_by_region: dict[str, int] = field(default_factory=dict)  # when the callback is given regions
 
     @property
     def other(self) -> int:
@@ -122,30 +123,60 @@ class MemoryBreakdown:
 
 
 class SavedActivationMeter:
-    """Measures the bytes autograd saves for backward, per micro-batch, excluding parameters."""
+    """Measures the bytes autograd saves for backward, per micro-batch, excluding parameters.
 
-    def __init__(self, model: torch.nn.Module):
+    With `regions` ({name: modules}), each saved storage is also put to the region whose module was
+    running when it was first saved (the innermost, for nested regions); storages saved outside every
+    region go to "outside". Forward hooks mark the regions: transformers checkpoints a layer's `forward`,
+    inside its hooks, so the inputs a checkpointed layer keeps count in its region.
+    """
+
+    def __init__(self, model: torch.nn.Module, regions: dict[str, list[torch.nn.Module]] | None = None):
         self._parameter_storages = {key[0] for p in model.parameters() if (key := _storage_key(p))}
         self._current: dict[int, int] = {}
+        self._region_of: dict[int, str] = {}
+        self._active: list[str] = []
         self.peak = 0
+        self.peak_by_region: dict[str, int] = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._handles = []
+        for name, modules in (regions or {}).items():
+            for module in modules:
+                self._handles.append(module.register_forward_pre_hook(lambda *_, name=name: self._enter(name)))
+                self._handles.append(module.register_forward_hook(lambda *_: self._leave()))
+
+    def _enter(self, region: str) -> None:
+        self._active.append(region)
+
+    def _leave(self) -> None:  # returns None: a forward hook's return value would replace the output
+        self._active.pop()
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)
         if key is not None and key[0] not in self._parameter_storages:
             self._current[key[0]] = key[1]
+            self._region_of.setdefault(key[0], self._active[-1] if self._active else "outside")
         return tensor
 
     def start(self) -> None:
         self._hooks.__enter__()
 
     def end_micro_batch(self) -> None:
-        self.peak = max(self.peak, sum(self._current.values()))
-        self._current = {}
+        total = sum(self._current.values())
+        if total >= self.peak:
+            self.peak = total
+            by_region: dict[str, int] = {}
+            for storage, size in self._current.items():
+                region = self._region_of[storage]
+                by_region[region] = by_region.get(region, 0) + size
+            self.peak_by_region = by_region
+        self._current, self._region_of = {}, {}
 
     def stop(self) -> int:
         self.end_micro_batch()
         self._hooks.__exit__(None, None, None)
+        for handle in self._handles:
+            handle.remove()
         return self.peak
 
 
@@ -156,11 +187,14 @@ class MemoryBreakdownCallback(TrainerCallback):
     zeroed); activations are measured only on reported steps, so other steps pay nothing.
     """
 
-    def __init__(self, report_steps: int = 50):
+    def __init__(self, report_steps: int = 50,
+                 regions: Callable[[torch.nn.Module], dict[str, list[torch.nn.Module]]] | None = None):
         self.report_steps = report_steps
+        self.regions = regions  # model -> {name: modules}: activations are also measured per region
         self.trainer = None  # set by the caller so reports also go to the Trainer's logs and reporters
         self.reports: list[MemoryBreakdown] = []
         self._meter: SavedActivationMeter | None = None
+        self._meter_regions: dict[str, int] = {}
         self._pending: MemoryBreakdown | None = None
 
     def _is_report_step(self, step: int) -> bool:
@@ -174,7 +208,7 @@ class MemoryBreakdownCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self._is_report_step(state.global_step + 1):
-            self._meter = SavedActivationMeter(model)
+            self._meter = SavedActivationMeter(model, self.regions(model) if self.regions else None)
             self._meter.start()
 
     def on_substep_end(self, args, state, control, **kwargs):
@@ -185,7 +219,7 @@ class MemoryBreakdownCallback(TrainerCallback):
         if self._meter is None:
             return
         activations = self._meter.stop()
-        self._meter = None
+        self._meter_regions, self._meter = self._meter.peak_by_region, None
         master_weights, zero_grads = zero_offload_tensors(optimizer)
         optimizer_tensors = (optimizer_state_tensors(optimizer) if optimizer is not None else []) + master_weights
         grads = [p.grad for p in model.parameters() if p.grad is not None] + zero_grads
@@ -199,6 +233,7 @@ class MemoryBreakdownCallback(TrainerCallback):
             optimizer=unique_bytes(optimizer_tensors),
             optimizer_on_cpu=unique_bytes(t for t in optimizer_tensors if t.device.type == "cpu") if on_accelerator else 0,
             activations=activations,
+            activations_by_region=dict(self._meter_regions),
             peak=peak,
             peak_source=peak_source,
         )
