@@ -91,6 +91,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 
+from .activations import Precision, Stack, precision
+from .activations import stack_bytes as layers_bytes
 from .errors import RecipeError
 from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts, within
 from .modeling import lora_targets
@@ -307,68 +309,40 @@ def embedding_weight_names(model) -> set[str]:
 # --- Activations ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    """One stack of identical transformer layers (or one MLP), as the activation arithmetic sees it."""
-    name: str
-    layers: int
-    seq: int
-    hidden: int
-    mlp: int
-    heads: int
-    gated: bool = False
-    extra_per_layer: int = 0  # elements beyond a self-attention layer (cross-attention)
-    part: str = "language"
-    modules: str = ""  # the layer list (or the one module) in the model, for model-parallel placement
-    per_example: int = 1  # sequences per example (Idefics2: one per image)
-    attention: bool = True  # False: an MLP only (a projector)
-    checkpointed: bool = True  # activation checkpointing applies to its layers
-
-    def layer_elements(self, mode: str, eager: bool) -> int:
-        s, h, f = self.seq, self.hidden, self.mlp
-        full = mode == "full"  # else LoRA (or frozen, gradients passing): frozen projections need no saved input
-        mlp_inputs = (3 if self.gated else 2) if full else (2 if self.gated else 1)
-        if not self.attention:
-            return s * h + mlp_inputs * s * f + self.extra_per_layer
-        elements = (8 if full else 6) * s * h + mlp_inputs * s * f + self.extra_per_layer
-        return elements + (self.heads * s * s if eager else 0)
-
-    def elements(self, mode: str, eager: bool, checkpointed: bool) -> int:
-        if mode == "frozen" or self.layers == 0:
-            return 0
-        if checkpointed and self.checkpointed:  # each layer's input, plus one layer recomputed during backward
-            return self.layers * self.seq * self.hidden + self.layer_elements(mode, eager)
-        return self.layers * self.layer_elements(mode, eager)
-
-
 def blip2_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
                  ) -> tuple[list[Stack], int]:
     """The layer stacks of a BLIP-2 model and the length the loss runs over."""
     vision, qformer, text = config.vision_config, config.qformer_config, config.get_text_config()
     patches = (vision.image_size // vision.patch_size) ** 2 + 1
     queries = config.num_query_tokens
-    cross = 2 * patches * qformer.hidden_size + 4 * queries * qformer.hidden_size
     stacks = [
         Stack("vision", vision.num_hidden_layers, patches, vision.hidden_size, vision.intermediate_size,
-              vision.num_attention_heads, part="vision", modules="vision_model.encoder.layers"),
+              vision.num_attention_heads, kind="vit", part="vision", modules="vision_model.encoder.layers"),
         Stack("qformer", qformer.num_hidden_layers, queries, qformer.hidden_size, qformer.intermediate_size,
-              qformer.num_attention_heads, extra_per_layer=cross // qformer.cross_attention_frequency,
-              part="connector", modules="qformer.encoder.layer"),
+              qformer.num_attention_heads, kind="qformer", part="connector", modules="qformer.encoder.layer",
+              kv_seq=patches, kv_input=qformer.encoder_hidden_size, cross_every=qformer.cross_attention_frequency,
+              dropout=qformer.hidden_dropout_prob > 0),
     ]
     if text.is_encoder_decoder:  # T5: image tokens + prompt into the encoder, caption out of the decoder
-        gated = "gated" in text.feed_forward_proj
         encoder_seq, decoder_seq = queries + prompt_tokens, caption_tokens
+        dropout = text.dropout_rate > 0
         stacks.append(Stack("language_encoder", text.num_layers, encoder_seq, text.d_model, text.d_ff, text.num_heads,
-                            gated, modules="language_model.encoder.block"))
+                            kind="t5", modules="language_model.encoder.block", dropout=dropout))
         stacks.append(Stack("language_decoder", text.num_decoder_layers, decoder_seq, text.d_model, text.d_ff,
-                            text.num_heads, gated, extra_per_layer=4 * decoder_seq * text.d_model + 2 * encoder_seq * text.d_model,
-                            modules="language_model.decoder.block"))
+                            text.num_heads, kind="t5", modules="language_model.decoder.block", kv_seq=encoder_seq,
+                            dropout=dropout))
         return stacks, decoder_seq
     seq = queries + prompt_tokens + caption_tokens
     stacks.append(Stack("language_model", text.num_hidden_layers, seq, text.hidden_size,
-                        getattr(text, "ffn_dim", None) or text.intermediate_size, text.num_attention_heads,
-                        modules="language_model.model.decoder.layers"))
+                        getattr(text, "ffn_dim", None) or text.intermediate_size, text.num_attention_heads, kind="opt",
+                        modules="language_model.model.decoder.layers", dropout=text.dropout > 0))
     return stacks, seq
+
+
+def _kv_width(config) -> int:
+    heads = config.num_attention_heads
+    return (getattr(config, "num_key_value_heads", None) or heads) * (getattr(config, "head_dim", None)
+                                                                     or config.hidden_size // heads)
 
 
 def idefics2_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
@@ -380,23 +354,22 @@ def idefics2_stacks(config, caption_tokens: int, prompt_tokens: int, image_proce
     side = min((image_processor.get("size") or {}).get("shortest_edge", 378), vision.image_size)
     patches = (side // vision.patch_size) ** 2
     latents = perceiver.resampler_n_latents
-    kv_width = perceiver.num_key_value_heads * perceiver.resampler_head_dim
-    # The perceiver's latents attend to [patches; latents]: the normed patches and their keys and values.
-    context = 2 * patches * perceiver.hidden_size + 2 * (patches + latents) * kv_width
     seq = images * latents + prompt_tokens + caption_tokens
     stacks = [
         Stack("vision", vision.num_hidden_layers, patches, vision.hidden_size, vision.intermediate_size,
-              vision.num_attention_heads, part="vision", modules="model.vision_model.encoder.layers",
+              vision.num_attention_heads, kind="siglip", part="vision", modules="model.vision_model.encoder.layers",
               per_example=images),
-        Stack("connector_projection", 1, patches, vision.hidden_size, text.intermediate_size, 0, gated=True,
-              part="connector", modules="model.connector.modality_projection", per_example=images, attention=False,
-              checkpointed=False),
+        Stack("connector_projection", 1, patches, vision.hidden_size, text.intermediate_size, 0,
+              kind="gated_projection", part="connector", modules="model.connector.modality_projection",
+              per_example=images, checkpointed=False),
         Stack("connector_perceiver", perceiver.resampler_depth, latents, perceiver.hidden_size,
-              4 * perceiver.hidden_size, perceiver.resampler_n_heads, gated=True, extra_per_layer=context,
-              part="connector", modules="model.connector.perceiver_resampler.layers", per_example=images,
-              checkpointed=False),
+              4 * perceiver.hidden_size, perceiver.resampler_n_heads, kind="perceiver", part="connector",
+              modules="model.connector.perceiver_resampler.layers", per_example=images, checkpointed=False,
+              kv_seq=patches + latents, context_seq=patches,
+              attention_width=perceiver.resampler_n_heads * perceiver.resampler_head_dim,
+              kv_width=perceiver.num_key_value_heads * perceiver.resampler_head_dim),
         Stack("language_model", text.num_hidden_layers, seq, text.hidden_size, text.intermediate_size,
-              text.num_attention_heads, gated=True, modules="model.text_model.layers"),
+              text.num_attention_heads, kind="llama", modules="model.text_model.layers", kv_width=_kv_width(text)),
     ]
     return stacks, seq
 
@@ -410,11 +383,11 @@ def llava_stacks(config, caption_tokens: int, prompt_tokens: int, image_processo
     seq = image_tokens + prompt_tokens + caption_tokens
     stacks = [
         Stack("vision", vision.num_hidden_layers, patches + 1, vision.hidden_size, vision.intermediate_size,
-              vision.num_attention_heads, part="vision", modules="model.vision_tower.encoder.layers"),
-        Stack("connector", 1, image_tokens, vision.hidden_size, text.hidden_size, 0, part="connector",
-              modules="model.multi_modal_projector", attention=False, checkpointed=False),
+              vision.num_attention_heads, kind="clip", part="vision", modules="model.vision_tower.encoder.layers"),
+        Stack("connector", 1, image_tokens, vision.hidden_size, text.hidden_size, 0, kind="gelu_projection",
+              part="connector", modules="model.multi_modal_projector", checkpointed=False),
         Stack("language_model", text.num_hidden_layers, seq, text.hidden_size, text.intermediate_size,
-              text.num_attention_heads, gated=True, modules="model.language_model.layers"),
+              text.num_attention_heads, kind="llama", modules="model.language_model.layers", kv_width=_kv_width(text)),
     ]
     return stacks, seq
 
@@ -455,26 +428,76 @@ def stack_modes(stacks: list[Stack], plan: TrainingPlan) -> list[str]:
     return modes
 
 
-def stack_bytes(stack: Stack, mode: str, model_args, training_args, layers: int | None = None) -> int:
+def precision_of(model_args, training_args, device: str) -> Precision:
+    return precision(DTYPE_BYTES[model_args.dtype], bool(training_args.bf16 or training_args.fp16),
+                     bool(model_args.load_in_4bit or model_args.load_in_8bit), device)
+
+
+def stack_bytes(stack: Stack, mode: str, model_args, training_args, device: str, layers: int | None = None) -> float:
     """What one stack (or `layers` of its layers) saves for backward, for one micro-batch."""
-    if layers is not None:
-        stack = replace(stack, layers=layers)
-    compute_bytes = 2 if (training_args.bf16 or model_args.dtype == "bfloat16") else 4
-    eager = model_args.attn_implementation == "eager"
-    elements = stack.elements(mode, eager, training_args.gradient_checkpointing)
-    return training_args.per_device_train_batch_size * stack.per_example * compute_bytes * elements
+    return layers_bytes(stack, mode, precision_of(model_args, training_args, device),
+                                   training_args.gradient_checkpointing, model_args.attn_implementation == "eager",
+                                   training_args.per_device_train_batch_size, layers)
 
 
-def logits_bytes(config, loss_seq: int, training_args) -> int:
-    # fp32 log-probabilities kept for the loss's backward
-    return training_args.per_device_train_batch_size * 4 * loss_seq * config.get_text_config().vocab_size
+def outside_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, model_args, training_args,
+                  device: str) -> float:
+    """What is saved outside the layer stacks, per micro-batch: the fp32 log-probabilities over the vocabulary
+    (the loss's backward), the language model's final norm and output layer input, the vision tower's patch
+    embedding and final norm, dropout on the embeddings."""
+    p = precision_of(model_args, training_args, device)
+    text = config.get_text_config()
+    batch = training_args.per_device_train_batch_size
+    saved = 4.0 * loss_seq * text.vocab_size
+    mode = dict(zip([stack.name for stack in stacks], modes))
+    for stack in stacks:
+        if mode[stack.name] == "frozen":
+            continue
+        seq_width = stack.seq * stack.hidden * stack.per_example
+        if stack.part == "language":  # final norm (RMS norms keep two tensors), embedding dropout
+            saved += seq_width * (2 * p.residual + p.upcast if stack.kind in ("llama", "t5") else p.residual)
+            saved += seq_width * p.mask * (2 if stack.kind == "t5" else 1) if stack.dropout else 0
+        elif stack.part == "vision":  # the norm after (or, CLIP, before) the layers
+            saved += seq_width * p.residual
+            if config.model_type == "blip-2":  # its output, which the norm keeps again for the pooled token
+                saved += seq_width * p.residual
+            if mode[stack.name] == "full":  # the patch embedding keeps the pixels
+                side = config.vision_config.image_size
+                saved += 3 * side * side * p.compute * stack.per_example
+        elif stack.kind == "qformer":  # the query tokens' LayerNorm and dropout; the projection's input
+            saved += stack.seq * stack.hidden * (p.mask if stack.dropout else 0)
+            saved += stack.seq * stack.hidden * p.compute if mode[stack.name] == "full" else 0
+        elif stack.kind == "perceiver":  # its final RMS norm
+            saved += stack.seq * stack.hidden * (2 * p.residual + p.upcast) * stack.per_example
+    language = [stack for stack in stacks if stack.part == "language"][-1]
+    if mode[language.name] == "full":  # the output layer's input
+        saved += loss_seq * language.hidden * p.compute
+    if p.autocast_fp32_weights and mode[language.name] != "frozen":  # its bf16 weight copy
+        saved += 2 * text.vocab_size * language.hidden / batch
+    return batch * saved
 
 
-def activation_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, model_args, training_args
-                     ) -> dict[str, int]:
-    result = {stack.name: stack_bytes(stack, mode, model_args, training_args) for stack, mode in zip(stacks, modes)}
-    result["logits"] = logits_bytes(config, loss_seq, training_args)
+def activation_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, model_args, training_args,
+                     device: str = "cuda") -> dict[str, float]:
+    result = {stack.name: stack_bytes(stack, mode, model_args, training_args, device)
+              for stack, mode in zip(stacks, modes)}
+    result["outside"] = outside_bytes(config, stacks, modes, loss_seq, model_args, training_args, device)
     return result
+
+
+def describe_model_facts(model, stacks: list[Stack], plan: TrainingPlan, model_args, modes: list[str]) -> None:
+    """What the arithmetic needs from the built model: each layer's linear weights (bf16 copies under
+    autocast) and the adapters in one layer (their input widths)."""
+    for stack in stacks:
+        layer = model.get_submodule(stack.modules)
+        first = f"{stack.modules}.0" if isinstance(layer, torch.nn.ModuleList) else stack.modules
+        layer = layer[0] if isinstance(layer, torch.nn.ModuleList) else layer
+        stack.linear_weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+        stack.adapters = [module.in_features for name, module in layer.named_modules(prefix=first)
+                          if name in plan.adapters]
+        stack.lora_rank, stack.lora_dropout = model_args.lora_r, model_args.lora_dropout > 0
+        # BLIP-2's Q-Former reads the image patches that a vision tower with gradients keeps anyway
+        stack.kv_input_kept = stack.kind == "qformer" and modes[0] != "frozen"
 
 
 # --- Model parallel ---------------------------------------------------------------------------------------
@@ -547,10 +570,11 @@ def per_device_load(model, config, weights: list[Weight], stacks: list[Stack], m
         load[device]["optimizer"] = optimizer_bytes(tensors, training_args.optim, embeddings)
     for stack, mode in zip(stacks, modes):
         for device, layers in layers_per_device(model, stack, device_map).items():
-            load[device]["activations"][stack.name] = stack_bytes(stack, mode, model_args, training_args, layers)
+            load[device]["activations"][stack.name] = stack_bytes(stack, mode, model_args, training_args, "cuda",
+                                                                  layers)
     output_name = next(name for name, module in model.named_modules() if module is model.get_output_embeddings())
-    load[module_device(model, output_name, device_map)]["activations"]["logits"] = logits_bytes(config, loss_seq,
-                                                                                                training_args)
+    load[module_device(model, output_name, device_map)]["activations"]["outside"] = outside_bytes(
+        config, stacks, modes, loss_seq, model_args, training_args, "cuda")
     return dict(load)
 
 
@@ -622,13 +646,14 @@ def estimate(
     stacks, loss_seq = layer_stacks(config, caption_tokens, prompt_tokens,
                                     image_processor_settings(model_args.model_name_or_path))
     modes = stack_modes(stacks, plan)
+    describe_model_facts(model, stacks, plan, model_args, modes)
     num_params = sum(w.numel for w in weights if w.kind == "base")
     num_trainable = sum(w.numel for w in weights if w.trainable)
     trainable = trainable_tensors(weights)
     params = sum(w.bytes for w in weights)
     grads = sum(numel * size for _, numel, size in trainable)
     optimizer = optimizer_bytes(trainable, training_args.optim, embedding_weight_names(model))
-    activations = activation_bytes(config, stacks, modes, loss_seq, model_args, training_args)
+    activations = activation_bytes(config, stacks, modes, loss_seq, model_args, training_args, device)
     host = 0
     per_gpu = {}
     if strategy == "ddp":

@@ -131,13 +131,16 @@ class SavedActivationMeter:
     inside its hooks, so the inputs a checkpointed layer keeps count in its region.
     """
 
-    def __init__(self, model: torch.nn.Module, regions: dict[str, list[torch.nn.Module]] | None = None):
-        self._parameter_storages = {key[0] for p in model.parameters() if (key := _storage_key(p))}
+    def __init__(self, model: torch.nn.Module, regions: dict[str, list[torch.nn.Module]] | None = None,
+                 exclude: set[int] = frozenset()):
+        # parameters (and `exclude`: storages counted elsewhere) are not activations
+        self._parameter_storages = {key[0] for p in model.parameters() if (key := _storage_key(p))} | set(exclude)
         self._current: dict[int, int] = {}
         self._region_of: dict[int, str] = {}
         self._active: list[str] = []
         self.peak = 0
         self.peak_by_region: dict[str, int] = {}
+        self.peak_storages: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
         self._handles = []
         for name, modules in (regions or {}).items():
@@ -170,6 +173,7 @@ class SavedActivationMeter:
                 region = self._region_of[storage]
                 by_region[region] = by_region.get(region, 0) + size
             self.peak_by_region = by_region
+            self.peak_storages = set(self._current)
         self._current, self._region_of = {}, {}
 
     def stop(self) -> int:
@@ -195,6 +199,7 @@ class MemoryBreakdownCallback(TrainerCallback):
         self.reports: list[MemoryBreakdown] = []
         self._meter: SavedActivationMeter | None = None
         self._meter_regions: dict[str, int] = {}
+        self.last_meter: SavedActivationMeter | None = None  # the last reported step's, for a closer look
         self._pending: MemoryBreakdown | None = None
 
     def _is_report_step(self, step: int) -> bool:
@@ -219,7 +224,8 @@ class MemoryBreakdownCallback(TrainerCallback):
         if self._meter is None:
             return
         activations = self._meter.stop()
-        self._meter_regions, self._meter = self._meter.peak_by_region, None
+        self.last_meter, self._meter = self._meter, None
+        self._meter_regions = self.last_meter.peak_by_region
         master_weights, zero_grads = zero_offload_tensors(optimizer)
         optimizer_tensors = (optimizer_state_tensors(optimizer) if optimizer is not None else []) + master_weights
         grads = [p.grad for p in model.parameters() if p.grad is not None] + zero_grads

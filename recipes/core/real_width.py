@@ -10,7 +10,7 @@ one optimizer step runs through the recipe's own Trainer. Measured, per part:
                             (saved-tensor hooks, unique storages, parameters excluded); under activation
                             checkpointing, what the forward pass keeps plus one layer recomputed (that
                             layer run again, alone, on the inputs it had, with checkpointing off);
-  logits                    everything saved outside the stacks: embeddings, final norms, the output
+  outside                   everything saved outside the stacks: embeddings, final norms, the output
                             layer and the loss over the vocabulary.
 
 The estimate is made for the same reduced config and the same sequence lengths (taken from the batch).
@@ -41,7 +41,7 @@ STEP_FLAGS = ["--max_steps", "1", "--logging_steps", "1", "--memory_report_steps
               "constant", "--warmup_steps", "0"]
 
 
-def write_caption_folder(folder: Path, count: int, size: int = 400) -> Path:
+def write_caption_folder(folder: Path, count: int, size: int = 378) -> Path:
     """An imagefolder of `count` photos (noise, so nothing compresses away), all with the same caption."""
     train = folder / "train"
     train.mkdir(parents=True, exist_ok=True)
@@ -90,10 +90,11 @@ class FirstCallRecorder:
         self._handle.remove()
 
 
-def recomputed_layer_bytes(recorder: FirstCallRecorder, bf16: bool) -> int:
-    """What one checkpointed layer saves when backward recomputes it: the layer run again, checkpointing off."""
+def recomputed_layer_bytes(recorder: FirstCallRecorder, bf16: bool, already_kept: set[int]) -> int:
+    """What one checkpointed layer adds when backward recomputes it: the layer run again, checkpointing off,
+    less the storages the step kept anyway (a recomputation re-reads those, it does not copy them)."""
     layer = recorder.module
-    meter = SavedActivationMeter(layer)
+    meter = SavedActivationMeter(layer, exclude=already_kept)
     checkpointing = getattr(layer, "gradient_checkpointing", False)
     layer.gradient_checkpointing = False
     meter.start()
@@ -143,10 +144,10 @@ def measure_step(case: str, model_folder: str, recipe: str, flags: list[str], da
         saved = report.activations_by_region.get(stack.name, 0)
         recorder = recorders.get(stack.name)
         if recorder is not None and recorder.args is not None:
-            saved += recomputed_layer_bytes(recorder, training_args.bf16)
+            saved += recomputed_layer_bytes(recorder, training_args.bf16, memory.last_meter.peak_storages)
         estimated[f"act:{stack.name}"], measured[f"act:{stack.name}"] = by_stack[stack.name], saved / GB
-    estimated["act:logits"] = by_stack["logits"]
-    measured["act:logits"] = report.activations_by_region.get("outside", 0) / GB
+    estimated["act:outside"] = by_stack["outside"]
+    measured["act:outside"] = report.activations_by_region.get("outside", 0) / GB
     modes = predicted.parts["stack_modes"]
     return StepComparison(case, estimated, measured, {"caption_tokens": caption_tokens, "prompt_tokens": prompt_tokens,
                                                       "stack_modes": modes, "loss": trainer.state.log_history[0].get("loss")})
