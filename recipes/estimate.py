@@ -4,6 +4,8 @@
     python recipes/estimate.py qlora --model_name_or_path Salesforce/blip2-flan-t5-xxl --json
     python recipes/estimate.py full_ft --config recipes/configs/matrix/even_larger.yaml --num_gpus 4 --strategy fsdp
     python recipes/estimate.py full_ft --config recipes/configs/idefics2/full_model_parallel.yaml --num_gpus 2
+    python recipes/estimate.py full_ft --deepspeed ds_configs/zero3_offload.json --num_gpus 8
+    python recipes/estimate.py full_ft --fsdp "full_shard auto_wrap" --num_gpus 4
 
 It takes the recipe's own YAML and flags, so anything a recipe accepts can be estimated. The arithmetic:
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from core.estimator import __doc__ as ARITHMETIC
 from core.estimator import estimate
 from core.errors import exit_on_user_error
+from core.strategies import STRATEGY_NAMES
 from core.train import RECIPES, caption_token_count, recipe_defaults
 
 __doc__ += ARITHMETIC
@@ -24,14 +27,16 @@ class EstimatorArguments:
     gpu_memory: float = field(default=80.0, metadata={"help": "GPU memory in GB to check the estimate against."})
     num_gpus: int | None = field(
         default=None,
-        metadata={"help": "GPUs the run is spread over (default: the accelerate config's; with --device_map the "
-                          "visible GPUs; else 1)."},
+        metadata={"help": "GPUs the run is spread over (default: the accelerate config's num_processes; with "
+                          "--device_map the visible GPUs; else 1, which the output then says it assumed)."},
     )
     strategy: str | None = field(
         default=None,
-        metadata={"help": "single, ddp, fsdp, zero2_offload or model_parallel (default: from --accelerate_config, "
-                          "model_parallel with --device_map, else single).",
-                  "choices": ["single", "ddp", "fsdp", "zero2_offload", "model_parallel"]},
+        metadata={"help": f"{', '.join(STRATEGY_NAMES)} (default: from --deepspeed, --fsdp/--fsdp_config, "
+                          "--accelerate_config (its DeepSpeed file or FSDP settings), model_parallel with "
+                          "--device_map, else single). zero1/zero2/zero3: DeepSpeed ZeRO stages; *_offload: "
+                          "optimizer (and for zero3 params) on the CPU; fsdp_grad_op: SHARD_GRAD_OP.",
+                  "choices": STRATEGY_NAMES},
     )
     device: str = field(default="cuda", metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).",
                                                    "choices": ["cuda", "cpu"]})

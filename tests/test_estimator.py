@@ -24,6 +24,7 @@ REAL_PARAMETER_COUNTS = {
     "Salesforce/blip2-flan-t5-xl": 3_876_648_448,
     "Salesforce/blip2-flan-t5-xxl": 12_098_000_384,
     "HuggingFaceM4/idefics2-8b": 8_402_768_112,
+    "HuggingFaceM4/Idefics3-8B-Llama3": 8_462_086_384,
     "llava-hf/llava-1.5-7b-hf": 7_063_427_072,
 }
 PRESET_NAMES = [preset.name for preset in all_presets()]

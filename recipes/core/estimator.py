@@ -1,8 +1,8 @@
 """Predict a recipe's training memory before any weight is loaded.
 
 The model is built from its configuration on the meta device (no memory, no download: the configs
-of the four BLIP-2 variants, Idefics2-8B and LLaVA-1.5-7B ship in `data/model_configs/`), so parameter
-counts are exact. What trains follows the recipe, per model family (recipes/core/families.py):
+of the four BLIP-2 variants, Idefics2-8B, Idefics3-8B-Llama3 and LLaVA-1.5-7B ship in
+`data/model_configs/`), so parameter counts are exact. What trains follows the recipe, per model family (recipes/core/families.py):
 
   full_ft     the parts named in `--train_modules` (vision, connector, language; default all three)
               train; every other parameter is frozen (no gradient, no optimizer state).
@@ -57,17 +57,30 @@ The layer stacks per family:
               and one example is 5 images (4 crops + the whole) when the processor splits images
               (`do_image_splitting`, read from the processor config beside the model config or in the
               model's folder; the shipped idefics2-8b processor config splits).
+  Idefics3    per sub-image the SigLIP tower over its patches (364 px / 14: 676) and the connector (pixel
+              shuffle by scale_factor, then one linear projection over the 169 shuffled tokens); the
+              language model over 169 tokens per sub-image + two tile tags per sub-image and a newline
+              per row + prompt + caption. A square photo is resized to size.longest_edge (1456 px) and,
+              when the processor splits (the shipped processor config does), cut into 4 x 4 tiles of
+              max_image_size (364 px) plus the whole image: 17 sub-images.
   LLaVA       CLIP over 577 tokens (576 patches + class token); the projector and the language model
               over the 576 image tokens + prompt + caption.
 
   The prompt is one token (BOS) for BLIP-2; for chat families the instruction (about 1.3 tokens a
   word) plus about 16 tokens of chat template (turn markers, the tokens around the image).
 
-Strategies divide as they do: DDP keeps a full copy per GPU plus gradient buckets (one more copy of
-the gradients); FSDP (FULL_SHARD) divides params, grads and optimizer state by the GPU count and adds
-the largest wrapped unit (the family's FSDP classes) gathered; DeepSpeed ZeRO-2 with CPU offload keeps
-bf16 params on each GPU, moves fp32 master weights, moments (12 B/param) and fp32 gradients (4 B/param; with gradient accumulation
-also a buffer in the training dtype) to the host, leaving two gradient buckets of h² on the GPU.
+Strategies divide as they do (which one, and from where -- --strategy, --deepspeed, --fsdp/--fsdp_config,
+the accelerate config, --device_map -- is read by recipes/core/strategies.py and said in the output): DDP
+keeps a full copy per GPU plus gradient buckets (one more copy of the gradients); FSDP FULL_SHARD divides
+params, grads and optimizer state by the GPU count and adds the largest wrapped unit (the family's FSDP
+classes) gathered, SHARD_GRAD_OP keeps the params whole, HYBRID_* shard within a machine, CPU offload
+leaves only the gathered units on the GPU; DeepSpeed ZeRO holds the params in bf16/fp16 when that is on,
+fp32 master weights and moments (12 B/param) of 1/N of the trainable parameters, their fp32 gradients at
+the step, and reduce buckets (reduce_bucket_size, "auto" = h², two with overlap_comm): stage 1 keeps the
+full bf16 gradients, stage 2 1/N of them, stage 3 also 1/N of the params (bar those under the persistence
+threshold) plus one module and the prefetch bucket gathered. With the optimizer offloaded, master weights,
+moments and fp32 gradients (with gradient accumulation also a buffer in the training dtype) move to the
+host, leaving the buckets on the GPU; with params offloaded (stage 3) their partitions move too.
 Model parallel (`--device_map`, strategy model_parallel) splits the layers over the GPUs of one
 machine as `plan_device_map` does for `--num_gpus` GPUs (default: those visible, or the devices of a
 JSON map): the figure is the most loaded GPU's -- its parameters, their gradients and optimizer
@@ -97,10 +110,10 @@ from .errors import RecipeError
 from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts, within
 from .modeling import lora_targets
 from .parallel import parse_device_map, plan_device_map
-from .paths import REPO_ROOT, resolve_local
+from .paths import SHIPPED_CONFIGS, resolve_local, shipped_config
+from .strategies import Strategy, accelerate_strategy, requested_strategy
 
 GB = 1024**3
-SHIPPED_CONFIGS = REPO_ROOT / "data" / "model_configs"
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4, None: 4}
 EIGHT_BIT_OPTIMIZERS = {"adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "adam8bit"}
 STATELESS_OPTIMIZERS = {"sgd"}
@@ -127,6 +140,7 @@ class Estimate:
     fits: bool
     device: str
     parts: dict = field(default_factory=dict)
+    strategy_detail: str = ""  # what the strategy keeps where, where it was read from, and whether the GPU count is assumed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -136,6 +150,8 @@ class Estimate:
                 ("activations", self.activations_gb), ("other", self.other_gb), ("total per GPU", self.total_gb)]
         lines = [f"{self.model} | {self.strategy} on {self.num_gpus} GPU(s) | {self.num_params:,} parameters, "
                  f"{self.trainable_params:,} trainable"]
+        if self.strategy_detail:
+            lines.append(f"  strategy: {self.strategy_detail}")
         lines += [f"  {name:<16} {value:9.2f} GB" for name, value in rows]
         lines.append(f"  {'host (CPU) RAM':<16} {self.host_gb:9.2f} GB")
         verdict = "fits" if self.fits else "OOM"
@@ -146,14 +162,28 @@ class Estimate:
 
 def load_config(name_or_path: str) -> PretrainedConfig:
     """A model's configuration without its weights: shipped copy, local folder, or the Hub."""
-    shipped = SHIPPED_CONFIGS / name_or_path.split("/")[-1]
-    if (shipped / "config.json").exists():
+    shipped = shipped_config(name_or_path)
+    if shipped is not None:  # a local folder: no Hub request
         return AutoConfig.from_pretrained(shipped)
     return AutoConfig.from_pretrained(resolve_local(name_or_path))
 
 
+@contextmanager
+def _without_zero3_init():
+    """TrainingArguments with a ZeRO-3 --deepspeed config register it globally, and transformers then builds
+    every model under deepspeed.zero.Init; a meta-device model must be built plainly."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
 def meta_model(config: PretrainedConfig) -> torch.nn.Module:
-    with torch.device("meta"):
+    with torch.device("meta"), _without_zero3_init():
         return AutoModelForImageTextToText.from_config(config)
 
 
@@ -392,7 +422,44 @@ def llava_stacks(config, caption_tokens: int, prompt_tokens: int, image_processo
     return stacks, seq
 
 
-STACK_BUILDERS = {"blip-2": blip2_stacks, "idefics2": idefics2_stacks, "llava": llava_stacks}
+def idefics3_images(config, image_processor: dict) -> tuple[int, int]:
+    """(sub-images per example, rows of tiles) as the Idefics3 processor cuts a square photo: resized to
+    size.longest_edge (1456 px), cut into tiles of max_image_size.longest_edge (the encoder's 364 px), plus the
+    whole image at tile size when it splits; one tile-sized image when it does not split."""
+    tile = (image_processor.get("max_image_size") or {}).get("longest_edge", config.vision_config.image_size)
+    if not image_processor.get("do_image_splitting", False):
+        return 1, 0
+    side = (image_processor.get("size") or {}).get("longest_edge", 4 * tile)
+    rows = math.ceil(side / tile)
+    return (rows * rows + 1, rows) if rows > 1 else (1, 0)
+
+
+def idefics3_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
+                    ) -> tuple[list[Stack], int]:
+    """Idefics3: per sub-image the SigLIP tower over its patches and the connector (pixel shuffle, then one
+    linear projection over the shuffled tokens); the language model over image_seq_len tokens per sub-image,
+    the tile tags (two per sub-image and a newline per row) + prompt + caption."""
+    vision, text = config.vision_config, config.get_text_config()
+    images, rows = idefics3_images(config, image_processor or {})
+    patches = (vision.image_size // vision.patch_size) ** 2
+    image_tokens = patches // config.scale_factor ** 2  # 169 for 364 px, patch 14, scale 2
+    seq = images * image_tokens + 2 * images + rows + prompt_tokens + caption_tokens
+    stacks = [
+        Stack("vision", vision.num_hidden_layers, patches, vision.hidden_size, vision.intermediate_size,
+              vision.num_attention_heads, part="vision", modules="model.vision_model.encoder.layers",
+              per_example=images),
+        # pixel shuffle only reshapes: the projection's input (scale² x the vision width) is what is saved
+        Stack("connector", 1, image_tokens, vision.hidden_size * config.scale_factor ** 2, 0, 0, part="connector",
+              modules="model.connector.modality_projection", per_example=images, attention=False,
+              checkpointed=False),
+        Stack("language_model", text.num_hidden_layers, seq, text.hidden_size, text.intermediate_size,
+              text.num_attention_heads, gated=True, modules="model.text_model.layers"),
+    ]
+    return stacks, seq
+
+
+STACK_BUILDERS = {"blip-2": blip2_stacks, "idefics2": idefics2_stacks, "idefics3": idefics3_stacks,
+                  "llava": llava_stacks}
 
 
 def layer_stacks(config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
@@ -607,22 +674,91 @@ def process_baseline_bytes() -> int:
 
 
 def strategy_of(accelerate_config: str | None) -> tuple[str, int | None]:
-    """Read the strategy and process count from an accelerate config file."""
+    """The strategy name and process count of an accelerate config file."""
     if not accelerate_config:
         return "single", None
-    import yaml
+    strategy = accelerate_strategy(accelerate_config)
+    return strategy.name, strategy.processes
 
-    path = Path(accelerate_config) if Path(accelerate_config).exists() else REPO_ROOT / accelerate_config
-    settings = yaml.safe_load(path.read_text())
-    kind = settings.get("distributed_type", "NO")
-    processes = settings.get("num_processes")
-    if kind == "DEEPSPEED":
-        return "zero2_offload", processes
-    if kind == "FSDP":
-        return "fsdp", processes
-    if kind == "MULTI_GPU":
-        return "ddp", processes
-    return "single", processes
+
+def trainer_hidden_size(config) -> int:
+    """The hidden size the HF Trainer fills DeepSpeed's "auto" bucket sizes from (trainer_config_finalize)."""
+    for candidate in (config, getattr(config, "text_config", None)):
+        if hasattr(candidate, "hidden_size"):
+            return candidate.hidden_size
+        if hasattr(candidate, "hidden_sizes"):
+            return max(candidate.hidden_sizes)
+    return config.get_text_config().hidden_size
+
+
+def flat_optimizer_bytes(numel: int, optim: str) -> int:
+    """Optimizer state over DeepSpeed's flat fp32 partition (one tensor: no per-tensor exceptions)."""
+    if optim in STATELESS_OPTIMIZERS:
+        return 0
+    if optim in EIGHT_BIT_OPTIMIZERS:
+        return 2 * numel + 2 * 4 * math.ceil(numel / 256)
+    return 8 * numel  # exp_avg and exp_avg_sq in fp32
+
+
+def deepspeed_bytes(strategy: Strategy, model, weights: list[Weight], num_gpus: int, training_args, device: str
+                    ) -> tuple[float, float, float, float]:
+    """(params, grads, optimizer, host) per GPU under DeepSpeed ZeRO (strategy resolved: no "auto" left).
+
+    With bf16/fp16 on, DeepSpeed casts every (not quantized) parameter to that dtype. Stage >= 1 keeps fp32
+    master weights and the moments of this GPU's 1/N of the trainable parameters and, at the step, their fp32
+    gradients; stage 1 keeps the full low-precision gradients, stage 2 and 3 only their 1/N, plus the reduce
+    buckets (two with overlap_comm; fp32 for stage 1). Stage 3 also divides the parameters, except those
+    under stage3_param_persistence_threshold, and gathers one module's parameters plus the prefetch bucket.
+    Offloaded optimizer: master weights, moments and fp32 gradients live on the host (with gradient
+    accumulation also a gradient buffer in the training dtype); offloaded parameters: their partitions too."""
+    low = 2 if strategy.precision in ("bf16", "fp16") else 4
+    n, stage = max(num_gpus, 1), strategy.zero_stage
+    trainable = sum(w.numel for w in weights if w.trainable)
+
+    def held(w: Weight) -> int:
+        return w.bytes if w.bytes < w.numel else w.numel * low  # 4-bit weights stay as they are
+
+    params_all = sum(held(w) for w in weights)
+    master = 4 * trainable if (stage >= 1 or low == 2) else 0
+    states = master + flat_optimizer_bytes(trainable, training_args.optim)
+    buckets = ((2 if strategy.overlap_comm else 1) * strategy.reduce_bucket_size * (4 if stage == 1 else low)
+               if stage >= 1 else 0)
+    host = 0
+    params = params_all
+    if stage == 3:
+        persistent = sum(held(w) for w in weights if w.numel < strategy.persistence_threshold)
+        largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+        gathered = (largest + strategy.prefetch_bucket_size) * low
+        if strategy.offload_param and device != "cpu":
+            params, host = persistent + gathered, params_all - persistent
+        else:
+            params = persistent + (params_all - persistent) / n + gathered
+    full_grads = trainable * low if stage <= 1 else trainable * low / n
+    if strategy.offload_optimizer:
+        host_grads = (4 + (low if training_args.gradient_accumulation_steps > 1 else 0)) * trainable
+        if device == "cpu":  # one process holds both sides
+            return params + host, host_grads, states, 0
+        return params, (full_grads if stage == 1 else 0) + buckets, 0, host + states + host_grads
+    if stage == 0:
+        return params, full_grads + (4 * trainable if low == 2 else 0), states, host
+    return params, full_grads + 4 * trainable / n + buckets, states / n, host
+
+
+def fsdp_bytes(strategy: Strategy, model, params: int, grads: int, optimizer: int, num_gpus: int, model_args,
+               device: str) -> tuple[float, float, float, float]:
+    """(params, grads, optimizer, host) per GPU under FSDP: FULL_SHARD divides all three by the GPU count and
+    gathers the largest wrapped unit (current + prefetched); SHARD_GRAD_OP keeps the parameters whole after
+    forward (only grads and optimizer state divided); HYBRID_* shard within a machine; CPU offload keeps the
+    shards, their gradients and the optimizer on the host, only the gathered units on the GPU."""
+    n = max(num_gpus // strategy.machines if strategy.sharding.startswith("HYBRID") else num_gpus, 1)
+    largest_layer = max((sum(p.numel() for p in m.parameters()) for m in model.modules()
+                         if type(m).__name__ in _wrap_classes(model)), default=0)
+    gathered = 2 * largest_layer * DTYPE_BYTES[model_args.dtype]  # current + prefetched unit
+    if strategy.fsdp_offload and device != "cpu":
+        return gathered, 0, 0, params + grads + optimizer
+    if strategy.sharding in ("SHARD_GRAD_OP", "HYBRID_SHARD_ZERO2"):
+        return params, grads / n, optimizer / n, 0
+    return params / n + gathered, grads / n, optimizer / n, 0
 
 
 def estimate(
@@ -640,7 +776,8 @@ def estimate(
     model = meta_model(config)
     plan = training_plan(model, script_args, model_args)
     weights = weight_tensors(model, model_args, plan)
-    strategy, num_gpus = strategy_and_gpus(script_args, strategy, num_gpus)
+    chosen, num_gpus, strategy_detail = strategy_and_gpus(script_args, training_args, strategy, num_gpus)
+    strategy = chosen.name
     if prompt_tokens is None:
         prompt_tokens = prompt_token_count(plan.family, script_args)
     stacks, loss_seq = layer_stacks(config, caption_tokens, prompt_tokens,
@@ -656,25 +793,15 @@ def estimate(
     activations = activation_bytes(config, stacks, modes, loss_seq, model_args, training_args, device)
     host = 0
     per_gpu = {}
-    if strategy == "ddp":
+    if chosen.kind == "ddp":
         grads *= 2  # gradient buckets hold a second copy for the all-reduce
-    elif strategy == "fsdp":
-        largest_layer = max(sum(p.numel() for p in m.parameters()) for m in model.modules()
-                            if type(m).__name__ in _wrap_classes(model))
-        gathered = 2 * largest_layer * DTYPE_BYTES[model_args.dtype]  # current + prefetched unit
-        params, grads, optimizer = params / num_gpus + gathered, grads / num_gpus, optimizer / num_gpus
-    elif strategy == "zero2_offload":
-        # Host: fp32 master weights and two moments (12 B), the fp32 gradient partition (4 B), and
-        # with accumulation a gradient buffer in the training dtype.
-        host_optimizer = 12 * num_trainable
-        host_grads = (4 + (DTYPE_BYTES[model_args.dtype] if training_args.gradient_accumulation_steps > 1 else 0)) \
-            * num_trainable
-        text_hidden = config.get_text_config().hidden_size
-        bucket_grads = 2 * text_hidden * text_hidden * DTYPE_BYTES[model_args.dtype]  # two reduce buckets of h^2
-        if device == "cpu":  # one process holds both sides
-            grads, optimizer = host_grads, host_optimizer
-        else:
-            grads, optimizer, host = bucket_grads, 0, host_optimizer + host_grads
+    elif chosen.kind == "fsdp":
+        params, grads, optimizer, host = fsdp_bytes(chosen, model, params, grads, optimizer, num_gpus, model_args,
+                                                    device)
+    elif chosen.kind == "deepspeed":
+        resolved = chosen.resolved(trainer_hidden_size(config), training_args.bf16 or training_args.bf16_full_eval,
+                                   training_args.fp16 or training_args.fp16_full_eval)
+        params, grads, optimizer, host = deepspeed_bytes(resolved, model, weights, num_gpus, training_args, device)
     elif strategy == "model_parallel":
         split = planned_device_map(model, getattr(script_args, "device_map", None), num_gpus, gpu_memory_gb,
                                    model_args.dtype)
@@ -696,21 +823,24 @@ def estimate(
         trainable_params=num_trainable, params_gb=params / GB, grads_gb=grads / GB, optimizer_gb=optimizer / GB,
         activations_gb=sum(activations.values()) / GB, other_gb=other / GB, total_gb=total / GB,
         host_gb=host / GB, gpu_memory_gb=gpu_memory_gb, fits=fits, device=device,
-        parts=_breakdown(weights, activations, plan, stacks, modes, per_gpu),
+        parts=_breakdown(weights, activations, plan, stacks, modes, per_gpu), strategy_detail=strategy_detail,
     )
 
 
-def strategy_and_gpus(script_args, strategy: str | None, num_gpus: int | None) -> tuple[str, int]:
-    """The strategy (given, else the accelerate config's, else model_parallel with --device_map, else single)
-    and its GPU count (given, else the accelerate config's, else for model parallel the map's or those visible)."""
-    device_map = getattr(script_args, "device_map", None)
-    file_strategy, file_gpus = strategy_of(getattr(script_args, "accelerate_config", None))
-    if device_map and file_strategy == "single":
-        file_strategy = "model_parallel"
-    strategy = strategy or file_strategy
-    if strategy == "model_parallel":
-        num_gpus = num_gpus or device_map_gpus(device_map)
-    return strategy, num_gpus or file_gpus or 1
+def strategy_and_gpus(script_args, training_args, strategy: str | None, num_gpus: int | None
+                      ) -> tuple[Strategy, int, str]:
+    """The strategy (recipes/core/strategies.py: --strategy, else --deepspeed, else --fsdp, else the accelerate
+    config's, else model_parallel with --device_map, else single), its GPU count (given, else the accelerate
+    config's, else for model parallel the map's or those visible, else 1) and a line saying what was assumed."""
+    chosen = requested_strategy(script_args, training_args, strategy)
+    gpus = num_gpus
+    if chosen.kind == "model_parallel":
+        gpus = gpus or device_map_gpus(getattr(script_args, "device_map", None))
+    gpus = gpus or chosen.processes or 1
+    detail = f"{chosen.description()} ({'' if chosen.source.startswith('default') else 'from '}{chosen.source})"
+    if num_gpus is None and chosen.processes is None and chosen.kind in ("ddp", "fsdp", "deepspeed"):
+        detail += f"; {gpus} GPU assumed (pass --num_gpus N)"
+    return chosen, gpus, detail
 
 
 def _breakdown(weights: list[Weight], activations: dict[str, int], plan: TrainingPlan, stacks: list[Stack],

@@ -8,6 +8,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_DATASET = "data/gourmetgram-mini"
 TINY_OPT = "data/models/tiny-blip2-opt"
 TINY_T5 = "data/models/tiny-blip2-t5"
+SHIPPED_CONFIGS = REPO_ROOT / "data" / "model_configs"  # configs of real models, for estimates without the Hub
 
 
 def resolve_local(name_or_path: str) -> str:
@@ -21,3 +22,9 @@ def resolve_local(name_or_path: str) -> str:
 
 def is_local(name_or_path: str) -> bool:
     return Path(resolve_local(name_or_path)).is_dir()
+
+
+def shipped_config(name_or_path: str) -> Path | None:
+    """The folder of a real model's shipped config (data/model_configs/<last part of the id>), if there is one."""
+    folder = SHIPPED_CONFIGS / name_or_path.rstrip("/").split("/")[-1]
+    return folder if (folder / "config.json").is_file() else None

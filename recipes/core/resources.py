@@ -50,15 +50,28 @@ def out_of_memory_advice(script_args, training_args, model_args, caption_tokens:
                      f"on a {device_gb:.0f} GB GPU.")
     else:
         lines.append("out of memory.")
-    current = estimate(script_args, training_args, model_args, caption_tokens, gpu_memory_gb=device_gb or 80.0)
-    lines.append(f"Estimated for these settings: {current.total_gb:.1f} GB per GPU. Try, one at a time "
-                 "(predicted GB per GPU with only that change):")
+    try:
+        current = estimate(script_args, training_args, model_args, caption_tokens, gpu_memory_gb=device_gb or 80.0)
+    except Exception as error:  # no estimate must not hide the advice, nor stand in for it
+        current = None
+        lines.append(f"No memory estimate can be made for this model ({_first_line(error)}). Try, one at a time:")
+    else:
+        lines.append(f"Estimated for these settings: {current.total_gb:.1f} GB per GPU. Try, one at a time "
+                     "(predicted GB per GPU with only that change):")
     for flags, changed_training, changed_model in next_techniques(training_args, model_args):
+        if current is None:
+            lines.append(f"  {flags}")
+            continue
         try:
             predicted = estimate(script_args, changed_training, changed_model, caption_tokens,
                                  gpu_memory_gb=device_gb or 80.0)
             lines.append(f"  {flags}: {predicted.total_gb:.1f} GB{'' if predicted.fits else ' (still too much)'}")
-        except Exception as error:  # an estimate that cannot be made must not hide the advice
-            lines.append(f"  {flags}: (no estimate: {error})")
+        except Exception:  # an estimate that cannot be made must not hide the advice
+            lines.append(f"  {flags}: (no estimate for this change)")
     lines.append("More: `python recipes/estimate.py <recipe> ...` and the technique matrix in the README.")
     return "\n".join(lines)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"estimator: {text[0]}" if text else f"estimator: {type(error).__name__}"

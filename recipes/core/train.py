@@ -26,6 +26,7 @@ from .model_card import RunSummary
 from .families import trained_parts
 from .modeling import add_lora, choose_trainable_parts, load_model, load_processor
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
+from .paths import is_local, shipped_config
 from .resources import out_of_memory_advice
 from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
 from .validation import apply_policy, check_split, write_report
@@ -249,8 +250,12 @@ def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig, t
     splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
                                   script_args.dataset_config)
     captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
+    # A Hub id with a config shipped in data/model_configs (an estimate before anything is downloaded): its
+    # tokenizer only from the Hub cache, never the network (offline the Hub client retries for a minute);
+    # not cached, the words x 1.3 count below.
+    cache_only = not is_local(model_args.model_name_or_path) and shipped_config(model_args.model_name_or_path) is not None
     try:
-        tokenizer = tokenizer or load_processor(model_args.model_name_or_path).tokenizer
+        tokenizer = tokenizer or load_processor(model_args.model_name_or_path, local_files_only=cache_only).tokenizer
         longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
     except RecipeError:  # no tokenizer offline (a Hub id): BPE vocabularies spend about 1.3 tokens a word
         longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
