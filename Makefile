@@ -1,20 +1,23 @@
 # `make demo`: set up .venv (CPU torch) and fine-tune the embedded tiny BLIP-2 on the embedded food
 #              photos, offline, then print alt text for a few test photos beside their references.
-# `make test`: the test suite (what CI runs).
+# `make test`: the test suite (what CI runs); on a GPU host it includes the GPU tests.
+# `make test-gpu`: only the GPU tests (tests/test_gpu.py, marker `gpu`); an error on a machine without CUDA.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+# The CPU build of torch, unless this machine has an NVIDIA driver (then PyPI's CUDA build, for the GPU tests).
+REQUIREMENTS ?= $(if $(shell command -v nvidia-smi),requirements.txt,requirements-cpu.txt)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test java browser data models
+.PHONY: setup demo test test-gpu java browser data models
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements-cpu.txt
+	$(VENV)/bin/pip install -q -r $(REQUIREMENTS)
 	# Build DeepSpeed's CPU Adam and shared-memory ops now, not in the middle of the first DeepSpeed run.
 	$(PYTHON) -c "from deepspeed.accelerator import get_accelerator as a; \
 	  [b.load() for n in ('CPUAdamBuilder', 'ShareMemCommBuilder') if (b := a().create_op_builder(n))]"
@@ -25,6 +28,9 @@ demo: setup java
 
 test: setup java browser
 	$(PYTHON) -m pytest -q tests
+
+test-gpu: setup
+	$(PYTHON) -m pytest -q -m gpu tests
 
 # Caption metrics tokenize with the COCO (Stanford PTB) tokenizer, which runs on Java.
 java:

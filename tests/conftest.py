@@ -1,9 +1,10 @@
-"""Shared fixtures: the embedded tiny models and food photos, offline, on CPU."""
+"""Shared fixtures: the embedded tiny models and food photos, offline, on CPU; GPU-only tests (`gpu` marker)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,24 @@ def run_recipe(recipe: str, *args: str, timeout: int = 300) -> subprocess.Comple
     command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA GPU. With one they run like any other test (`make test` runs them,
+    `make test-gpu` / `pytest -m gpu` only them). Without one they are deselected, and counted as deselected
+    in the summary line; asking for them with `-m gpu` on such a machine is an error that says why."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or _cuda_available():
+        return
+    markexpr = config.option.markexpr or ""
+    if re.search(r"\bgpu\b", markexpr) and not re.search(r"\bnot\s+gpu\b", markexpr):
+        raise pytest.UsageError(f"-m '{markexpr}' asks for the GPU tests, and this machine has no CUDA GPU "
+                                "(torch.cuda.is_available() is False): run them on a GPU host; here, `make test`.")
+    config.hook.pytest_deselected(items=gpu_items)
+    items[:] = [item for item in items if not item.get_closest_marker("gpu")]

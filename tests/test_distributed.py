@@ -1,7 +1,9 @@
 """Scale-out strategies on CPU: the accelerate configs users launch, with two processes (gloo).
 
 Each test launches the real recipe through the config file in accelerate_configs/, overriding only the
-process count and `--use_cpu` (accelerate's own `--cpu --num_processes 2` starts a single process).
+process count and `--use_cpu` (accelerate's own `--cpu --num_processes 2` starts a single process). On a
+machine with a GPU the launches hide it (CUDA_VISIBLE_DEVICES=""): these are CPU runs over gloo, and DeepSpeed
+would otherwise pick its CUDA accelerator and put both ranks on the one GPU.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from core.estimator import load_config, meta_model
 from core.experiments import cpu_deepspeed_flags
 from core.parallel import align_query_tokens_for_fsdp, describe_device_map, plan_device_map, scaled_learning_rate
 
+CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 TINY_FLAGS = ["--config", "recipes/configs/tiny/full_ft.yaml", "--logging_steps", "1", "--memory_report_steps", "2",
               "--max_train_samples", "64"]
 
@@ -33,7 +36,7 @@ def launch(config: str, recipe: str, *args: str, processes: int = 2, launcher_fl
                "--num_processes", str(processes), *port, *launcher_flags, f"recipes/{recipe}.py", *args,
                "--use_cpu", "true"]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env=CPU_ONLY_ENV)
 
 
 def _ok(result):
@@ -111,7 +114,7 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
                    "--per_device_train_batch_size", "4", "--max_steps", "3", "--logging_steps", "1",
                    "--max_train_samples", "32", "--use_cpu", "true", "--output_dir", str(tmp_path / f"machine{rank}")]
         processes.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+                                          text=True, env=CPU_ONLY_ENV))
     outputs = [process.communicate(timeout=400)[0] for process in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
@@ -127,7 +130,7 @@ def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
                "--stage1_max_steps", "3", "--max_steps", "3", "--max_train_samples", "32",
                "--output_dir", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env=CPU_ONLY_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("stage 2 of 2") == 1 and "2 processes, global batch 8" in result.stdout
     assert (tmp_path / "stage1" / "model.safetensors").exists()

@@ -10,16 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import transformers.utils.hub
 from safetensors.torch import load_file
+from transformers.utils import is_torch_tf32_available
 
 from bad_inputs import BAD, USABLE, write_corpus
 from conftest import REPO_ROOT, TINY_MODELS
-from core.config import parse_recipe_args
+from core.config import _has_accelerator, parse_recipe_args
 from core.data import load_caption_dataset
 from core.errors import RecipeError
 from core.images import open_checked
@@ -180,14 +182,47 @@ def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_pat
     assert message.count(" GB") >= 7
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--tf32", "true"], "invalid settings: --tf32 requires Ampere"),
-    (["--use_cpu", "false"], "This machine has no GPU"),
-    (["--fp16", "--bf16", "false"], "--fp16 needs a GPU"),
-])
-def test_gpu_only_options_fail_at_start_on_a_machine_without_gpu(flags, expected):
-    with pytest.raises(RecipeError, match=expected.replace("-", r"\-")):
-        parse_recipe_args(recipe_defaults("full_ft"), ["--output_dir", "unused", *flags])
+# Options that need a GPU: (flags, the refusal without one, whether this machine supports them). A suite
+# that passes only without a GPU is a defect: on a GPU host the same flags must be accepted.
+GPU_ONLY_OPTIONS = [
+    (["--tf32", "true"], "invalid settings: --tf32 requires Ampere", is_torch_tf32_available),  # Ampere or newer
+    (["--use_cpu", "false"], "This machine has no GPU", _has_accelerator),
+    (["--fp16", "--bf16", "false"], "--fp16 needs a GPU", _has_accelerator),
+]
+
+
+@pytest.mark.parametrize("flags, refusal, supported", GPU_ONLY_OPTIONS, ids=["tf32", "use_cpu_false", "fp16"])
+def test_gpu_only_options_follow_the_hardware(flags, refusal, supported):
+    """Refused at start, before any weights load, without a GPU; accepted with one."""
+    if supported():
+        _, training_args, _ = parse_recipe_args(recipe_defaults("full_ft"), ["--output_dir", "unused", *flags])
+        assert not training_args.use_cpu
+    else:
+        with pytest.raises(RecipeError, match=refusal.replace("-", r"\-")):
+            parse_recipe_args(recipe_defaults("full_ft"), ["--output_dir", "unused", *flags])
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["no_gpu", "gpu"])
+def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
+    """Both branches on any machine: CUDA's presence simulated (parse_recipe_args itself is not called with
+    it faked, since TrainingArguments would then set up a device that is not there)."""
+    from core.config import check_hardware, make_parser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if hasattr(torch, "xpu"):
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    assert _has_accelerator() is cuda
+    parser = make_parser(recipe_defaults("full_ft"))
+    assert parser.get_default("use_cpu") is (not cuda)  # no --use_cpu: the GPU where there is one
+    for use_cpu, fp16, refusal in ((False, False, "--use_cpu false asks for a GPU"), (True, True, "--fp16 needs a GPU")):
+        settings = SimpleNamespace(use_cpu=use_cpu, fp16=fp16)
+        if cuda:
+            check_hardware(settings)  # accepted
+        else:
+            with pytest.raises(RecipeError, match=refusal.replace("-", r"\-")):
+                check_hardware(settings)
+    check_hardware(SimpleNamespace(use_cpu=True, fp16=False))  # a CPU run is fine everywhere
 
 
 def test_an_unreachable_model_id_names_itself_and_the_local_folder_option(tmp_path):

@@ -6,7 +6,8 @@ with `torch.autograd.graph.saved_tensors_hooks`: the storages autograd keeps for
 one micro-batch, less the parameters. Under activation checkpointing the checkpointed layers keep
 only their inputs, so the figure drops as it should. "Other" is the measured peak of the device (GPU:
 `torch.cuda.max_memory_allocated`) or of the process (CPU: peak resident set size, which includes the
-Python runtime and libraries) less the four counted parts.
+Python runtime and libraries) less the four counted parts. Each report also carries how busy the
+hardware was (recipes/core/telemetry.py: GPU utilisation, allocated vs reserved, power; CPU utilisation).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+
+from .telemetry import Telemetry, describe
 
 GB = 1024**3
 
@@ -78,10 +81,13 @@ def zero_offload_tensors(optimizer) -> tuple[list[torch.Tensor], list[torch.Tens
     return masters, grads
 
 
-def peak_memory() -> tuple[int, str]:
-    """Peak bytes and what they measure: the GPU allocator when training on CUDA, else the process."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated(), "GPU max allocated"
+def peak_memory(device: torch.device | str | None = None) -> tuple[int, str]:
+    """Peak bytes and what they measure: the GPU allocator when training on CUDA, else the process.
+    `device` is the one training runs on (a CPU run on a machine with a GPU measures the process);
+    without it, the GPU whenever CUDA has been initialised."""
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_initialized()
+    if on_cuda and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(device), "GPU max allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"
 
@@ -98,6 +104,7 @@ class MemoryBreakdown:
     grads_on_cpu: int = 0  # offloaded (DeepSpeed) parts, counted in grads / optimizer too
     optimizer_on_cpu: int = 0
     activations_by_region: dict[str, int] = field(default_factory=dict)  # when the callback is given regions
+    telemetry: dict[str, float] = field(default_factory=dict)  # utilisation, reserved, power (core/telemetry.py)
 
     @property
     def other(self) -> int:
@@ -110,7 +117,8 @@ class MemoryBreakdown:
         parts = {"params": self.params, "grads": self.grads, "grads_on_cpu": self.grads_on_cpu,
                  "optimizer": self.optimizer, "optimizer_on_cpu": self.optimizer_on_cpu, "activations": self.activations,
                  "other": self.other, "peak": self.peak}
-        return {f"memory/{name}_gb": round(value / GB, 9) for name, value in parts.items()}
+        log = {f"memory/{name}_gb": round(value / GB, 9) for name, value in parts.items()}
+        return {**log, **{f"memory/{name}": value for name, value in self.telemetry.items()}}
 
     def line(self) -> str:
         return (
@@ -119,7 +127,7 @@ class MemoryBreakdown:
             f" | optimizer {format_bytes(self.optimizer)} (on CPU {format_bytes(self.optimizer_on_cpu)})"
             f" | activations {format_bytes(self.activations)} | other {format_bytes(self.other)}"
             f" | peak {format_bytes(self.peak)} ({self.peak_source})"
-        )
+        ) + (f" | {describe(self.telemetry)}" if self.telemetry else "")
 
 
 class SavedActivationMeter:
@@ -201,13 +209,15 @@ class MemoryBreakdownCallback(TrainerCallback):
         self._meter_regions: dict[str, int] = {}
         self.last_meter: SavedActivationMeter | None = None  # the last reported step's, for a closer look
         self._pending: MemoryBreakdown | None = None
+        self._telemetry, self._device = Telemetry(), None
 
     def _is_report_step(self, step: int) -> bool:
         return step == 1 or (self.report_steps > 0 and step % self.report_steps == 0)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._device = args.device  # where training runs: a CPU run on a GPU machine measures the process
         params = unique_bytes(parameter_tensors(model))
-        peak, peak_source = peak_memory()
+        peak, peak_source = peak_memory(self._device)
         self._report(state, MemoryBreakdown(state.global_step, params, grads=0, optimizer=0, activations=0,
                                             peak=peak, peak_source=peak_source))
 
@@ -230,7 +240,7 @@ class MemoryBreakdownCallback(TrainerCallback):
         optimizer_tensors = (optimizer_state_tensors(optimizer) if optimizer is not None else []) + master_weights
         grads = [p.grad for p in model.parameters() if p.grad is not None] + zero_grads
         on_accelerator = next(model.parameters()).device.type != "cpu"
-        peak, peak_source = peak_memory()
+        peak, peak_source = peak_memory(self._device)
         self._pending = MemoryBreakdown(
             step=state.global_step + 1,  # the Trainer counts the step after this event
             params=unique_bytes(parameter_tensors(model)),
@@ -254,6 +264,8 @@ class MemoryBreakdownCallback(TrainerCallback):
             self._pending = None
 
     def _report(self, state, report: MemoryBreakdown) -> None:
+        if not report.telemetry:
+            report.telemetry = self._telemetry.sample(self._device)
         self.reports.append(report)
         if state.is_world_process_zero:
             tqdm.write(report.line())  # above the progress bar, not through it

@@ -49,23 +49,25 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, local_fil
         raise unreachable(name_or_path, error) from None
 
 
-def quantized_device_map() -> dict[str, int | str]:
-    """A quantized model is placed whole on this process's device (no later `.to()` is allowed)."""
-    return {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
+def quantized_device_map(use_cpu: bool = False) -> dict[str, int | str]:
+    """A quantized model is placed whole on this process's device (no later `.to()` is allowed): its GPU,
+    or the CPU when there is none or the run asks for the CPU (`--use_cpu true` on a machine with a GPU)."""
+    return {"": PartialState().local_process_index if torch.cuda.is_available() and not use_cpu else "cpu"}
 
 
 def load_model(model_args: ModelConfig, device_map: str | dict | None = None,
-               trust_remote_code: bool = False, full_parts: tuple[str, ...] = ()) -> PreTrainedModel:
+               trust_remote_code: bool = False, full_parts: tuple[str, ...] = (),
+               use_cpu: bool = False) -> PreTrainedModel:
     """Load the model in `model_args.dtype`, quantized when `load_in_4bit` / `load_in_8bit` ask for it
     (except the parts in `full_parts`, which train in full), split over this machine's GPUs when
-    `device_map` asks for model parallelism."""
+    `device_map` asks for model parallelism. `use_cpu`: a quantized model stays on the CPU."""
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None and full_parts:
         family = family_of(load_config(model_args.model_name_or_path, trust_remote_code))
         quantization_config.llm_int8_skip_modules = [
             prefix for part in full_parts for prefix in family.parts[part]] + OUTPUT_LAYERS
     if device_map is None and quantization_config is not None:
-        device_map = quantized_device_map()
+        device_map = quantized_device_map(use_cpu)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             resolve_local(model_args.model_name_or_path),

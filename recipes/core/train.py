@@ -81,7 +81,7 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
     parts = trained_parts(script_args.train_modules, model_args.use_peft)
     processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
     model = load_model(model_args, parse_device_map(script_args.device_map), script_args.trust_remote_code,
-                       full_parts=parts if model_args.use_peft else ())
+                       full_parts=parts if model_args.use_peft else (), use_cpu=training_args.use_cpu)
     if model_args.use_peft:
         model = add_lora(model, model_args, training_args.gradient_checkpointing, parts)
     choose_trainable_parts(model, parts, adapters=model_args.use_peft)
@@ -210,7 +210,7 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
                                                                    trainer.processing_class.tokenizer))) from None
     train_seconds = time.perf_counter() - start
 
-    peak_bytes, peak_source = peak_memory()
+    peak_bytes, peak_source = peak_memory(training_args.device)
     rank_peaks = gather_peaks(trainer, peak_bytes)
     trainer.run_summary.peak_memory = f"{format_bytes(max(rank_peaks))} ({peak_source}, highest process)"
     trainer.run_summary.train_seconds = train_seconds
