@@ -96,20 +96,33 @@ def adapter_bytes(stack: Stack, p: Precision) -> float:
     return float(sum(stack.seq * (width * (kept + mask) + stack.lora_rank * kept) for width in stack.adapters))
 
 
+def entry_discount(stack: Stack, p: Precision) -> float:
+    """What the first layer of a LoRA stack with nothing trainable before it does not save: its input
+    needs no gradient, so the first norm keeps nothing and the adapters reading that norm's output need no
+    dropout mask (the gradient only starts at the adapters)."""
+    s, h = stack.seq, stack.hidden
+    norm = s * h * (2 * p.residual + p.upcast) if stack.kind in ("llama", "t5") else s * h * p.residual
+    masks = s * h * (1 if p.on_gpu else 4) * min(len(stack.adapters), 2) if stack.lora_dropout else 0
+    return norm + masks
+
+
 def stack_bytes(stack: Stack, mode: str, p: Precision, checkpointing: bool, eager: bool, batch: int,
-                layers: int | None = None) -> float:
-    """What a stack (or `layers` of its layers) saves for backward, for one micro-batch of `batch` examples."""
+                layers: int | None = None, entry: bool = False) -> float:
+    """What a stack (or `layers` of its layers) saves for backward, for one micro-batch of `batch` examples.
+    `entry`: the stack is where gradients start (LoRA with nothing trainable before it)."""
     if layers is not None:
         stack = replace(stack, layers=layers)
     if mode == "frozen" or stack.layers == 0:
         return 0.0
     per_sequence = layer_bytes(stack, mode, p, eager)
+    first_layer = per_sequence - (entry_discount(stack, p) if entry and mode == "lora" else 0)
     weight_copies = 2 * stack.linear_weights if p.autocast_fp32_weights else 0  # per layer and micro-batch
     sequences = batch * stack.per_example
-    if checkpointing and stack.checkpointed:  # each layer's input, plus one layer recomputed in backward
+    if checkpointing and stack.checkpointed:
+        # each layer's input; in backward one layer recomputed, re-reading that input rather than copying it
         kept = stack.layers * stack.seq * stack.hidden * p.residual
-        return sequences * (kept + per_sequence) + weight_copies
-    return sequences * stack.layers * per_sequence + stack.layers * weight_copies
+        return sequences * (kept + per_sequence - stack.seq * stack.hidden * p.residual) + weight_copies
+    return sequences * ((stack.layers - 1) * per_sequence + first_layer) + stack.layers * weight_copies
 
 
 # --- The layer kinds -----------------------------------------------------------------------------------
@@ -131,13 +144,13 @@ def vit_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     """Pre-norm ViT layer (BLIP-2's ViT-g with fused qkv, SigLIP): two LayerNorms, attention, GELU MLP."""
     s, h, f = st.seq, st.hidden, st.mlp
     saved = 2 * s * h * p.residual  # LayerNorm inputs
-    saved += 3 * s * h * p.compute  # q, k, v (SDPA)
+    saved += 4 * s * h * p.compute  # q, k, v and the output (SDPA), the output projection's input
     saved += s * f * p.compute  # GELU input
     if eager:
         saved += st.heads * s * s * p.compute
-    if weights:  # qkv, output projection, fc1 and fc2 inputs
+    if weights:  # qkv, fc1 and fc2 inputs
         fused = st.kind == "vit"  # one qkv projection
-        saved += s * h * p.compute * (_fed(1 if fused else 3, p) + 1 + _fed(1, p)) + s * f * p.compute
+        saved += s * h * p.compute * (_fed(1 if fused else 3, p) + _fed(1, p)) + s * f * p.compute
     return saved
 
 
@@ -149,13 +162,13 @@ def clip_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
 def opt_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     """OPT decoder layer: LayerNorms, attention, ReLU MLP (its output is fc2's input), two dropouts."""
     s, h, f = st.seq, st.hidden, st.mlp
-    saved = 2 * s * h * p.residual + 3 * s * h * p.compute + s * f * p.compute
+    saved = 2 * s * h * p.residual + 4 * s * h * p.compute + s * f * p.compute  # norms; q, k, v, out; ReLU
     if st.dropout:
         saved += 2 * s * h * p.mask
     if eager:
         saved += 2 * st.heads * s * s * p.compute
-    if weights:  # q/k/v input (one per consumer under autocast), out_proj input, fc1 input
-        saved += s * h * p.compute * (_fed(3, p) + 1 + _fed(1, p))
+    if weights:  # q/k/v input (one per consumer under autocast), fc1 input
+        saved += s * h * p.compute * (_fed(3, p) + _fed(1, p))
     return saved
 
 
@@ -168,12 +181,12 @@ def llama_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     """Llama/Mistral decoder layer: RMS norms, grouped-query attention with rotary embeddings, gated SiLU MLP."""
     s, h, f = st.seq, st.hidden, st.mlp
     kv = st.kv_width or h
-    saved = 2 * _rms_norm(s * h, p) + s * (h + 2 * kv) * p.compute  # norms; q, k, v after rotary
+    saved = 2 * _rms_norm(s * h, p) + s * (2 * h + 2 * kv) * p.compute  # norms; q, k, v after rotary, out
     saved += 3 * s * f * p.compute  # gate output (SiLU input), SiLU output, up output
     if eager:
         saved += st.heads * s * s * (p.compute + 4)  # fp32 softmax and its cast
-    if weights:  # q/k/v input, o_proj input, gate/up input, down input
-        saved += s * h * p.compute * (_fed(3, p) + 1 + _fed(2, p)) + s * f * p.compute
+    if weights:  # q/k/v input, gate/up input, down input
+        saved += s * h * p.compute * (_fed(3, p) + _fed(2, p)) + s * f * p.compute
     return saved
 
 
@@ -244,6 +257,11 @@ def gelu_projection(st: Stack, weights: bool, p: Precision, eager: bool) -> floa
     return s * f * p.compute + (s * h * p.compute + s * f * p.compute if weights else 0)
 
 
-LAYER_KINDS = {"vit": vit_layer, "siglip": vit_layer, "clip": clip_layer, "opt": opt_layer, "llama": llama_layer,
+def linear_projection(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
+    """Idefics3's connector: one linear layer over the pixel-shuffled patches (width h)."""
+    return st.seq * st.hidden * p.compute * _fed(1, p) if weights else 0.0
+
+
+LAYER_KINDS = {"linear_projection": linear_projection, "vit": vit_layer, "siglip": vit_layer, "clip": clip_layer, "opt": opt_layer, "llama": llama_layer,
                "t5": t5_layer, "qformer": qformer_layer, "perceiver": perceiver_layer,
                "gated_projection": gated_projection, "gelu_projection": gelu_projection}

@@ -446,14 +446,14 @@ def idefics3_stacks(config, caption_tokens: int, prompt_tokens: int, image_proce
     seq = images * image_tokens + 2 * images + rows + prompt_tokens + caption_tokens
     stacks = [
         Stack("vision", vision.num_hidden_layers, patches, vision.hidden_size, vision.intermediate_size,
-              vision.num_attention_heads, part="vision", modules="model.vision_model.encoder.layers",
+              vision.num_attention_heads, kind="siglip", part="vision", modules="model.vision_model.encoder.layers",
               per_example=images),
         # pixel shuffle only reshapes: the projection's input (scale² x the vision width) is what is saved
-        Stack("connector", 1, image_tokens, vision.hidden_size * config.scale_factor ** 2, 0, 0, part="connector",
-              modules="model.connector.modality_projection", per_example=images, attention=False,
-              checkpointed=False),
+        Stack("connector", 1, image_tokens, vision.hidden_size * config.scale_factor ** 2, 0, 0,
+              kind="linear_projection", part="connector", modules="model.connector.modality_projection",
+              per_example=images, checkpointed=False),
         Stack("language_model", text.num_hidden_layers, seq, text.hidden_size, text.intermediate_size,
-              text.num_attention_heads, gated=True, modules="model.text_model.layers"),
+              text.num_attention_heads, kind="llama", modules="model.text_model.layers", kv_width=_kv_width(text)),
     ]
     return stacks, seq
 
@@ -500,11 +500,12 @@ def precision_of(model_args, training_args, device: str) -> Precision:
                      bool(model_args.load_in_4bit or model_args.load_in_8bit), device)
 
 
-def stack_bytes(stack: Stack, mode: str, model_args, training_args, device: str, layers: int | None = None) -> float:
+def stack_bytes(stack: Stack, mode: str, model_args, training_args, device: str, layers: int | None = None,
+                entry: bool = False) -> float:
     """What one stack (or `layers` of its layers) saves for backward, for one micro-batch."""
     return layers_bytes(stack, mode, precision_of(model_args, training_args, device),
-                                   training_args.gradient_checkpointing, model_args.attn_implementation == "eager",
-                                   training_args.per_device_train_batch_size, layers)
+                        training_args.gradient_checkpointing, model_args.attn_implementation == "eager",
+                        training_args.per_device_train_batch_size, layers, entry)
 
 
 def outside_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, model_args, training_args,
@@ -546,8 +547,11 @@ def outside_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, 
 
 def activation_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, model_args, training_args,
                      device: str = "cuda") -> dict[str, float]:
-    result = {stack.name: stack_bytes(stack, mode, model_args, training_args, device)
-              for stack, mode in zip(stacks, modes)}
+    entry = next((index for index, mode in enumerate(modes) if mode != "frozen"), None)  # where gradients start
+    # (T5's decoder starts again from token embeddings)
+    result = {stack.name: stack_bytes(stack, mode, model_args, training_args, device,
+                                      entry=index == entry or stack.name == "language_decoder")
+              for index, (stack, mode) in enumerate(zip(stacks, modes))}
     result["outside"] = outside_bytes(config, stacks, modes, loss_seq, model_args, training_args, device)
     return result
 

@@ -163,3 +163,37 @@ def table(comparisons: list[StepComparison]) -> str:
             ratio = f"{ratios[part]:.3f}" if part in ratios and comparison.estimated[part] > 0 else "-"
             lines.append(f"| {comparison.case} | {part} | {estimated:.1f} | {measured:.1f} | {ratio} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured step: a recipe with its precision and activation checkpointing."""
+    recipe: str  # full_ft, lora or qlora
+    dtype: str  # the weights': float32 or bfloat16
+    bf16: bool  # bf16 autocast
+    checkpointing: bool
+    optim: str | None = None  # default: the recipe's
+
+    @property
+    def name(self) -> str:
+        precision = {("float32", False): "fp32", ("float32", True): "bf16-mixed",
+                     ("bfloat16", True): "bf16", ("bfloat16", False): "bf16-weights"}[(self.dtype, self.bf16)]
+        return (f"{self.recipe} {precision}{' ckpt' if self.checkpointing else ''}"
+                f"{' ' + self.optim if self.optim else ''}")
+
+    def flags(self, batch_size: int) -> list[str]:
+        flags = ["--per_device_train_batch_size", str(batch_size), "--dtype", self.dtype,
+                 "--bf16", str(self.bf16).lower(), "--gradient_checkpointing", str(self.checkpointing).lower()]
+        return flags + (["--optim", self.optim] if self.optim else [])
+
+
+def measure_cases(model: str, cases: list[Case], work_dir: Path, layers: int = 2, batch_size: int = 2
+                  ) -> list[StepComparison]:
+    """Build `model` (a shipped config) at real width with `layers` layers per stack and measure each case."""
+    from .random_weights import build_random_model
+
+    folder = build_random_model(model, work_dir / f"{model.split('/')[-1]}-{layers}-layers", layers=layers,
+                                dtype="float32", device="cpu")
+    data = write_caption_folder(work_dir / "data", batch_size)
+    return [measure_step(f"{model.split('/')[-1]} {case.name}", str(folder), case.recipe, case.flags(batch_size),
+                         str(data)) for case in cases]
