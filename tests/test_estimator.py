@@ -92,6 +92,10 @@ def test_estimate_cli_prints_json():
 # One preset per branch of the estimator (precision, optimizer, checkpointing, ZeRO offload, LoRA, 4-bit);
 # the other six differ only in batch size or model size, which the arithmetic test covers. Every preset's
 # twin is in benchmarks/results/matrix-cpu (`python recipes/experiments.py --tiny --all`).
+# What the twins can show: that each preset runs as a user launches it and that the parameter, gradient and
+# optimizer-state bytes are exact for each technique. What they cannot: activations and totals. A twin's
+# activations are a few MB and its peak is ~90% the Python process, so a total within any tolerance says
+# nothing about the estimate; tests/test_real_width.py compares every part at real width instead.
 TWIN_PRESETS = ["baseline", "bf16_true", "bf16_mixed", "adam_8bit", "activation_checkpointing", "cpu_offload",
                 "sgd", "lora", "qlora"]
 
@@ -119,7 +123,6 @@ def test_estimate_matches_tiny_twin_measurement(tiny_matrix, preset):
     measured, predicted = result["measured"], result["estimate"]
     for part in ("params", "grads", "optimizer"):
         assert predicted[f"{part}_gb"] == pytest.approx(measured[part], rel=0.01, abs=1e-6), part
-    assert predicted["total_gb"] == pytest.approx(measured["peak"], rel=0.20)
 
 
 def test_multi_gpu_presets_are_estimated_per_gpu_as_their_strategy_divides():

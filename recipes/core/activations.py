@@ -74,7 +74,7 @@ class Stack:
     context_seq: int = 0  # Idefics2's perceiver: the image patches its latents read
     kv_input_kept: bool = False  # the attended sequence is already kept by what produced it (BLIP-2: a trained
     #                              vision tower's final norm keeps it), so the key/value projections add nothing
-    linear_weights: int = 0  # weights of the linear layers in one layer (bf16 copies under autocast)
+    fp32_linear_weights: int = 0  # fp32 weights of the linear layers in one layer (bf16 copies under autocast)
     adapters: list = field(default_factory=list)  # in_features of each adapted linear layer, per layer
     lora_rank: int = 0
     lora_dropout: bool = False
@@ -101,9 +101,11 @@ def entry_discount(stack: Stack, p: Precision) -> float:
     needs no gradient, so the first norm keeps nothing and the adapters reading that norm's output need no
     dropout mask (the gradient only starts at the adapters)."""
     s, h = stack.seq, stack.hidden
-    norm = s * h * (2 * p.residual + p.upcast) if stack.kind in ("llama", "t5") else s * h * p.residual
-    masks = s * h * (1 if p.on_gpu else 4) * min(len(stack.adapters), 2) if stack.lora_dropout else 0
-    return norm + masks
+    mask = s * h * (1 if p.on_gpu else 4) if stack.lora_dropout else 0
+    if stack.kind.endswith("projection"):  # no norm; the first linear layer's adapter reads the input
+        return mask
+    norm = rms_norm_bytes(s * h, p, False, stack.kind == "t5") if stack.kind in ("llama", "t5") else s * h * p.residual
+    return norm + mask * min(len(stack.adapters), 2)  # the attention's adapters (q, v) read the first norm
 
 
 def stack_bytes(stack: Stack, mode: str, p: Precision, checkpointing: bool, eager: bool, batch: int,
@@ -112,16 +114,22 @@ def stack_bytes(stack: Stack, mode: str, p: Precision, checkpointing: bool, eage
     `entry`: the stack is where gradients start (LoRA with nothing trainable before it)."""
     if layers is not None:
         stack = replace(stack, layers=layers)
-    if mode == "frozen" or stack.layers == 0:
+    if stack.layers == 0:
         return 0.0
+    if mode == "frozen":  # checkpointing still keeps each layer's inputs (the Q-Former's: the patches, once)
+        if not (checkpointing and stack.checkpointed):
+            return 0.0
+        inputs = stack.layers * stack.seq * stack.hidden + stack.kv_seq * stack.kv_input
+        return batch * stack.per_example * inputs * p.residual
     per_sequence = layer_bytes(stack, mode, p, eager)
     first_layer = per_sequence - (entry_discount(stack, p) if entry and mode == "lora" else 0)
-    weight_copies = 2 * stack.linear_weights if p.autocast_fp32_weights else 0  # per layer and micro-batch
+    weight_copies = 2 * stack.fp32_linear_weights if p.autocast else 0  # per layer and micro-batch
     sequences = batch * stack.per_example
     if checkpointing and stack.checkpointed:
         # each layer's input; in backward one layer recomputed, re-reading that input rather than copying it
         kept = stack.layers * stack.seq * stack.hidden * p.residual
-        return sequences * (kept + per_sequence - stack.seq * stack.hidden * p.residual) + weight_copies
+        recomputed = first_layer if stack.layers == 1 else per_sequence
+        return sequences * (kept + recomputed - stack.seq * stack.hidden * p.residual) + weight_copies
     return sequences * ((stack.layers - 1) * per_sequence + first_layer) + stack.layers * weight_copies
 
 
@@ -172,16 +180,18 @@ def opt_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     return saved
 
 
-def _rms_norm(size: int, p: Precision) -> float:
-    # input (residual dtype) and its fp32 copy when not fp32; the normalised tensor the weight multiplies
-    return size * (2 * p.residual + p.upcast)
+def rms_norm_bytes(size: int, p: Precision, weights: bool, keeps_input: bool = False) -> float:
+    """An RMS norm: the fp32 copy the variance is taken of (the input itself when fp32; T5 keeps the input
+    too), and, when its weight trains, the normalised tensor the weight multiplies."""
+    kept = size * (4 + (p.residual if keeps_input and p.residual != 4 else 0))
+    return kept + (size * p.residual if weights else 0)
 
 
 def llama_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     """Llama/Mistral decoder layer: RMS norms, grouped-query attention with rotary embeddings, gated SiLU MLP."""
     s, h, f = st.seq, st.hidden, st.mlp
     kv = st.kv_width or h
-    saved = 2 * _rms_norm(s * h, p) + s * (2 * h + 2 * kv) * p.compute  # norms; q, k, v after rotary, out
+    saved = 2 * rms_norm_bytes(s * h, p, weights) + s * (2 * h + 2 * kv) * p.compute  # norms; q, k, v (rotary), out
     saved += 3 * s * f * p.compute  # gate output (SiLU input), SiLU output, up output
     if eager:
         saved += st.heads * s * s * (p.compute + 4)  # fp32 softmax and its cast
@@ -194,7 +204,7 @@ def t5_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     """T5 block (encoder, or decoder with cross-attention): RMS norms, eager attention, gated gelu_new MLP."""
     s, h, f = st.seq, st.hidden, st.mlp
     cross = st.kv_seq > 0
-    saved = (3 if cross else 2) * _rms_norm(s * h, p)
+    saved = (3 if cross else 2) * rms_norm_bytes(s * h, p, weights, keeps_input=True)
     saved += 3 * s * h * p.compute + 2 * st.heads * s * s * p.compute  # q, k, v; softmax, dropped probabilities
     saved += 6 * s * f * p.compute  # gelu_new's pieces (pow, tanh, products) and the gated product
     if cross:
@@ -237,7 +247,8 @@ def perceiver_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> floa
     """Idefics2's perceiver resampler layer: latents (s) attend to [image patches; latents] (kv_seq)."""
     s, h, f, context = st.seq, st.hidden, st.mlp, st.context_seq
     q, kv = st.attention_width or h, st.kv_width or h
-    saved = 2 * _rms_norm(s * h, p) + _rms_norm(context * h, p)  # latents, post-attention and context norms
+    # latents, post-attention and context norms
+    saved = 2 * rms_norm_bytes(s * h, p, weights) + rms_norm_bytes(context * h, p, weights)
     saved += s * q * p.compute + 2 * st.kv_seq * kv * p.compute + 3 * s * f * p.compute
     if weights:  # q input, k/v input ([context; latents]), o input, gate/up and down inputs
         saved += s * h * p.compute * (_fed(1, p) + _fed(2, p)) + st.kv_seq * h * p.compute * _fed(2, p)

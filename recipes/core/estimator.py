@@ -28,19 +28,20 @@ Then, per GPU, in bytes:
                 8-bit AdamW (bitsandbytes): 2 B/param + a 4-byte absmax per 256 for tensors of at least
                 4096 elements, fp32 moments (8 B/param) below that and for embeddings (the Trainer
                 keeps those in 32 bits); SGD without momentum: 0.
-  activations = what autograd saves for backward, per micro-batch: per transformer layer about
-                8·s·h + 2·s·f elements (layer-norm, projection and attention inputs; q, k, v and the
-                attention output; the MLP's two inputs; h hidden, f MLP width, s sequence length;
-                gated MLPs save one more s·f; eager attention adds the heads·s² probabilities) in the
-                compute dtype, times the batch size; an MLP-only projector s·h + 2·s·f (gated 3·s·f).
-                A stack trained in full saves that; one with LoRA adapters about 6·s·h + s·f (frozen
-                projections need no saved input); a frozen stack with something trained before it
-                passes gradients back and saves what a LoRA stack does; a frozen stack with nothing
-                trainable before it saves nothing (a connector trained after a frozen vision tower:
-                the tower saves nothing). Activation checkpointing keeps only each layer's input
-                (s·h) plus one layer recomputed at a time, for the layers transformers checkpoints
-                (not Idefics2's perceiver and projection, nor LLaVA's projector). The loss adds the
-                fp32 log-probabilities over the vocabulary (s·V).
+  activations = what autograd saves for backward, per micro-batch (recipes/core/activations.py): per
+                layer kind (ViT, SigLIP, CLIP, Q-Former, OPT, T5, Llama/Mistral, the perceiver and the
+                projectors) the tensors its forward pass keeps, in s·h, s·f and attention-map units (s
+                tokens, h wide, f MLP width), each in the dtype it is held in (the compute dtype, the
+                residual stream's, fp32 copies made by RMS norms, dropout masks); a linear layer keeps its
+                input only when its weight trains, an adapter keeps its own; under bf16 autocast over fp32
+                weights every layer with gradients flowing keeps bf16 copies of its weights. A stack trained
+                in full, with LoRA adapters, frozen with gradients passing back to something trained before
+                it, or frozen with nothing trainable before it (saves nothing). Activation checkpointing
+                keeps each layer's input plus one layer recomputed, for the layers transformers checkpoints
+                (not Idefics2's perceiver and projection, nor LLaVA's projector). Outside the stacks: the
+                fp32 log-probabilities over the vocabulary (s·V), final norms, the output layer's input,
+                the patch embedding's pixels. tests/test_real_width.py checks each part within 10% of one
+                measured step at real width.
   other       = allocator slack and temporaries: 10% of the above. On CPU the process itself
                 (Python, torch and the libraries, measured in this process) is added, since a
                 CPU run's peak is the whole process.
@@ -104,7 +105,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 
-from .activations import Precision, Stack, precision
+from .activations import Precision, Stack, precision, rms_norm_bytes
 from .activations import stack_bytes as layers_bytes
 from .errors import RecipeError
 from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts, within
@@ -522,9 +523,13 @@ def outside_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, 
         if mode[stack.name] == "frozen":
             continue
         seq_width = stack.seq * stack.hidden * stack.per_example
-        if stack.part == "language":  # final norm (RMS norms keep two tensors), embedding dropout
-            saved += seq_width * (2 * p.residual + p.upcast if stack.kind in ("llama", "t5") else p.residual)
-            saved += seq_width * p.mask * (2 if stack.kind == "t5" else 1) if stack.dropout else 0
+        if stack.part == "language":  # final norm, embedding dropout
+            full = mode[stack.name] == "full"
+            saved += (rms_norm_bytes(seq_width, p, full, stack.kind == "t5") if stack.kind in ("llama", "t5")
+                      else seq_width * p.residual)
+            # dropout after the embeddings (kept only when they train) and, T5, after the final norm
+            masks = (2 if full else 1) if stack.kind == "t5" else (1 if full else 0)
+            saved += seq_width * p.mask * masks if stack.dropout else 0
         elif stack.part == "vision":  # the norm after (or, CLIP, before) the layers
             saved += seq_width * p.residual
             if config.model_type == "blip-2":  # its output, which the norm keeps again for the pooled token
@@ -536,11 +541,12 @@ def outside_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: int, 
             saved += stack.seq * stack.hidden * (p.mask if stack.dropout else 0)
             saved += stack.seq * stack.hidden * p.compute if mode[stack.name] == "full" else 0
         elif stack.kind == "perceiver":  # its final RMS norm
-            saved += stack.seq * stack.hidden * (2 * p.residual + p.upcast) * stack.per_example
+            saved += rms_norm_bytes(stack.seq * stack.hidden * stack.per_example, p, mode[stack.name] == "full")
     language = [stack for stack in stacks if stack.part == "language"][-1]
     if mode[language.name] == "full":  # the output layer's input
         saved += loss_seq * language.hidden * p.compute
-    if p.autocast_fp32_weights and mode[language.name] != "frozen":  # its bf16 weight copy
+    output_fp32 = model_args.dtype in (None, "auto", "float32") or model_args.load_in_4bit or model_args.load_in_8bit
+    if p.autocast and output_fp32 and mode[language.name] != "frozen":  # the output layer's bf16 weight copy
         saved += 2 * text.vocab_size * language.hidden / batch
     return batch * saved
 
@@ -556,6 +562,15 @@ def activation_bytes(config, stacks: list[Stack], modes: list[str], loss_seq: in
     return result
 
 
+def fp32_weight(name: str, module: torch.nn.Module, model, model_args) -> bool:
+    """Whether a linear layer's weight is held in fp32: with fp32 weights, all; under 4/8-bit, those left
+    unquantized (prepare_model_for_kbit_training puts them in fp32); with bf16 weights, none."""
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        return not _is_quantized_linear(name, module, getattr(model, "_keep_in_fp32_modules", None) or [],
+                                        model.get_output_embeddings())
+    return model_args.dtype in (None, "auto", "float32")
+
+
 def describe_model_facts(model, stacks: list[Stack], plan: TrainingPlan, model_args, modes: list[str]) -> None:
     """What the arithmetic needs from the built model: each layer's linear weights (bf16 copies under
     autocast) and the adapters in one layer (their input widths)."""
@@ -563,7 +578,9 @@ def describe_model_facts(model, stacks: list[Stack], plan: TrainingPlan, model_a
         layer = model.get_submodule(stack.modules)
         first = f"{stack.modules}.0" if isinstance(layer, torch.nn.ModuleList) else stack.modules
         layer = layer[0] if isinstance(layer, torch.nn.ModuleList) else layer
-        stack.linear_weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+        stack.fp32_linear_weights = sum(module.weight.numel() for name, module in layer.named_modules(prefix=first)
+                                        if isinstance(module, torch.nn.Linear)
+                                        and fp32_weight(name, module, model, model_args))
         stack.adapters = [module.in_features for name, module in layer.named_modules(prefix=first)
                           if name in plan.adapters]
         stack.lora_rank, stack.lora_dropout = model_args.lora_r, model_args.lora_dropout > 0

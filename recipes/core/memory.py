@@ -13,6 +13,7 @@ hardware was (recipes/core/telemetry.py: GPU utilisation, allocated vs reserved,
 from __future__ import annotations
 
 import resource
+import weakref
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -137,6 +138,10 @@ class SavedActivationMeter:
     running when it was first saved (the innermost, for nested regions); storages saved outside every
     region go to "outside". Forward hooks mark the regions: transformers checkpoints a layer's `forward`,
     inside its hooks, so the inputs a checkpointed layer keeps count in its region.
+
+    What counts is what is still held when backward starts (the first unpack): tensors saved by a part of
+    the graph that no longer leads to the loss (a frozen tower's checkpointed inputs, a vision layer after
+    the one whose features are used) are freed with it during the forward pass and are not counted.
     """
 
     def __init__(self, model: torch.nn.Module, regions: dict[str, list[torch.nn.Module]] | None = None,
@@ -144,12 +149,14 @@ class SavedActivationMeter:
         # parameters (and `exclude`: storages counted elsewhere) are not activations
         self._parameter_storages = {key[0] for p in model.parameters() if (key := _storage_key(p))} | set(exclude)
         self._current: dict[int, int] = {}
+        self._tensors: dict[int, list[weakref.ref]] = {}  # storage -> the saved tensors that hold it
+        self._at_backward: set[int] | None = None  # storages still held when backward started
         self._region_of: dict[int, str] = {}
         self._active: list[str] = []
         self.peak = 0
         self.peak_by_region: dict[str, int] = {}
         self.peak_storages: set[int] = set()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._handles = []
         for name, modules in (regions or {}).items():
             for module in modules:
@@ -166,13 +173,21 @@ class SavedActivationMeter:
         key = _storage_key(tensor)
         if key is not None and key[0] not in self._parameter_storages:
             self._current[key[0]] = key[1]
+            self._tensors.setdefault(key[0], []).append(weakref.ref(tensor))
             self._region_of.setdefault(key[0], self._active[-1] if self._active else "outside")
+        return tensor
+
+    def _unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._at_backward is None:
+            self._at_backward = {storage for storage, refs in self._tensors.items() if any(r() is not None for r in refs)}
         return tensor
 
     def start(self) -> None:
         self._hooks.__enter__()
 
     def end_micro_batch(self) -> None:
+        if self._at_backward is not None:
+            self._current = {storage: size for storage, size in self._current.items() if storage in self._at_backward}
         total = sum(self._current.values())
         if total >= self.peak:
             self.peak = total
@@ -182,7 +197,7 @@ class SavedActivationMeter:
                 by_region[region] = by_region.get(region, 0) + size
             self.peak_by_region = by_region
             self.peak_storages = set(self._current)
-        self._current, self._region_of = {}, {}
+        self._current, self._region_of, self._tensors, self._at_backward = {}, {}, {}, None
 
     def stop(self) -> int:
         self.end_micro_batch()

@@ -30,6 +30,7 @@ from .config import parse_recipe_args
 from .estimator import GB, Stack, estimate, layer_stacks, load_config
 from .families import base_model_of
 from .memory import MemoryBreakdownCallback, SavedActivationMeter
+from .paths import REPO_ROOT
 from .train import build_trainer, recipe_defaults
 
 PARTS = ("params", "grads", "optimizer")
@@ -37,8 +38,8 @@ CAPTION = "a white plate of pasta with basil and tomatoes on a wooden table"
 # What every measured step shares: one optimizer step, nothing else (no workers, evaluation or saving).
 STEP_FLAGS = ["--max_steps", "1", "--logging_steps", "1", "--memory_report_steps", "1", "--report_to", "none",
               "--save_strategy", "no", "--eval_strategy", "no", "--dataloader_num_workers", "0",
-              "--fast_inputs", "false", "--caption_metrics", "false", "--use_cpu", "true", "--lr_scheduler_type",
-              "constant", "--warmup_steps", "0"]
+              "--fast_inputs", "false", "--caption_metrics", "false", "--lr_scheduler_type", "constant",
+              "--warmup_steps", "0"]
 
 
 def write_caption_folder(folder: Path, count: int, size: int = 378) -> Path:
@@ -62,8 +63,9 @@ class StepComparison:
     details: dict = field(default_factory=dict)
 
     def ratios(self) -> dict[str, float]:
-        return {part: self.measured[part] / self.estimated[part] for part in self.estimated
-                if self.estimated[part] > 0 or self.measured[part] > 0}
+        """measured ÷ estimated per part (infinite where something was measured and nothing estimated)."""
+        return {part: self.measured[part] / self.estimated[part] if self.estimated[part] > 0 else float("inf")
+                for part in self.estimated if self.estimated[part] > 0 or self.measured[part] > 0}
 
     def worst(self) -> tuple[str, float]:
         """The part furthest from its estimate, and measured ÷ estimated for it."""
@@ -90,7 +92,7 @@ class FirstCallRecorder:
         self._handle.remove()
 
 
-def recomputed_layer_bytes(recorder: FirstCallRecorder, bf16: bool, already_kept: set[int]) -> int:
+def recomputed_layer_bytes(recorder: FirstCallRecorder, bf16: bool, already_kept: set[int], device: str) -> int:
     """What one checkpointed layer adds when backward recomputes it: the layer run again, checkpointing off,
     less the storages the step kept anyway (a recomputation re-reads those, it does not copy them)."""
     layer = recorder.module
@@ -99,7 +101,7 @@ def recomputed_layer_bytes(recorder: FirstCallRecorder, bf16: bool, already_kept
     layer.gradient_checkpointing = False
     meter.start()
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             layer(*recorder.args, **recorder.kwargs)
     finally:
         layer.gradient_checkpointing = checkpointing
@@ -120,10 +122,12 @@ def batch_lengths(trainer) -> tuple[int, int]:
     return caption, ids.numel() - padding - caption - int((ids == image_token).sum())
 
 
-def measure_step(case: str, model_folder: str, recipe: str, flags: list[str], data_folder: str) -> StepComparison:
-    """Run one optimizer step of `recipe` on `model_folder` and compare each part with the estimate."""
+def measure_step(case: str, model_folder: str, recipe: str, flags: list[str], data_folder: str,
+                 device: str = "cpu") -> StepComparison:
+    """Run one optimizer step of `recipe` on `model_folder` (on the CPU or this machine's GPU) and compare
+    each part with the estimate."""
     args = ["--model_name_or_path", model_folder, "--dataset_name", data_folder, "--output_dir",
-            str(Path(data_folder) / "out"), *STEP_FLAGS, *flags]
+            str(Path(data_folder) / "out"), *STEP_FLAGS, "--use_cpu", str(device == "cpu").lower(), *flags]
     script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), args)
     config = load_config(model_folder)
     stacks, _ = layer_stacks(config, 1, 1)
@@ -136,7 +140,7 @@ def measure_step(case: str, model_folder: str, recipe: str, flags: list[str], da
     trainer.train()
     report = memory.reports[-1]
 
-    predicted = estimate(script_args, training_args, model_args, caption_tokens, prompt_tokens, device="cpu")
+    predicted = estimate(script_args, training_args, model_args, caption_tokens, prompt_tokens, device=device)
     estimated = {"params": predicted.params_gb, "grads": predicted.grads_gb, "optimizer": predicted.optimizer_gb}
     measured = {"params": report.params / GB, "grads": report.grads / GB, "optimizer": report.optimizer / GB}
     by_stack = predicted.parts["activations_by_part_gb"]
@@ -144,7 +148,7 @@ def measure_step(case: str, model_folder: str, recipe: str, flags: list[str], da
         saved = report.activations_by_region.get(stack.name, 0)
         recorder = recorders.get(stack.name)
         if recorder is not None and recorder.args is not None:
-            saved += recomputed_layer_bytes(recorder, training_args.bf16, memory.last_meter.peak_storages)
+            saved += recomputed_layer_bytes(recorder, training_args.bf16, memory.last_meter.peak_storages, device)
         estimated[f"act:{stack.name}"], measured[f"act:{stack.name}"] = by_stack[stack.name], saved / GB
     estimated["act:outside"] = by_stack["outside"]
     measured["act:outside"] = report.activations_by_region.get("outside", 0) / GB
@@ -160,8 +164,8 @@ def table(comparisons: list[StepComparison]) -> str:
         ratios = comparison.ratios()
         for part in comparison.estimated:
             estimated, measured = comparison.estimated[part] * 1024, comparison.measured[part] * 1024
-            ratio = f"{ratios[part]:.3f}" if part in ratios and comparison.estimated[part] > 0 else "-"
-            lines.append(f"| {comparison.case} | {part} | {estimated:.1f} | {measured:.1f} | {ratio} |")
+            ratio = f"{ratios[part]:.3f}" if part in ratios else "-"
+            lines.append(f"| {comparison.case} | {part} | {estimated:.3f} | {measured:.3f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -187,13 +191,18 @@ class Case:
         return flags + (["--optim", self.optim] if self.optim else [])
 
 
-def measure_cases(model: str, cases: list[Case], work_dir: Path, layers: int = 2, batch_size: int = 2
-                  ) -> list[StepComparison]:
-    """Build `model` (a shipped config) at real width with `layers` layers per stack and measure each case."""
+def measure_cases(model: str, cases: list[Case], work_dir: Path, layers: int | None = 2, batch_size: int = 2,
+                  device: str = "cpu") -> list[StepComparison]:
+    """Build `model` (a shipped config) at real width with `layers` layers per stack and measure each case;
+    a model folder (a tiny twin) is measured as it is."""
     from .random_weights import build_random_model
 
-    folder = build_random_model(model, work_dir / f"{model.split('/')[-1]}-{layers}-layers", layers=layers,
-                                dtype="float32", device="cpu")
+    if (Path(model) / "model.safetensors").is_file() or (REPO_ROOT / model / "model.safetensors").is_file():
+        folder, label = Path(model), Path(model).name
+    else:
+        folder = build_random_model(model, work_dir / f"{model.split('/')[-1]}-{layers}-layers", layers=layers,
+                                    dtype="float32", device=device)
+        label = model.split("/")[-1]
     data = write_caption_folder(work_dir / "data", batch_size)
-    return [measure_step(f"{model.split('/')[-1]} {case.name}", str(folder), case.recipe, case.flags(batch_size),
-                         str(data)) for case in cases]
+    return [measure_step(f"{label} {case.name}", str(folder), case.recipe, case.flags(batch_size), str(data), device)
+            for case in cases]
