@@ -7,6 +7,7 @@ the metrics, as `eval_cider` etc., so `--metric_for_best_model cider` and `--loa
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -54,6 +55,48 @@ class AltTextTrainer(Trainer):
         self.caption_metrics = caption_metrics
         self.run_summary = run_summary
         self._dataset_under_evaluation: Dataset | None = None
+        self._flops_per_token: int | None = None
+
+    def train(self, *args, **kwargs):
+        """The Trainer's `train`, with less host time around the steps.
+
+        The objects alive at the start (libraries, model, data: ~500k) are frozen out of the garbage
+        collector for the run (`gc.freeze`): the full `gc.collect()` the Trainer runs at the start of training
+        then takes milliseconds instead of 0.3-0.9 s, and the forked DataLoader workers do not copy the pages
+        the collector would touch. Persistent DataLoader workers (started once, not once per epoch) are shut
+        down here when training ends: left to the interpreter's exit, each stalls for 5 s."""
+        self._flops_per_token = None  # the model may have changed since the last run
+        freeze = gc.get_freeze_count() == 0  # someone else's freeze is left as it is
+        if freeze:
+            gc.freeze()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.close_dataloader_workers()
+            if freeze:
+                gc.unfreeze()
+
+    def close_dataloader_workers(self) -> None:
+        """Shut down the worker processes that persistent DataLoaders (training, cached evaluation) keep."""
+        loaders = [getattr(self.callback_handler, "train_dataloader", None),
+                   *getattr(self, "_eval_dataloaders", {}).values()]
+        for loader in loaders:
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
+        if hasattr(self, "_eval_dataloaders"):
+            self._eval_dataloaders = {}
+
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's estimate (6 × input elements × non-embedding parameters), with the parameter count
+        taken once per run: counting walks every module and parameter, a millisecond or two per step."""
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if self._flops_per_token is None:
+            self._flops_per_token = 6 * self.model.num_parameters(exclude_embeddings=True)
+        return self._flops_per_token * inputs[main_input].numel()
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
