@@ -1,13 +1,21 @@
 # `make demo`: set up .venv (CPU torch) and fine-tune the embedded tiny BLIP-2 on the embedded food
 #              photos, offline, then print alt text for a few test photos beside their references.
 # `make test`: the test suite (what CI runs).
+# `make gpu-check`: on a machine with one NVIDIA GPU, validate everything that needs one in at most 8 minutes
+#              -> benchmarks/results/gpu-<gpu name>/ (README "Validate on a GPU"). It installs nothing: the
+#              packages must import with $(GPU_PYTHON) (on the lent machine, the carried wheels on PYTHONPATH).
+# `make gpu-check-dry`: the same steps on this CPU with the tiny twins (~2-3 min) -> benchmarks/results/gpu-dry-cpu/
+# `make gpu-wheels`: download/build here the wheels the lent GPU machine lacks -> .whl/ (git-ignored).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The GPU machine's own Python (no venv there); override: make gpu-check GPU_PYTHON=...
+GPU_PYTHON ?= python3
+GPU_CHECK_FLAGS ?=
 
-.PHONY: setup demo test java browser data models
+.PHONY: setup demo test java browser data models gpu-check gpu-check-dry gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -40,3 +48,12 @@ data: setup
 
 models: setup
 	$(PYTHON) data/make_tiny_models.py
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_FLAGS)
+
+gpu-check-dry: setup
+	$(PYTHON) benchmarks/gpu_check.py --dry $(GPU_CHECK_FLAGS)
+
+gpu-wheels: setup
+	$(PYTHON) scripts/gather_gpu_wheels.py
