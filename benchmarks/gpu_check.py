@@ -21,8 +21,9 @@ Steps, in this order (each in its own process, with a time limit, its log kept):
    weights folder is drawn on the GPU and written in the background while the launches run (the matrix
    waits for it, so no preset shares the GPU with it). A preset whose host-memory
    estimate exceeds this machine's RAM (DeepSpeed CPU offload of Flan-T5-XXL: ~200 GB) is not run and says
-   so. Order: presets predicted to fit (smallest first, quantized last), then those predicted not to fit
-   (nearest the capacity first); the matrix gets the time the other steps leave, and a preset that no
+   so. Order: the verdicts most in doubt first, i.e. the estimates nearest the capacity, on either side
+   (a preset whose estimate repeats an earlier one's goes last); the matrix gets the time the other steps
+   leave, and a preset that no
    longer fits in the budget is listed as not run, with the command that runs the rest (--merge).
 5. `python -m pytest -m gpu tests` (time is kept for it).
 
@@ -129,7 +130,6 @@ class Check:
         self.logs = self.work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.commands: list[dict] = []
-        self.report: dict = {}
 
     # -- commands
     def printable(self, command: list[str]) -> str:
@@ -269,6 +269,7 @@ class Check:
     def matrix(self, presets, done: dict[str, dict | str], capacity_gb: float, host_gb: float,
                builds: dict, reserve: float) -> list[dict]:
         """Each preset beside its estimate (`done`: the estimate, or why there is none)."""
+        from core.estimator import CUDA_CONTEXT_GB
         from experiments import run_preset
 
         failed = {name: value for name, value in done.items() if isinstance(value, str)}
@@ -277,7 +278,8 @@ class Check:
         for preset in [p for p in presets if p.name in failed]:
             entries.append(_not_run(preset, {}, "failed", f"no estimate: {failed[preset.name]}"))
         weights_errors = self.finish_weights_builds(builds, reserve)
-        for preset in matrix_order([p for p in presets if p.name in predicted], predicted, self.quantized):
+        context_gb = 0.0 if self.dry else CUDA_CONTEXT_GB
+        for preset in matrix_order([p for p in presets if p.name in predicted], predicted, capacity_gb, context_gb):
             estimate = predicted[preset.name]
             source = self.model_source(preset)
             fits = estimate["fits"]
@@ -359,14 +361,19 @@ class Check:
 
 
 # ---------------------------------------------------------------- verdicts and tables
-def matrix_order(presets, estimates: dict[str, dict], quantized: set[str]) -> list:
-    """Predicted to fit first (smallest estimate first, quantized last: their weights are written meanwhile),
-    then predicted not to fit (nearest the capacity first)."""
-    fits = sorted((p for p in presets if estimates[p.name]["fits"]),
-                  key=lambda p: (p.name in quantized, estimates[p.name]["total_gb"], p.name))
-    over = sorted((p for p in presets if not estimates[p.name]["fits"]),
-                  key=lambda p: (estimates[p.name]["total_gb"], p.name))
-    return fits + over
+def matrix_order(presets, estimates: dict[str, dict], capacity_gb: float, context_gb: float = 0.0) -> list:
+    """The verdicts most in doubt first: nearest the capacity first (the estimate plus the CUDA context
+    against it, on either side); a preset whose estimate equals an earlier one's (it differs only in the
+    learning rate or in gradient accumulation, which take no memory) after all the others."""
+    def distance(preset):
+        return abs(estimates[preset.name]["total_gb"] + context_gb - capacity_gb)
+
+    first, repeats, seen = [], [], set()
+    for preset in sorted(presets, key=lambda p: (distance(p), p.name)):
+        total = round(estimates[preset.name]["total_gb"], 2)
+        (repeats if total in seen else first).append(preset)
+        seen.add(total)
+    return first + repeats
 
 
 def _not_run(preset, estimate: dict, status: str, note: str) -> dict:

@@ -84,12 +84,14 @@ def _estimate(total: float, fits: bool, host: float = 0.0) -> dict:
             "total_gb": total, "host_gb": host, "fits": fits}
 
 
-def test_matrix_runs_what_fits_first_and_the_nearest_misses_before_the_far_ones():
-    presets = [load_preset(name) for name in ("baseline", "bf16_true", "qlora", "lora", "reduced_batch")]
+def test_matrix_runs_the_verdicts_most_in_doubt_first_and_repeated_estimates_last():
+    names = ("baseline", "bf16_true", "qlora", "lora", "reduced_batch", "grad_accumulation", "adam_8bit")
+    presets = [load_preset(name) for name in names]
     estimates = {"baseline": _estimate(145, False), "bf16_true": _estimate(41, True), "qlora": _estimate(25, True),
-                 "lora": _estimate(60, True), "reduced_batch": _estimate(82, False)}
-    order = [p.name for p in gpu_check.matrix_order(presets, estimates, {"qlora"})]
-    assert order == ["bf16_true", "lora", "qlora", "reduced_batch", "baseline"]
+                 "lora": _estimate(60, True), "reduced_batch": _estimate(82, False),
+                 "grad_accumulation": _estimate(82, False), "adam_8bit": _estimate(77, True)}
+    order = [p.name for p in gpu_check.matrix_order(presets, estimates, 79.6, 0.5)]
+    assert order == ["adam_8bit", "grad_accumulation", "lora", "bf16_true", "qlora", "baseline", "reduced_batch"]
 
 
 def test_verdicts_compare_what_happened_with_the_prediction():

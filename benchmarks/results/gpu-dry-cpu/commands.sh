@@ -1,5 +1,5 @@
 #!/bin/sh
-# gpu-check on CPU (dry run), 2026-11-26 10:13 UTC: every command, in order, as run.
+# gpu-check on CPU (dry run), 2026-11-26 10:27 UTC: every command, in order, as run.
 PYTHON=/work/main/.venv/bin/python
 
 # probe
@@ -20,7 +20,7 @@ PYTHONPATH=recipes:$PYTHONPATH "$PYTHON" -c 'from core.random_weights import bui
 "$PYTHON" -m accelerate.commands.launch --config_file accelerate_configs/ds_zero2_offload.yaml --num_processes 1 --deepspeed_config_file /tmp/gpu-check-dry/runs/launch_ds_zero2_offload/deepspeed_cpu.json recipes/full_ft.py --config recipes/configs/matrix/cpu_offload.yaml --model_name_or_path /tmp/gpu-check-dry/models/tiny-blip2-opt-2layers --output_dir /tmp/gpu-check-dry/runs/launch_ds_zero2_offload --max_steps 2 --per_device_train_batch_size 4 --gradient_accumulation_steps 1 --max_train_samples 64 --logging_steps 1 --memory_report_steps 1 --report_to none --save_strategy no --disable_tqdm true
 # pytest
 "$PYTHON" -m pytest -m gpu tests -q -p no:cacheprovider
-# matrix: qlora
-"$PYTHON" recipes/qlora.py --config recipes/configs/matrix/qlora.yaml --output_dir /tmp/gpu-check-dry/runs/qlora --model_name_or_path data/models/tiny-blip2-t5 --use_cpu true --max_steps 1 --logging_steps 1 --memory_report_steps 1 --max_train_samples 128 --report_to none --model_name_or_path /tmp/gpu-check-dry/models/tiny-blip2-t5-weights --max_steps 1 --logging_steps 1 --memory_report_steps 1 --save_final_model false --report_to none --disable_tqdm true --show_examples 0 --eval_strategy no --per_device_train_batch_size 4 --gradient_accumulation_steps 1
 # matrix: baseline
 "$PYTHON" recipes/full_ft.py --config recipes/configs/matrix/baseline.yaml --output_dir /tmp/gpu-check-dry/runs/baseline --model_name_or_path data/models/tiny-blip2-opt --use_cpu true --max_steps 1 --logging_steps 1 --memory_report_steps 1 --max_train_samples 128 --report_to none --model_name_or_path /tmp/gpu-check-dry/models/tiny-blip2-opt-skeleton --max_steps 1 --logging_steps 1 --memory_report_steps 1 --save_final_model false --report_to none --disable_tqdm true --show_examples 0 --eval_strategy no --per_device_train_batch_size 4 --gradient_accumulation_steps 1
+# matrix: qlora
+"$PYTHON" recipes/qlora.py --config recipes/configs/matrix/qlora.yaml --output_dir /tmp/gpu-check-dry/runs/qlora --model_name_or_path data/models/tiny-blip2-t5 --use_cpu true --max_steps 1 --logging_steps 1 --memory_report_steps 1 --max_train_samples 128 --report_to none --model_name_or_path /tmp/gpu-check-dry/models/tiny-blip2-t5-weights --max_steps 1 --logging_steps 1 --memory_report_steps 1 --save_final_model false --report_to none --disable_tqdm true --show_examples 0 --eval_strategy no --per_device_train_batch_size 4 --gradient_accumulation_steps 1
