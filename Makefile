@@ -2,6 +2,11 @@
 #              photos, offline, then print alt text for a few test photos beside their references.
 # `make test`: the test suite (what CI runs); on a GPU host it includes the GPU tests.
 # `make test-gpu`: only the GPU tests (tests/test_gpu.py, marker `gpu`); an error on a machine without CUDA.
+# `make gpu-check`: on a machine with one NVIDIA GPU, validate everything that needs one in at most 8 minutes
+#              -> benchmarks/results/gpu-<gpu name>/ (README "Validate on a GPU"). It installs nothing: the
+#              packages must import with $(GPU_PYTHON) (on the lent machine, the carried wheels on PYTHONPATH).
+# `make gpu-check-dry`: the same steps on this CPU with the tiny twins (~2-3 min) -> benchmarks/results/gpu-dry-cpu/
+# `make gpu-wheels`: download/build here the wheels the lent GPU machine lacks -> .whl/ (git-ignored).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # The CPU build of torch, unless this machine has an NVIDIA driver (then PyPI's CUDA build, for the GPU tests).
@@ -9,8 +14,11 @@ REQUIREMENTS ?= $(if $(shell command -v nvidia-smi),requirements.txt,requirement
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The GPU machine's own Python (no venv there); override: make gpu-check GPU_PYTHON=...
+GPU_PYTHON ?= python3
+GPU_CHECK_FLAGS ?=
 
-.PHONY: setup demo test test-gpu java browser data models
+.PHONY: setup demo test test-gpu java browser data models gpu-check gpu-check-dry gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -46,3 +54,12 @@ data: setup
 
 models: setup
 	$(PYTHON) data/make_tiny_models.py
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_FLAGS)
+
+gpu-check-dry: setup
+	$(PYTHON) benchmarks/gpu_check.py --dry $(GPU_CHECK_FLAGS)
+
+gpu-wheels: setup
+	$(PYTHON) scripts/gather_gpu_wheels.py

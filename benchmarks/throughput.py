@@ -2,8 +2,9 @@
 
     python benchmarks/throughput.py --image_format png --image_size 64 --images 300 --epochs 2 --repeats 2 \\
         --out benchmarks/results/throughput-cpu/results.json                                 # CPU, tiny model
+    python benchmarks/matmul_probe.py --out probe.json                                       # GPU peak, for MFU
     python benchmarks/throughput.py --config recipes/configs/throughput/opt27b_bf16_full.yaml \\
-        --model_config data/model_configs/blip2-opt-2.7b \\
+        --model_config data/model_configs/blip2-opt-2.7b --peak_json probe.json \\
         --out benchmarks/results/throughput-h100/results.json                                # GPU, real size
 
 1. Input pipeline alone, on --images generated photos (640×480 JPEGs, or --image_size N×N, --image_format png):
@@ -21,13 +22,17 @@
    - `ours`: our recipe's Trainer (the preset as a user runs it), and optionally ours with --torch_compile.
    With --epochs every variant trains that many epochs and the whole run is timed, so worker start-up
    per epoch, end-of-epoch work, logging, the memory report and the progress bar count; without it,
-   --steps after --warmup_steps. Steps/s, samples/s, peak memory, model FLOP/s and, on a GPU with a
-   known peak, MFU. Model FLOPs per sample = 3 × the forward FLOPs counted by torch's FlopCounterMode
+   --steps after --warmup_steps. Steps/s, samples/s, peak memory, model FLOP/s and, given the device's
+   measured peak, MFU. Model FLOPs per sample = 3 × the forward FLOPs counted by torch's FlopCounterMode
    (vision encoder, Q-Former, language model), the full fine-tuning convention; recomputation from
-   activation checkpointing is not counted.
+   activation checkpointing is not counted. MFU divides model FLOP/s by the device's dense bf16 peak as
+   `benchmarks/matmul_probe.py` measured it on the same device (--peak_json probe.json, or --peak_tflops);
+   without one, MFU is n/a (a datasheet peak is not what the device reaches).
 
---model_config builds random weights from a shipped real config (weights cannot be downloaded offline),
-with the tiny twin's tokenizer: the shapes, and so the speed and memory, are the real model's.
+--model_config takes a shipped real config (weights cannot be downloaded offline) and makes a random-weights
+skeleton of it with the tiny twin's tokenizer (recipes/core/random_weights.py): both loops draw the weights on
+the device in the training dtype, so nothing is written to disk; the shapes, and so the speed and memory, are
+the real model's.
 Writes a table and the ratios (`input_pipeline_speedup`, `train_speedup` = ours ÷ plain,
 `fair_train_speedup` = ours ÷ plain_fair) to stdout and JSON to --out.
 """
@@ -52,7 +57,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from transformers import AutoConfig, AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed  # noqa: E402
+from transformers import AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed  # noqa: E402
 
 from core.collator import AltTextCollator, make_collator  # noqa: E402
 from core.config import COMMON_DEFAULTS, parse_recipe_args  # noqa: E402
@@ -60,13 +65,12 @@ from core.data import load_caption_dataset  # noqa: E402
 from core.inputs import default_num_workers, prepare_for_training  # noqa: E402
 from core.memory import GB, peak_memory  # noqa: E402
 from core.modeling import add_lora, is_encoder_decoder, load_processor  # noqa: E402
-from core.paths import EMBEDDED_DATASET, TINY_OPT, TINY_T5  # noqa: E402
+from core.paths import EMBEDDED_DATASET  # noqa: E402
+from core.random_weights import build_random_model, instantiate, is_skeleton  # noqa: E402
 from core.train import apply_lr_scaling, build_trainer, recipe_defaults  # noqa: E402
 
 DEFAULT_PRESET = "recipes/configs/tiny/full_ft.yaml"
 REAL_BLIP2_IMAGE_SIZE = 224
-# Dense bf16 matmul peak measured on the lent H100s (the datasheet's 989 TFLOP/s is not reached).
-MEASURED_PEAK_TFLOPS = {"H100": 790.0}
 PARTS = ("vision_model", "qformer", "language_projection", "language_model")
 
 
@@ -98,22 +102,6 @@ def make_photos(folder: Path, count: int, seed: int = 0, size: tuple[int, int] =
         rows.append({"file_name": name, "text": captions[index % len(captions)]})
     (split / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
-
-
-def build_random_model(config_folder: str, out_folder: Path) -> Path:
-    """A model with the shipped real config's shapes and random bf16 weights, saved with a processor made
-    from the tiny twin's tokenizer (image token, query count and image size set to the real model's)."""
-    config = AutoConfig.from_pretrained(REPO_ROOT / config_folder)
-    twin = TINY_T5 if config.get_text_config().is_encoder_decoder else TINY_OPT
-    processor = load_processor(twin)
-    processor.num_query_tokens = config.num_query_tokens
-    size = config.vision_config.image_size
-    processor.image_processor.size = {"height": size, "width": size}
-    config.image_token_index = processor.tokenizer.convert_tokens_to_ids(processor.image_token.content)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(out_folder)
-    processor.save_pretrained(out_folder)
-    return out_folder
 
 
 # ---------------------------------------------------------------- 1. input pipeline
@@ -243,8 +231,13 @@ def train_plain(args: argparse.Namespace, model_folder: str, photos: Path) -> di
     script_args, training_args, model_args = parsed_recipe(args, model_folder, photos)
     set_seed(training_args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager")
-    model = model.to(getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32)
+    dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
+    if is_skeleton(model_folder):  # random weights drawn on the device in the training dtype, where the load ends
+        model = instantiate(model_folder, dtype, attn_implementation="eager", device=device)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=torch.float32,
+                                                            attn_implementation="eager")
+    model = model.to(dtype)
     if training_args.gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     if model_args.use_peft:
@@ -381,13 +374,14 @@ def measure_training(args: argparse.Namespace, model_folder: str, photos: Path) 
 
 
 # ---------------------------------------------------------------- report
-def peak_tflops(requested: float | None) -> float | None:
+def peak_tflops(requested: float | None, probe_json: str | None) -> tuple[float | None, str]:
+    """The MFU denominator and where it came from: --peak_tflops, else the matmul probe's JSON, else none."""
     if requested is not None:
-        return requested
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return next((peak for key, peak in MEASURED_PEAK_TFLOPS.items() if key in name), None)
-    return None
+        return requested, "--peak_tflops"
+    if probe_json:
+        probe = json.loads(Path(probe_json).read_text())
+        return probe["bf16_tflops"], f"dense bf16 matmul measured on {probe['device']} ({probe_json})"
+    return None, "none given: MFU n/a (measure it with benchmarks/matmul_probe.py, pass --peak_json)"
 
 
 def add_flops(training: dict[str, dict], batch_size: int, peak: float | None) -> dict:
@@ -427,6 +421,8 @@ def report(result: dict) -> str:
                      f"{run['samples_per_s']:.1f} | {run['peak_bytes'] / GB:.2f} GB ({run['peak_source']}) | "
                      f"{run['model_tflops_per_s']:.3f} | {mfu} | {each} |")
     flops = result["model_flops_per_sample"]
+    peak = result.get("peak_tflops")
+    lines += ["", f"MFU peak: {f'{peak:.4g} TFLOP/s' if peak else 'none'} ({result.get('peak_source', 'not recorded')})"]
     lines += ["", "Model FLOPs per training sample (3 × forward): " + ", ".join(
         f"{part} {value / 1e9:.2f} GFLOP" for part, value in flops.items()), "",
         f"input_pipeline_speedup = {result['input_pipeline_speedup']:.2f}×  (ours ÷ plain images/s per epoch once "
@@ -463,7 +459,10 @@ def main() -> None:
     parser.add_argument("--warmup_steps", type=int, default=5, help="untimed steps first")
     parser.add_argument("--workers", type=int, default=default_num_workers(), help="DataLoader workers (ours, plain_fair)")
     parser.add_argument("--compile", action="store_true", help="also measure ours with --torch_compile")
-    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: 790 on H100)")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the device's dense bf16 peak for MFU, TFLOP/s (default: --peak_json's; neither: MFU n/a)")
+    parser.add_argument("--peak_json", default=None,
+                        help="the JSON benchmarks/matmul_probe.py wrote on this device: its bf16_tflops is the MFU peak")
     parser.add_argument("--out", default=None, help="write the JSON here")
     # internal: one training variant in a fresh process
     parser.add_argument("--variant", choices=["plain", "plain_fair", "ours", "ours_compiled"], help=argparse.SUPPRESS)
@@ -489,18 +488,20 @@ def main() -> None:
         print(f"generating {args.images} {photo_kind} photos ...", flush=True)
         photos = make_photos(scratch / "photos", args.images, size=size, image_format=args.image_format)
         model_folder = preset.get("model_name_or_path", COMMON_DEFAULTS["model_name_or_path"]) if not args.model_config else \
-            str(build_random_model(args.model_config, scratch / "model"))
+            str(build_random_model(args.model_config, scratch / "model", weights=False))
         print("input pipeline ...", flush=True)
         input_rows = measure_input_pipeline(photos, model_folder, args.batch_size, args.workers)
         training = measure_training(args, model_folder, photos)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    per_sample = add_flops(training, args.batch_size, peak_tflops(args.peak_tflops))
+    peak, peak_source = peak_tflops(args.peak_tflops, args.peak_json)
+    per_sample = add_flops(training, args.batch_size, peak)
     result = {
         "device": device, "model": args.model_config or model_folder, "config": args.config,
         "recipe": args.recipe, "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
         "epochs": args.epochs, "photos": photo_kind,
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "input_pipeline": input_rows, "training": training, "model_flops_per_sample": per_sample,
+        "peak_tflops": peak, "peak_source": peak_source,
         "input_pipeline_speedup": input_rows[0]["speedup"],
         "train_speedup": training["ours"]["samples_per_s"] / training["plain"]["samples_per_s"],
         "peak_memory_ratio": training["ours"]["peak_bytes"] / training["plain"]["peak_bytes"],

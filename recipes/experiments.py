@@ -15,52 +15,52 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 from core.errors import exit_on_user_error
 from core.estimator import estimate
 from core.experiments import (RunResult, all_presets, classify_failure, draw_chart, estimate_gb, launch_command,
-                              load_preset, markdown_table, read_measurements, recipe_args)
+                              load_preset, markdown_table, read_measurements, recipe_args, run_command)
 from core.paths import REPO_ROOT
 from core.train import caption_token_count, recipe_defaults
 
 
-def predict(preset, tiny: bool, output_dir: Path, gpu_memory: float) -> dict:
+def predict(preset, tiny: bool, output_dir: Path, gpu_memory: float, extra_args: Sequence[str] = (),
+            device: str | None = None) -> dict:
+    """The estimator's prediction (GB) for the run `run_preset` launches with the same arguments."""
     from core.config import parse_recipe_args
 
     script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
-                                                               recipe_args(preset, tiny, output_dir))
+                                                               recipe_args(preset, tiny, output_dir, extra_args))
     result = estimate(script_args, training_args, model_args, caption_token_count(script_args, model_args),
-                      gpu_memory_gb=gpu_memory, device="cpu" if tiny else "cuda")
+                      gpu_memory_gb=gpu_memory, device=device or ("cpu" if tiny else "cuda"))
     return estimate_gb(result)
 
 
-def run_preset(preset, tiny: bool, out_dir: Path, timeout: int, gpu_memory: float) -> RunResult:
+def run_preset(preset, tiny: bool, out_dir: Path, timeout: int, gpu_memory: float, extra_args: Sequence[str] = (),
+               prediction: dict | None = None, device: str | None = None) -> RunResult:
+    """Run one preset (its tiny twin with `tiny`) in its own process, `extra_args` added to the recipe's
+    arguments; its estimate is computed here unless given."""
     output_dir = out_dir / "runs" / preset.name
-    command = launch_command(preset, tiny, output_dir)
+    command = launch_command(preset, tiny, output_dir, extra_args)
     printable = shlex.join(command).replace(str(REPO_ROOT) + "/", "")
     print(f"\n=== {preset.name}: {preset.title}\n$ {printable}", flush=True)
     result = RunResult(preset.name, preset.title, "ok", command=printable)
-    result.estimate = predict(preset, tiny, output_dir, gpu_memory)
+    result.estimate = prediction or predict(preset, tiny, output_dir, gpu_memory, extra_args, device)
     log_path = out_dir / "logs" / f"{preset.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    try:
-        completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log = completed.stdout + completed.stderr
-        if completed.returncode != 0:
-            result.status = classify_failure(log)
-            result.error = log.strip().splitlines()[-1][:300] if log.strip() else f"exit {completed.returncode}"
-    except subprocess.TimeoutExpired as expired:
-        log = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        result.status, result.error = "timeout", f"over {timeout} s"
+    returncode, log = run_command(command, timeout)
+    if returncode is None:
+        result.status, result.error = "timeout", f"over {timeout:.0f} s"
+    elif returncode != 0:
+        result.status = classify_failure(log)
+        result.error = log.strip().splitlines()[-1][:300] if log.strip() else f"exit {returncode}"
     log_path.write_text(log)
     result.measured, result.train_seconds, result.samples_per_second, result.final_loss = read_measurements(output_dir)
     print(f"--> {result.status} in {time.perf_counter() - start:.0f} s | measured peak {result.measured.get('peak')} GB"

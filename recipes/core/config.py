@@ -102,6 +102,12 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
         metadata={"help": "At each evaluation (--eval_strategy), generate alt text for the eval split and log "
                           "BLEU-4, CIDEr, ROUGE-L and embedding distance (eval_cider, ...) beside the eval loss."},
     )
+    save_final_model: bool = field(
+        default=True,
+        metadata={"help": "At the end, save the model (or adapter) with its processor and model card to --output_dir. "
+                          "false: keep only trainer_state.json (the loss curve and memory reports), for memory and "
+                          "speed checks that need no weights."},
+    )
     scale_lr: str = field(
         default="none",
         metadata={"help": "Scale --learning_rate with the number of processes: linear (x N), sqrt (x sqrt N) or none. "

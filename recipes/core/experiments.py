@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -61,12 +65,12 @@ def tiny_model_for(model_name: str) -> str:
     return TINY_T5 if "t5" in model_name.lower() else TINY_OPT
 
 
-def recipe_args(preset: Preset, tiny: bool, output_dir: Path) -> list[str]:
-    """The recipe's arguments for a preset (or its tiny twin)."""
+def recipe_args(preset: Preset, tiny: bool, output_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:
+    """The recipe's arguments for a preset (or its tiny twin), then `extra_args` (which win)."""
     args = ["--config", str(preset.path), "--output_dir", str(output_dir)]
     if tiny:
         args += ["--model_name_or_path", tiny_model_for(preset.settings["model_name_or_path"]), *TINY_TWIN_FLAGS]
-    return args
+    return [*args, *extra_args]
 
 
 def cpu_deepspeed_flags(accelerate_config: str, output_dir: Path) -> list[str]:
@@ -85,15 +89,32 @@ def cpu_deepspeed_flags(accelerate_config: str, output_dir: Path) -> list[str]:
     return ["--deepspeed_config_file", str(cpu_file)]
 
 
-def launch_command(preset: Preset, tiny: bool, output_dir: Path) -> list[str]:
-    """The command a user would type, as an argument list."""
+def launch_command(preset: Preset, tiny: bool, output_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:
+    """The command a user would type, as an argument list (`extra_args` go to the recipe)."""
     script = str(REPO_ROOT / "recipes" / f"{preset.recipe}.py")
     if not preset.accelerate_config:
-        return [sys.executable, script, *recipe_args(preset, tiny, output_dir)]
+        return [sys.executable, script, *recipe_args(preset, tiny, output_dir, extra_args)]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO_ROOT / preset.accelerate_config)]
     if tiny:
         launcher += ["--num_processes", "1", *cpu_deepspeed_flags(preset.accelerate_config, output_dir)]
-    return [*launcher, script, *recipe_args(preset, tiny, output_dir)]
+    return [*launcher, script, *recipe_args(preset, tiny, output_dir, extra_args)]
+
+
+def run_command(command: Sequence[str], timeout: float, cwd: Path = REPO_ROOT,
+                env: dict | None = None) -> tuple[int | None, str]:
+    """Run `command` in a process group of its own, stdout and stderr together; past `timeout` seconds the
+    whole group is killed (an accelerate launcher's workers too, which would otherwise keep their GPU memory).
+    Returns the exit status (None when it timed out) and the output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace", start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return None, output
 
 
 @dataclass

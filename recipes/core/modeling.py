@@ -68,6 +68,10 @@ def load_model(model_args: ModelConfig, device_map: str | dict | None = None,
             prefix for part in full_parts for prefix in family.parts[part]] + OUTPUT_LAYERS
     if device_map is None and quantization_config is not None:
         device_map = quantized_device_map(use_cpu)
+    from .random_weights import is_skeleton  # it imports this module
+
+    if is_skeleton(resolve_local(model_args.model_name_or_path)):
+        return _instantiate_skeleton(model_args, quantization_config, device_map)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             resolve_local(model_args.model_name_or_path),
@@ -84,6 +88,20 @@ def load_model(model_args: ModelConfig, device_map: str | dict | None = None,
     if isinstance(getattr(model, "hf_device_map", None), dict) and len(set(model.hf_device_map.values())) > 1:
         print(describe_device_map(model.hf_device_map), flush=True)
     return model
+
+
+def _instantiate_skeleton(model_args: ModelConfig, quantization_config, device_map) -> PreTrainedModel:
+    """A random-weights skeleton (`random_weights.build_random_model(weights=False)`): the weights are drawn
+    on this process's device, in the dtype asked for, without reading any from disk."""
+    if quantization_config is not None or device_map is not None:
+        raise RecipeError(f"{model_args.model_name_or_path} is a random-weights skeleton (no weight files): it cannot "
+                          "be loaded quantized or split with --device_map. Build it with its weights "
+                          "(recipes/core/random_weights.build_random_model(..., weights=True)).")
+    from .random_weights import instantiate
+
+    device = f"cuda:{PartialState().local_process_index}" if torch.cuda.is_available() else "cpu"
+    return instantiate(resolve_local(model_args.model_name_or_path), model_args.dtype,
+                       model_args.attn_implementation, device)
 
 
 def load_config(name_or_path: str, trust_remote_code: bool = False):

@@ -6,11 +6,18 @@ load like any other: the real config (optionally with fewer layers per stack, th
 weights, and the processor of the family's tiny twin adapted to the real model (its image size, its number
 of image tokens, the twin's special-token ids written into the config). The vocabulary stays the real one,
 so the embeddings and the logits are full size; the twin's tokenizer only ever produces low ids.
+
+With `weights=False` the folder is a *skeleton*: the config and processor alone (kilobytes, not the tens of
+GB of a real model). The recipes (`modeling.load_model`), the estimator and the benchmarks take it like any
+model folder; the weights are drawn at load time directly on the device, in the dtype asked for
+(`instantiate`), so a 12B model costs seconds on a GPU instead of writing and reading 24 GB. A skeleton cannot
+be loaded quantized (QLoRA quantizes weights as it reads them): build that one with weights.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -22,6 +29,7 @@ from .modeling import load_processor
 from .paths import REPO_ROOT
 
 SHIPPED_CONFIGS = REPO_ROOT / "data" / "model_configs"
+MARKER = "random_weights.json"
 TWINS = {"blip2-opt": "data/models/tiny-blip2-opt", "blip2-t5": "data/models/tiny-blip2-t5",
          "idefics2": "data/models/tiny-idefics2", "llava": "data/models/tiny-llava"}
 
@@ -94,28 +102,60 @@ def _use_twin_token_ids(config: PretrainedConfig, tokenizer) -> None:
 
 
 def build_random_model(name: str, out_folder: str | Path, layers: int | None = None, dtype: str = "bfloat16",
-                       device: str | None = None, image_splitting: bool = False) -> Path:
+                       device: str | None = None, image_splitting: bool = False, weights: bool = True) -> Path:
     """Write a loadable model folder: the shipped config of `name` (at most `layers` layers per stack),
     random weights in `dtype` (initialised on `device`: a GPU makes billions of them in seconds), and the
-    twin's processor adapted to it. Reused when the folder already holds the same model."""
+    twin's processor adapted to it. `weights=False`: a skeleton (config and processor; the weights are drawn
+    when a recipe loads it). Reused when the folder already holds the same model."""
     out_folder = Path(out_folder)
     config = with_layers(shipped_config(name), layers)
     processor = adapt_processor(load_processor(twin_of(config)), config, image_splitting)
     _use_twin_token_ids(config, processor.tokenizer)
-    marker = out_folder / "random_weights.json"
-    description = f'{{"model": "{name}", "layers": {layers or "null"}, "dtype": "{dtype}"}}'
+    marker = out_folder / MARKER
+    description = json.dumps({"model": str(name), "layers": layers, "dtype": dtype, "weights": weights})
     if marker.is_file() and marker.read_text() == description:
         return out_folder
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
-    _fix_initialisation(model)
-    model.save_pretrained(out_folder)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    for stale in out_folder.glob("*.safetensors*"):  # a skeleton must not pick up an earlier build's weights
+        stale.unlink()
+    if weights:
+        model = _random_model(config, dtype, device)
+        model.save_pretrained(out_folder)
+        del model
+    else:
+        config.dtype = dtype
+        config.save_pretrained(out_folder)
     processor.save_pretrained(out_folder)
     marker.write_text(description)
-    del model
     return out_folder
+
+
+def is_skeleton(folder: str | Path) -> bool:
+    """Whether `folder` is a random-weights skeleton (config and processor, weights drawn at load)."""
+    marker = Path(folder) / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("weights") is False
+
+
+def instantiate(folder: str | Path, dtype: str | torch.dtype | None = None, attn_implementation: str | None = None,
+                device: str | torch.device | None = None) -> torch.nn.Module:
+    """The model of a skeleton folder with random weights drawn on `device` (default: the GPU when there is
+    one) in `dtype` (default: the one the skeleton was built for), as `from_pretrained` would return it."""
+    described = json.loads((Path(folder) / MARKER).read_text())
+    if dtype in (None, "auto"):
+        dtype = described["dtype"]
+    config = AutoConfig.from_pretrained(folder)
+    return _random_model(config, dtype, device, attn_implementation)
+
+
+def _random_model(config: PretrainedConfig, dtype: str | torch.dtype, device: str | torch.device | None,
+                  attn_implementation: str | None = None) -> torch.nn.Module:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    _fix_initialisation(model)
+    return model.eval()  # as from_pretrained returns it; the Trainer switches to train mode
 
 
 @torch.no_grad()

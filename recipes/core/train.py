@@ -199,6 +199,10 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
     apply_lr_scaling(script_args, training_args)
     set_seed(training_args.seed)
     trainer = build_trainer(script_args, training_args, model_args)
+    if trainer.is_world_process_zero():  # what accelerate made of the launch (FSDP on a CPU falls back to DDP)
+        state = PartialState()
+        print(f"strategy: {state.distributed_type.value} over {state.num_processes} process(es) on "
+              f"{training_args.device}", flush=True)
 
     start = time.perf_counter()
     try:
@@ -215,12 +219,14 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
     trainer.run_summary.peak_memory = f"{format_bytes(max(rank_peaks))} ({peak_source}, highest process)"
     trainer.run_summary.train_seconds = train_seconds
     trainer.save_state()  # trainer_state.json: the logged loss curve, memory reports and evaluations
-    # Saves the full model or only the adapter, the processor beside it (so the folder reloads alone) and
-    # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
-    trainer.save_model(training_args.output_dir)
-    trainer.create_model_card()
+    if script_args.save_final_model:
+        # Saves the full model or only the adapter, the processor beside it (so the folder reloads alone) and
+        # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
     if trainer.is_world_process_zero():
-        print(f"saved to {training_args.output_dir}")
+        print(f"saved to {training_args.output_dir}" if script_args.save_final_model else
+              f"not saved (--save_final_model false); {training_args.output_dir}/trainer_state.json holds the run's log")
         print(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})", flush=True)
         if len(rank_peaks) > 1:
             print("peak memory per rank: " + ", ".join(f"rank {rank} {peak / GB:.2f} GB"
