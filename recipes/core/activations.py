@@ -75,7 +75,7 @@ class Stack:
     kv_input_kept: bool = False  # the attended sequence is already kept by what produced it (BLIP-2: a trained
     #                              vision tower's final norm keeps it), so the key/value projections add nothing
     fp32_linear_weights: int = 0  # fp32 weights of the linear layers in one layer (bf16 copies under autocast)
-    adapters: list = field(default_factory=list)  # in_features of each adapted linear layer, per layer
+    adapters: list = field(default_factory=list)  # (in_features, tokens it reads) of each adapter in one layer
     lora_rank: int = 0
     lora_dropout: bool = False
 
@@ -93,7 +93,7 @@ def adapter_bytes(stack: Stack, p: Precision) -> float:
     1 byte on a GPU), and lora_A keeps it (as a bf16 copy under autocast); lora_B keeps lora_A's output."""
     kept = 2 if p.autocast else 4
     mask = (1 if p.on_gpu else 4) if stack.lora_dropout else 0
-    return float(sum(stack.seq * (width * (kept + mask) + stack.lora_rank * kept) for width in stack.adapters))
+    return float(sum(tokens * (width * (kept + mask) + stack.lora_rank * kept) for width, tokens in stack.adapters))
 
 
 def entry_discount(stack: Stack, p: Precision) -> float:

@@ -581,8 +581,10 @@ def describe_model_facts(model, stacks: list[Stack], plan: TrainingPlan, model_a
         stack.fp32_linear_weights = sum(module.weight.numel() for name, module in layer.named_modules(prefix=first)
                                         if isinstance(module, torch.nn.Linear)
                                         and fp32_weight(name, module, model, model_args))
-        stack.adapters = [module.in_features for name, module in layer.named_modules(prefix=first)
-                          if name in plan.adapters]
+        # the perceiver's key/value projections read [patches; latents], every other projection the layer's tokens
+        stack.adapters = [(module.in_features, stack.kv_seq if stack.kind == "perceiver" and
+                           name.rsplit(".", 1)[-1] in ("k_proj", "v_proj") else stack.seq)
+                          for name, module in layer.named_modules(prefix=first) if name in plan.adapters]
         stack.lora_rank, stack.lora_dropout = model_args.lora_r, model_args.lora_dropout > 0
         # BLIP-2's Q-Former reads the image patches that a vision tower with gradients keeps anyway
         stack.kv_input_kept = stack.kind == "qformer" and modes[0] != "frozen"

@@ -40,11 +40,9 @@ def unreachable(name_or_path: str, error: OSError) -> RecipeError:
     )
 
 
-def load_processor(name_or_path: str, trust_remote_code: bool = False, local_files_only: bool = False):
-    """The model's processor; `local_files_only`: from a local folder or the Hub cache, never the network."""
+def load_processor(name_or_path: str, trust_remote_code: bool = False):
     try:
-        return AutoProcessor.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code,
-                                             local_files_only=local_files_only)
+        return AutoProcessor.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code)
     except OSError as error:
         raise unreachable(name_or_path, error) from None
 

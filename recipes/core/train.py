@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
+from huggingface_hub import try_to_load_from_cache
 from transformers import TrainingArguments, set_seed
 from trl import ModelConfig
 
@@ -257,14 +258,21 @@ def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig, t
                                   script_args.dataset_config)
     captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
     # A Hub id with a config shipped in data/model_configs (an estimate before anything is downloaded): its
-    # tokenizer only from the Hub cache, never the network (offline the Hub client retries for a minute);
-    # not cached, the words x 1.3 count below.
-    cache_only = not is_local(model_args.model_name_or_path) and shipped_config(model_args.model_name_or_path) is not None
-    try:
-        tokenizer = tokenizer or load_processor(model_args.model_name_or_path, local_files_only=cache_only).tokenizer
-        longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
-    except RecipeError:  # no tokenizer offline (a Hub id): BPE vocabularies spend about 1.3 tokens a word
+    # tokenizer only from a copy already in the Hub cache, found on disk without the Hub client (which makes
+    # requests, and retries them offline, even to look in its cache); none there: the words x 1.3 count below.
+    name = model_args.model_name_or_path
+    if not is_local(name) and shipped_config(name) is not None:
+        cached = try_to_load_from_cache(name, "tokenizer_config.json")
+        name = str(Path(cached).parent) if isinstance(cached, str) else None
+    if tokenizer is None and name is not None:
+        try:
+            tokenizer = load_processor(name).tokenizer
+        except RecipeError:  # not reachable offline
+            tokenizer = None
+    if tokenizer is None:  # BPE vocabularies spend about 1.3 tokens a word
         longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
+    else:
+        longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
     return min(longest, script_args.max_caption_tokens) + 1
 
 
