@@ -226,23 +226,30 @@ def train_ours(args: argparse.Namespace, model_folder: str, photos: Path, compil
             "optimizer": training_args.optim, "workers": training_args.dataloader_num_workers}
 
 
+def loop_model(model_folder: str, load_dtype: torch.dtype, dtype: torch.dtype, attention: str, device: torch.device,
+               training_args, model_args):
+    """The plain loops' model, in training mode on `device`: random weights drawn on the device for a
+    skeleton, else read from the folder (in `load_dtype`, then cast), with checkpointing and LoRA as asked."""
+    if is_skeleton(model_folder):
+        model = instantiate(model_folder, load_dtype, attn_implementation=attention, device=device)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=load_dtype, attn_implementation=attention)
+    model = model.to(dtype)
+    if training_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    if model_args.use_peft:
+        model = add_lora(model, model_args, training_args.gradient_checkpointing)
+    return model.to(device).train()
+
+
 def train_plain(args: argparse.Namespace, model_folder: str, photos: Path) -> dict:
     """The loop most BLIP-2 fine-tuning tutorials write, with the preset's dtype, batch and technique."""
     script_args, training_args, model_args = parsed_recipe(args, model_folder, photos)
     set_seed(training_args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
-    if is_skeleton(model_folder):  # random weights drawn on the device in the training dtype, where the load ends
-        model = instantiate(model_folder, dtype, attn_implementation="eager", device=device)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=torch.float32,
-                                                            attn_implementation="eager")
-    model = model.to(dtype)
-    if training_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-    if model_args.use_peft:
-        model = add_lora(model, model_args, training_args.gradient_checkpointing)
-    model.to(device).train()
+    # the tutorial's fp32 load, then a cast to the training dtype
+    model = loop_model(model_folder, torch.float32, dtype, "eager", device, training_args, model_args)
     processor = load_processor(model_folder)
     collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
     dataset = load_caption_dataset(str(photos))["train"].shuffle(seed=training_args.seed)
@@ -282,12 +289,7 @@ def train_plain_fair(args: argparse.Namespace, model_folder: str, photos: Path) 
     set_seed(training_args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=dtype, attn_implementation="sdpa")
-    if training_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-    if model_args.use_peft:
-        model = add_lora(model, model_args, training_args.gradient_checkpointing)
-    model.to(device).train()
+    model = loop_model(model_folder, dtype, dtype, "sdpa", device, training_args, model_args)
     processor = load_processor(model_folder)
     collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
     dataset = prepare_for_training(load_caption_dataset(str(photos))["train"], processor, script_args.cache_images,
