@@ -42,3 +42,26 @@ def test_estimate_matches_one_real_width_step(model, tmp_path_factory):
             else:
                 assert ratio == pytest.approx(1.0, abs=TOLERANCE), \
                     f"{comparison.case}: {part} measured ÷ estimated {ratio:.3f}"
+
+
+# bf16 (weights, autocast, QLoRA's compute) at real width needs a GPU: `pytest -m gpu`.
+GPU_CASES = {
+    "Salesforce/blip2-opt-2.7b": [Case("full_ft", "bfloat16", True, True), Case("full_ft", "float32", True, False),
+                                  Case("lora", "bfloat16", True, True), Case("qlora", "bfloat16", True, False)],
+    "Salesforce/blip2-flan-t5-xl": [Case("lora", "bfloat16", True, True)],
+    "llava-hf/llava-1.5-7b-hf": [Case("qlora", "bfloat16", True, True)],
+    "HuggingFaceM4/idefics2-8b": [Case("lora", "bfloat16", True, False)],
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", sorted(GPU_CASES))
+def test_estimate_matches_one_real_width_bf16_step_on_a_gpu(model, tmp_path_factory):
+    comparisons = measure_cases(model, GPU_CASES[model], tmp_path_factory.mktemp("real-width-gpu"), layers=2,
+                                device="cuda")
+    print("\n" + table(comparisons))
+    for comparison in comparisons:
+        for part, ratio in comparison.ratios().items():
+            if comparison.estimated[part] > 0:
+                assert ratio == pytest.approx(1.0, abs=TOLERANCE), \
+                    f"{comparison.case}: {part} measured ÷ estimated {ratio:.3f}"
