@@ -37,7 +37,7 @@ def test_dry_run_measures_every_step_and_writes_the_report(dry_run):
 
     throughput = report["throughput"]
     assert throughput["status"] == "ok", throughput
-    assert set(throughput["loops"]) == {"plain", "ours"}
+    assert set(throughput["loops"]) == {"plain", "plain_fair", "ours"}
     assert throughput["peak_tflops"] == report["probe"]["bf16_tflops"]  # MFU against the probe, not a constant
     assert all(loop["mfu"] is not None and loop["samples_per_s"] > 0 for loop in throughput["loops"].values())
     assert (out / "throughput.json").exists() and (out / "throughput.md").exists()

@@ -86,6 +86,11 @@ class FirstCallRecorder:
         self.module, self.args, self.kwargs = module, None, None
         self._handle = module.register_forward_pre_hook(self._record, with_kwargs=True)
 
+    def input_storages(self) -> set[int]:
+        """The storages of the recorded inputs (held here, so no later tensor can take their addresses)."""
+        tensors = [value for value in (*self.args, *self.kwargs.values()) if isinstance(value, torch.Tensor)]
+        return {tensor.untyped_storage().data_ptr() for tensor in tensors}
+
     def _record(self, module, args, kwargs):
         if self.args is None:
             self.args, self.kwargs = args, kwargs
@@ -94,7 +99,7 @@ class FirstCallRecorder:
 
 def recomputed_layer_bytes(recorder: FirstCallRecorder, bf16: bool, already_kept: set[int], device: str) -> int:
     """What one checkpointed layer adds when backward recomputes it: the layer run again, checkpointing off,
-    less the storages the step kept anyway (a recomputation re-reads those, it does not copy them)."""
+    less its inputs, which the checkpoint kept (a recomputation re-reads them, it does not copy them)."""
     layer = recorder.module
     meter = SavedActivationMeter(layer, exclude=already_kept)
     checkpointing = getattr(layer, "gradient_checkpointing", False)
@@ -148,7 +153,7 @@ def measure_step(case: str, model_folder: str, recipe: str, flags: list[str], da
         saved = report.activations_by_region.get(stack.name, 0)
         recorder = recorders.get(stack.name)
         if recorder is not None and recorder.args is not None:
-            saved += recomputed_layer_bytes(recorder, training_args.bf16, memory.last_meter.peak_storages, device)
+            saved += recomputed_layer_bytes(recorder, training_args.bf16, recorder.input_storages(), device)
         estimated[f"act:{stack.name}"], measured[f"act:{stack.name}"] = by_stack[stack.name], saved / GB
     estimated["act:outside"] = by_stack["outside"]
     measured["act:outside"] = report.activations_by_region.get("outside", 0) / GB
