@@ -137,12 +137,6 @@ def stack_bytes(stack: Stack, mode: str, p: Precision, checkpointing: bool, eage
 # Each returns the bytes one layer saves for one sequence, `weights` telling whether its weights train.
 
 
-def _linear_inputs(count_fp32_fed: int, count_other: int, size: int, p: Precision) -> float:
-    """Inputs kept by linear layers for their weights' gradients: under autocast each consumer of an fp32
-    tensor keeps its own bf16 copy; inputs already in the compute dtype are shared."""
-    return size * p.compute * (count_fp32_fed + count_other)
-
-
 def _fed(consumers: int, p: Precision) -> int:
     """Copies kept of one norm output read by `consumers` linear layers."""
     return consumers if p.autocast_fp32_weights else 1
@@ -158,7 +152,7 @@ def vit_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
         saved += st.heads * s * s * p.compute
     if weights:  # qkv, fc1 and fc2 inputs
         fused = st.kind == "vit"  # one qkv projection
-        saved += s * h * p.compute * (_fed(1 if fused else 3, p) + _fed(1, p)) + s * f * p.compute
+        saved += s * h * p.compute * ((1 if fused else _fed(3, p)) + 1) + s * f * p.compute
     return saved
 
 
@@ -176,7 +170,7 @@ def opt_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     if eager:
         saved += 2 * st.heads * s * s * p.compute
     if weights:  # q/k/v input (one per consumer under autocast), fc1 input
-        saved += s * h * p.compute * (_fed(3, p) + _fed(1, p))
+        saved += s * h * p.compute * (_fed(3, p) + 1)
     return saved
 
 
@@ -213,7 +207,7 @@ def t5_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
         saved += ((3 if cross else 2) * s * h + s * f + st.heads * s * s
                   + (st.heads * s * st.kv_seq if cross else 0)) * p.mask
     if weights:  # q/k/v, o, (cross q, cross o,) wi and wo inputs
-        saved += s * h * p.compute * (_fed(3, p) + 1 + (_fed(1, p) + 1 if cross else 0) + _fed(2, p))
+        saved += s * h * p.compute * (_fed(3, p) + 1 + (1 + 1 if cross else 0) + _fed(2, p))
         saved += s * f * p.compute
         if cross:  # the encoder output the cross k/v read (shared by the layers unless cast per layer)
             saved += st.kv_seq * h * p.compute * (_fed(2, p) if p.autocast_fp32_weights else 1 / st.layers)
@@ -231,7 +225,7 @@ def qformer_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     cross = s * h * p.compute + 2 * st.kv_seq * h * p.compute + 2 * heads * s * st.kv_seq * p.compute
     cross_masks = s * h + heads * s * st.kv_seq
     if weights:  # qkv, self output, MLP in and out
-        saved += s * h * p.compute * (_fed(3, p) + 1 + _fed(1, p)) + s * f * p.compute
+        saved += s * h * p.compute * (_fed(3, p) + 1 + 1) + s * f * p.compute
         cross += 2 * s * h * p.compute  # cross query and output inputs
         # the image patches the cross key/value projections read: one copy for all layers
         if not st.kv_input_kept or p.autocast_fp32_weights:
@@ -251,7 +245,7 @@ def perceiver_layer(st: Stack, weights: bool, p: Precision, eager: bool) -> floa
     saved = 2 * rms_norm_bytes(s * h, p, weights) + rms_norm_bytes(context * h, p, weights)
     saved += s * q * p.compute + 2 * st.kv_seq * kv * p.compute + 3 * s * f * p.compute
     if weights:  # q input, k/v input ([context; latents]), o input, gate/up and down inputs
-        saved += s * h * p.compute * (_fed(1, p) + _fed(2, p)) + st.kv_seq * h * p.compute * _fed(2, p)
+        saved += s * h * p.compute * (1 + _fed(2, p)) + st.kv_seq * h * p.compute * _fed(2, p)
         saved += s * q * p.compute + s * f * p.compute
     return saved
 
@@ -270,7 +264,7 @@ def gelu_projection(st: Stack, weights: bool, p: Precision, eager: bool) -> floa
 
 def linear_projection(st: Stack, weights: bool, p: Precision, eager: bool) -> float:
     """Idefics3's connector: one linear layer over the pixel-shuffled patches (width h)."""
-    return st.seq * st.hidden * p.compute * _fed(1, p) if weights else 0.0
+    return st.seq * st.hidden * p.compute * 1 if weights else 0.0
 
 
 LAYER_KINDS = {"linear_projection": linear_projection, "vit": vit_layer, "siglip": vit_layer, "clip": clip_layer, "opt": opt_layer, "llama": llama_layer,

@@ -99,7 +99,7 @@ import re
 import resource
 from collections import Counter, defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -112,7 +112,7 @@ from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_n
 from .modeling import lora_targets
 from .parallel import parse_device_map, plan_device_map
 from .paths import SHIPPED_CONFIGS, resolve_local, shipped_config
-from .strategies import Strategy, accelerate_strategy, requested_strategy
+from .strategies import Strategy, requested_strategy
 
 GB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4, None: 4}
@@ -694,14 +694,6 @@ def process_baseline_bytes() -> int:
         except ImportError:
             pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def strategy_of(accelerate_config: str | None) -> tuple[str, int | None]:
-    """The strategy name and process count of an accelerate config file."""
-    if not accelerate_config:
-        return "single", None
-    strategy = accelerate_strategy(accelerate_config)
-    return strategy.name, strategy.processes
 
 
 def trainer_hidden_size(config) -> int:

@@ -155,7 +155,6 @@ class SavedActivationMeter:
         self._active: list[str] = []
         self.peak = 0
         self.peak_by_region: dict[str, int] = {}
-        self.peak_storages: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._handles = []
         for name, modules in (regions or {}).items():
@@ -196,7 +195,6 @@ class SavedActivationMeter:
                 region = self._region_of[storage]
                 by_region[region] = by_region.get(region, 0) + size
             self.peak_by_region = by_region
-            self.peak_storages = set(self._current)
         self._current, self._region_of, self._tensors, self._at_backward = {}, {}, {}, None
 
     def stop(self) -> int:
@@ -222,7 +220,6 @@ class MemoryBreakdownCallback(TrainerCallback):
         self.reports: list[MemoryBreakdown] = []
         self._meter: SavedActivationMeter | None = None
         self._meter_regions: dict[str, int] = {}
-        self.last_meter: SavedActivationMeter | None = None  # the last reported step's, for a closer look
         self._pending: MemoryBreakdown | None = None
         self._telemetry, self._device = Telemetry(), None
 
@@ -249,8 +246,7 @@ class MemoryBreakdownCallback(TrainerCallback):
         if self._meter is None:
             return
         activations = self._meter.stop()
-        self.last_meter, self._meter = self._meter, None
-        self._meter_regions = self.last_meter.peak_by_region
+        self._meter_regions, self._meter = self._meter.peak_by_region, None
         master_weights, zero_grads = zero_offload_tensors(optimizer)
         optimizer_tensors = (optimizer_state_tensors(optimizer) if optimizer is not None else []) + master_weights
         grads = [p.grad for p in model.parameters() if p.grad is not None] + zero_grads

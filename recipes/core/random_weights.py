@@ -26,21 +26,20 @@ from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConf
 from .errors import RecipeError
 from .families import family_of
 from .modeling import load_processor
-from .paths import REPO_ROOT
+from .paths import SHIPPED_CONFIGS, shipped_config
 
-SHIPPED_CONFIGS = REPO_ROOT / "data" / "model_configs"
 MARKER = "random_weights.json"
 TWINS = {"blip2-opt": "data/models/tiny-blip2-opt", "blip2-t5": "data/models/tiny-blip2-t5",
          "idefics2": "data/models/tiny-idefics2", "llava": "data/models/tiny-llava"}
 
 
-def shipped_config(name: str) -> PretrainedConfig:
+def real_config(name: str) -> PretrainedConfig:
     """A shipped real config by model id (`Salesforce/blip2-opt-2.7b`), folder name or path."""
-    for folder in (Path(name), SHIPPED_CONFIGS / name.split("/")[-1]):
-        if (folder / "config.json").is_file():
-            return AutoConfig.from_pretrained(folder)
-    known = ", ".join(sorted(p.name for p in SHIPPED_CONFIGS.iterdir()))
-    raise RecipeError(f"no shipped config for '{name}' (data/model_configs has {known}).")
+    folder = Path(name) if (Path(name) / "config.json").is_file() else shipped_config(name)
+    if folder is None:
+        known = ", ".join(sorted(p.name for p in SHIPPED_CONFIGS.iterdir()))
+        raise RecipeError(f"no shipped config for '{name}' (data/model_configs has {known}).")
+    return AutoConfig.from_pretrained(folder)
 
 
 def twin_of(config: PretrainedConfig) -> str:
@@ -108,7 +107,7 @@ def build_random_model(name: str, out_folder: str | Path, layers: int | None = N
     twin's processor adapted to it. `weights=False`: a skeleton (config and processor; the weights are drawn
     when a recipe loads it). Reused when the folder already holds the same model."""
     out_folder = Path(out_folder)
-    config = with_layers(shipped_config(name), layers)
+    config = with_layers(real_config(name), layers)
     processor = adapt_processor(load_processor(twin_of(config)), config, image_splitting)
     _use_twin_token_ids(config, processor.tokenizer)
     marker = out_folder / MARKER

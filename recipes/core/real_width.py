@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .collator import make_collator
 from .config import parse_recipe_args
 from .estimator import GB, Stack, estimate, layer_stacks, load_config
 from .families import base_model_of

@@ -23,7 +23,7 @@ Anything else is one process on one GPU.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RecipeError
