@@ -87,8 +87,12 @@ def main(argv: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     jobs = args.jobs if args.tiny else 1
+    # Estimated one after another here, not in the threads: an estimate reads the data set, and `datasets`'
+    # progress bars share one class-level lock that two threads can delete twice (tqdm's ensure_lock).
+    predictions = [predict(p, args.tiny, out_dir / "runs" / p.name, args.gpu_memory, (), None) for p in presets]
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own process; threads only wait
-        results = list(pool.map(lambda p: run_preset(p, args.tiny, out_dir, args.timeout, args.gpu_memory), presets))
+        results = list(pool.map(lambda p, e: run_preset(p, args.tiny, out_dir, args.timeout, args.gpu_memory,
+                                                        prediction=e), presets, predictions))
     device = "cpu" if args.tiny else "cuda"
     command = "python recipes/experiments.py " + shlex.join(argv)
     (out_dir / "results.json").write_text(json.dumps(

@@ -18,14 +18,15 @@ TOLERANCE = 0.10
 # fp32 at real width (one layer per stack keeps each case to seconds; the first layer of a LoRA stack, where
 # gradients start, is modelled as such). bf16 is not here: this CPU multiplies bf16 matrices at under
 # 0.1 GFLOP/s, so `pytest -m gpu` measures bf16 at real width (tests/test_gpu.py) and benchmarks/real_width.py
-# compares the tiny twins in bf16. Idefics2-8B is measured by the benchmark but not asserted: its frozen
-# vision tower under checkpointing and the part outside its stacks are not yet within 10% (see its results).
+# compares the tiny twins in bf16. LLaVA's case is the one with checkpointing: transformers hooks the frozen
+# vision tower's input embeddings then, and unless the recipe undoes it (NoGradientsIntoFrozenInputs) the tower
+# saves 13× what is estimated. Idefics2-8B (the same behaviour) is measured by the benchmark, not here, for time.
 CASES = {
     "Salesforce/blip2-opt-2.7b": [Case("full_ft", "float32", False, False, "adamw_torch"),
                                   Case("full_ft", "float32", False, True),
                                   Case("lora", "float32", False, False)],
     "Salesforce/blip2-flan-t5-xl": [Case("lora", "float32", False, True)],
-    "llava-hf/llava-1.5-7b-hf": [Case("lora", "float32", False, False)],
+    "llava-hf/llava-1.5-7b-hf": [Case("lora", "float32", False, True)],
 }
 
 

@@ -16,7 +16,7 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import GenerationSettings, references_of
@@ -46,10 +46,30 @@ def latest_complete_checkpoint(output_dir: str | Path) -> tuple[str | None, list
     return None, incomplete
 
 
+class NoGradientsIntoFrozenInputs(TrainerCallback):
+    """Undo the input-embedding hooks that activation checkpointing adds, when they are not needed.
+
+    With checkpointing on, transformers (and peft) make the output of *every* sub-model's input embeddings
+    require gradients, the vision tower's patch embeddings included (LLaVA, Idefics2: their main input is
+    `input_ids`). A frozen vision tower then records its whole graph and backpropagates to its patches for
+    nothing: for LLaVA-1.5 at real width, 13× the activations it needs. The hooks only serve reentrant
+    checkpointing, which drops gradients whose inputs do not require them; the non-reentrant checkpointing
+    the recipes use does not, so adapters and trained parts get their gradients without them."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        kwargs_of_checkpointing = args.gradient_checkpointing_kwargs or {}
+        if model is None or kwargs_of_checkpointing.get("use_reentrant", True):
+            return
+        for module in model.modules():
+            if getattr(module, "_require_grads_hooks", None):
+                module.disable_input_require_grads()
+
+
 class AltTextTrainer(Trainer):
     def __init__(self, *args, generation: GenerationSettings, embedding_model: str | None,
                  caption_metrics: bool, run_summary: RunSummary, **kwargs):
         super().__init__(*args, **kwargs)
+        self.add_callback(NoGradientsIntoFrozenInputs())
         self.generation = generation
         self.embedding_model = embedding_model
         self.caption_metrics = caption_metrics
