@@ -5,6 +5,8 @@
 
 Prints BLEU-4, CIDEr, ROUGE-L and the embedding distance (0 is best) per model, then a few images'
 reference beside each model's alt text; `--output_file` gets the scores, settings and every caption as JSON.
+Rows go through the training data checks first (`--on_bad_example`, `--max_image_pixels`, `--max_aspect_ratio`);
+rows of the same image (COCO: one per reference) are captioned once and scored against all their references.
 """
 
 import json
@@ -18,6 +20,7 @@ from core.data import load_caption_dataset, select_split
 from core.errors import exit_on_user_error
 from core.evaluation import examples_text, parse_named_models, score_models, scores_table
 from core.paths import TINY_OPT
+from core.validation import apply_policy, check_split
 
 
 @dataclass
@@ -37,17 +40,24 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
 def evaluate(args: EvaluationArguments) -> dict:
     models = parse_named_models(args.models)
     splits = load_caption_dataset(args.dataset_name, args.image_column, args.caption_column, args.dataset_config)
-    dataset = select_split(splits, args.split, args.max_samples)
-    print(f"scoring {len(models)} model(s) on {len(dataset)} '{args.split}' images of {args.dataset_name}", flush=True)
+    # The checks training applies, before any model loads: bad rows skipped and counted, or an error.
+    dataset, data_report = check_split(select_split(splits, args.split, args.max_samples), args.split,
+                                       max_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio,
+                                       caption_lists=True)
+    apply_policy([data_report], args.on_bad_example)
+    print(f"scoring {len(models)} model(s) on the '{args.split}' split of {args.dataset_name} ({len(dataset)} rows)",
+          flush=True)
     results = score_models(models, dataset, args.generation_settings(), args.batch_size, args.embedding_model,
                            args.dtype)
     print("\n" + scores_table(results) + "\n\n" + examples_text(results, args.examples))
+    references = next(iter(results.values())).references
     report = {
-        "dataset": args.dataset_name, "split": args.split, "images": len(dataset),
+        "dataset": args.dataset_name, "split": args.split, "images": len(references),
+        "data_check": {"rows": data_report.rows, "kept": data_report.kept, "skipped": len(data_report.problems)},
         "generation": asdict(args.generation_settings()),
         "models": {name: {"path": models[name], "scores": result.scores, "captions": result.captions}
                    for name, result in results.items()},
-        "references": next(iter(results.values())).references,
+        "references": references,
     }
     if args.output_file:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)

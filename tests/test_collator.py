@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+from conftest import ALL_TWINS
 
 from core.collator import IGNORE_INDEX, AltTextCollator
 from core.generation import generate_alt_text
@@ -87,3 +90,37 @@ def test_loss_and_generated_text_change_when_only_the_image_changes(tiny_model, 
     pictures = [shape_example(rng)["image"] for _ in range(6)]
     texts = generate_alt_text(model, processor, pictures, max_new_tokens=20)
     assert len(set(texts)) > 1, f"{family}: the same text for every image: {texts}"
+
+
+@pytest.mark.parametrize("twin", sorted(ALL_TWINS))
+def test_a_long_caption_is_cut_and_still_ends_with_the_stop_token(twin, food_splits):
+    from core.collator import make_collator
+    from core.families import family_of
+    from core.modeling import load_config, load_processor
+
+    processor, config = load_processor(str(ALL_TWINS[twin])), load_config(str(ALL_TWINS[twin]))
+    tokenizer = processor.tokenizer
+    end_of_turn = family_of(config).end_of_turn
+    stop = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else tokenizer.eos_token_id
+    max_caption_tokens = 24
+    short, other = _examples(food_splits["train"], range(2))
+    long_caption = " ".join([other["text"]] * 10)
+    assert len(tokenizer(short["text"], add_special_tokens=False)["input_ids"]) < max_caption_tokens
+    assert len(tokenizer(long_caption, add_special_tokens=False)["input_ids"]) > 4 * max_caption_tokens
+    collator = make_collator(processor, config, max_caption_tokens=max_caption_tokens)
+    batch = collator([short, {**other, "text": long_caption}])
+
+    def learnt(labels):
+        return labels[labels != IGNORE_INDEX].tolist()
+
+    long_learnt = learnt(batch["labels"][1])
+    assert long_learnt[-1] == stop
+    assert len(long_learnt) == max_caption_tokens + 1
+    assert long_caption.startswith(tokenizer.decode(long_learnt[:-1]).strip())
+    # A short caption is learnt whole, as alone in a batch with no limit in sight.
+    short_learnt = learnt(batch["labels"][0])
+    assert short_learnt[-1] == stop and tokenizer.decode(short_learnt[:-1]).strip() == short["text"]
+    alone = make_collator(processor, config, max_caption_tokens=10_000)([short])
+    width = int(alone["attention_mask"][0].sum())
+    assert torch.equal(batch["input_ids"][0, :width], alone["input_ids"][0, :width])
+    assert short_learnt == learnt(alone["labels"][0])

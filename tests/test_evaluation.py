@@ -13,12 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 import transformers.utils.hub
+from datasets import Dataset, Image
+from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText
 
 from conftest import DATASET, TINY_MODELS, run_recipe
 from hub_standin import LocalHub
 from core.alt_text import shorten
+from core.data import DatasetError
 from core.errors import RecipeError
+from core.evaluation import images_with_references
 from core.generation import generate_alt_text
 from core.metrics import caption_scores
 from core.modeling import load_trained
@@ -200,3 +204,138 @@ def test_merge_refuses_a_folder_without_an_adapter(tmp_path):
 
     with pytest.raises(RecipeError, match="not a LoRA/QLoRA output folder"):
         merge_adapter(MergeArguments(adapter_dir=str(TINY_MODELS["opt"]), output_dir=str(tmp_path)))
+
+
+def _photo(folder: Path, name: str, colour: tuple[int, int, int]) -> str:
+    path = folder / name
+    PILImage.new("RGB", (32, 32), colour).save(path)
+    return str(path)
+
+
+def _caption_rows(images: list, texts: list) -> Dataset:
+    return Dataset.from_dict({"image": images, "text": texts}).cast_column("image", Image())
+
+
+def test_rows_of_one_image_are_grouped_with_all_their_references(tmp_path):
+    red, green = _photo(tmp_path, "red.png", (255, 0, 0)), _photo(tmp_path, "green.png", (0, 255, 0))
+    images, references = images_with_references(_caption_rows([red, green, red, green, red],
+                                                               ["r1", "g1", "r2", "g2", "r3"]))
+    assert references == [["r1", "r2", "r3"], ["g1", "g2"]]  # in order of first appearance
+    assert [Path(image["path"]).name for image in images.cast_column("image", Image(decode=False))["image"]] \
+        == ["red.png", "green.png"]
+    # Embedded images without a path: the same bytes are the same image.
+    red_bytes, green_bytes = Path(red).read_bytes(), Path(green).read_bytes()
+    embedded = [{"bytes": data, "path": None} for data in (green_bytes, red_bytes, green_bytes, bytes(red_bytes))]
+    assert images_with_references(_caption_rows(embedded, ["g1", "r1", "g2", "r2"]))[1] == [["g1", "g2"], ["r1", "r2"]]
+    # A caption column that already holds each image's references, one row per image.
+    assert images_with_references(_caption_rows([red, green], [["r1", "r2"], ["g1"]]))[1] == [["r1", "r2"], ["g1"]]
+    with pytest.raises(DatasetError, match="row 1 has no image"):
+        images_with_references(_caption_rows([red, None], ["r1", "nothing"]))
+
+
+# Three images with two to five references each; the alt text "generated" for each (by colour).
+MULTI_REFERENCE = {
+    (200, 30, 30): ("a red plate of pasta on a wooden table",
+                    ["a red plate of pasta on a wooden table", "pasta on a red plate", "a plate of pasta",
+                     "red plate with spaghetti on wood", "a wooden table with a plate of pasta"]),
+    (30, 200, 30): ("a bowl of green salad", ["a green salad in a white bowl", "a bowl of salad with lettuce"]),
+    (30, 30, 200): ("a blue cup of coffee on a saucer",
+                    ["a cup of coffee on a blue saucer", "coffee in a blue cup", "a blue mug of black coffee"]),
+}
+
+
+@pytest.fixture
+def counted_generation(monkeypatch):
+    """Generation replaced by MULTI_REFERENCE's caption for each image's colour; records every image asked for."""
+    import core.generation
+
+    asked = []
+
+    def generate(model, processor, images, **settings):
+        colours = [image.convert("RGB").getpixel((0, 0)) for image in images]
+        asked.extend(colours)
+        return [MULTI_REFERENCE[colour][0] for colour in colours]
+
+    monkeypatch.setattr(core.generation, "generate_alt_text", generate)
+    return asked
+
+
+def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path) -> dict[str, float]:
+    from core.evaluation import GenerationSettings, evaluate_captions
+
+    return evaluate_captions(None, None, rows, GenerationSettings(), batch_size=2, embedding_model=None).scores
+
+
+def _scored_by_the_trainer(rows: Dataset, tmp_path: Path) -> dict[str, float]:
+    from transformers import TrainingArguments
+
+    from core.evaluation import GenerationSettings
+    from core.model_card import RunSummary
+    from core.trainer import AltTextTrainer
+
+    model, processor = load_trained(TINY_MODELS["opt"])
+    trainer = AltTextTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none",
+                                                                 per_device_eval_batch_size=2),
+                             processing_class=processor, generation=GenerationSettings(), embedding_model=None,
+                             caption_metrics=True, run_summary=RunSummary("tiny", "rows", None, False))
+    return trainer.generated_caption_scores(rows)
+
+
+@pytest.mark.parametrize("score", [_scored_by_evaluate_captions, _scored_by_the_trainer])
+def test_each_image_is_captioned_once_and_scored_against_all_its_references(score, counted_generation, tmp_path):
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    paths = {colour: _photo(tmp_path, f"{index}.png", colour) for index, colour in enumerate(MULTI_REFERENCE)}
+    # One row per (image, reference), the images interleaved as a shuffled COCO split has them.
+    pairs = [(colour, reference) for colour, (_, references) in MULTI_REFERENCE.items() for reference in references]
+    pairs = pairs[::2] + pairs[1::2]
+    scores = score(_caption_rows([paths[colour] for colour, _ in pairs], [text for _, text in pairs]), tmp_path)
+
+    assert sorted(counted_generation) == sorted(MULTI_REFERENCE)  # once per image, not once per row
+    tokenizer = PTBTokenizer()
+    ground_truth = tokenizer.tokenize({index: [{"caption": text} for text in references]
+                                       for index, (_, references) in enumerate(MULTI_REFERENCE.values())})
+    generated = tokenizer.tokenize({index: [{"caption": caption}]
+                                    for index, (caption, _) in enumerate(MULTI_REFERENCE.values())})
+    bleu, _ = Bleu(4).compute_score(ground_truth, generated, verbose=0)
+    cider, _ = Cider().compute_score(ground_truth, generated)
+    assert scores["bleu4"] == pytest.approx(bleu[3]) and scores["cider"] == pytest.approx(cider)
+    # Scored row by row (one reference each, images repeated) the numbers are others.
+    per_row = caption_scores([MULTI_REFERENCE[colour][0] for colour, _ in pairs], [text for _, text in pairs], None)
+    assert per_row["cider"] != pytest.approx(cider) and per_row["bleu4"] != pytest.approx(bleu[3])
+
+
+@pytest.fixture
+def split_with_bad_rows(tmp_path) -> Path:
+    """A `test` split: two usable photos, a truncated JPEG and a photo with an empty caption."""
+    folder = tmp_path / "messy" / "test"
+    folder.mkdir(parents=True)
+    for name in ("test_0000.jpg", "test_0001.jpg", "test_0002.jpg"):
+        shutil.copy(DATASET / "test" / name, folder / name)
+    whole = (DATASET / "test" / "test_0003.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    rows = [("test_0000.jpg", "a plate of food"), ("truncated.jpg", "a bowl of soup"), ("test_0001.jpg", " "),
+            ("test_0002.jpg", "a tray of pizza")]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name, "text": text}) + "\n"
+                                                   for name, text in rows))
+    return folder.parent
+
+
+def test_evaluate_captions_applies_the_data_checks_and_flags(split_with_bad_rows, tmp_path, capsys):
+    from dataclasses import replace
+
+    from evaluate_captions import EvaluationArguments, evaluate
+
+    args = EvaluationArguments(models=[f"opt={TINY_MODELS['opt']}"], dataset_name=str(split_with_bad_rows),
+                               generation_max_new_tokens=4, embedding_model="none", examples=0)
+    report = evaluate(args)
+    printed = capsys.readouterr().out
+    assert "data check: 'test' 4 rows, 2 used, 2 skipped (1 unreadable image, 1 empty caption)" in printed
+    assert report["images"] == 2 and len(report["models"]["opt"]["captions"]) == 2
+    assert report["references"] == [["a plate of food"], ["a tray of pizza"]]
+    with pytest.raises(DatasetError, match=r"2 bad example\(s\) \(first: 'test' row 1 .*truncated.jpg: unreadable"):
+        evaluate(replace(args, on_bad_example="error"))
+    with pytest.raises(DatasetError, match="no usable example"):
+        evaluate(replace(args, max_image_pixels=100))  # every photo is larger

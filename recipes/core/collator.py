@@ -30,7 +30,8 @@ class AltTextCollator:
     Decoder-only language models (OPT): the sequence is `<image>`×N, BOS, prompt, caption, EOS; labels
     copy it with -100 on the image tokens, BOS, prompt and padding, so only caption and EOS are learnt.
     Encoder-decoder language models (Flan-T5): the encoder gets `<image>`×N and the prompt; the caption
-    (ending in EOS) is only the decoder target.
+    (ending in EOS) is only the decoder target. Either way a caption is cut to `max_caption_tokens` tokens
+    and EOS follows the cut, so the model learns to stop on long captions too.
     """
 
     def __init__(self, processor: Any, is_encoder_decoder: bool, prompt: str = "", max_caption_tokens: int = 64):
@@ -41,16 +42,22 @@ class AltTextCollator:
         self.max_caption_tokens = max_caption_tokens
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token.content)
         probe = self.tokenizer("a")["input_ids"]
-        # Some tokenizers (T5) append EOS themselves, others (OPT) never do.
-        self.eos_suffix = "" if probe[-1] == self.tokenizer.eos_token_id else self.tokenizer.eos_token
+        # Some tokenizers (T5) append EOS themselves, and keep it when they truncate; others (OPT) never
+        # do, and the collator appends it after truncating.
+        self.tokenizer_appends_eos = probe[-1] == self.tokenizer.eos_token_id
         # Image tokens + whatever the tokenizer puts before the text (BOS) + the prompt's tokens.
         self.prefix_length = processor.num_query_tokens + len(self._prompt_ids())
 
     def _prompt_ids(self) -> list[int]:
         ids = self.tokenizer(self.prompt)["input_ids"]
-        if ids and ids[-1] == self.tokenizer.eos_token_id and not self.eos_suffix:
+        if ids and ids[-1] == self.tokenizer.eos_token_id and self.tokenizer_appends_eos:
             ids = ids[:-1]  # an appended EOS is not part of the prefix the caption follows
         return ids
+
+    @property
+    def _eos_allowance(self) -> int:
+        """Room for EOS within `max_length` when the tokenizer adds it itself (it truncates the text, not it)."""
+        return 1 if self.tokenizer_appends_eos else 0
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         captions = [example["text"].strip() for example in examples]
@@ -61,17 +68,17 @@ class AltTextCollator:
 
     def _decoder_only_batch(self, images: list[Image.Image], captions: list[str],
                             image_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        texts = [self._join_prompt(caption) + self.eos_suffix for caption in captions]
-        batch = self.processor(
+        # The caption is cut to max_caption_tokens before EOS goes on: EOS in the text would be cut with it.
+        batch = self._ending_in_eos(self.processor(
             images=images,
             **image_kwargs,
-            text=texts,
+            text=[self._join_prompt(caption) for caption in captions],
             padding="longest",
             padding_side="right",
             truncation=True,
-            max_length=self.prefix_length + self.max_caption_tokens,
+            max_length=self.prefix_length + self.max_caption_tokens + self._eos_allowance,
             return_tensors="pt",
-        )
+        ))
         labels = batch["input_ids"].clone()
         labels[:, : self.prefix_length] = IGNORE_INDEX
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
@@ -83,14 +90,14 @@ class AltTextCollator:
                                image_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch = self.processor(images=images, text=[self.prompt] * len(images), padding="longest",
                                return_tensors="pt", **image_kwargs)
-        targets = self.tokenizer(
-            [caption + self.eos_suffix for caption in captions],
+        targets = self._ending_in_eos(self.tokenizer(
+            captions,
             padding="longest",
             padding_side="right",
             truncation=True,
-            max_length=self.max_caption_tokens,
+            max_length=self.max_caption_tokens + self._eos_allowance,
             return_tensors="pt",
-        )
+        ))
         labels = targets["input_ids"].clone()
         labels[targets["attention_mask"] == 0] = IGNORE_INDEX
         batch["labels"] = labels
@@ -98,6 +105,19 @@ class AltTextCollator:
 
     def _join_prompt(self, caption: str) -> str:
         return f"{self.prompt} {caption}" if self.prompt else caption
+
+    def _ending_in_eos(self, encoding):
+        """EOS after each right-padded row's last token, unless the tokenizer already put it there."""
+        if self.tokenizer_appends_eos:
+            return encoding
+        ids, mask = encoding["input_ids"], encoding["attention_mask"]
+        ends = mask.sum(dim=1)
+        rows = torch.arange(len(ends))
+        encoding["input_ids"] = torch.nn.functional.pad(ids, (0, 1), value=self.tokenizer.pad_token_id)
+        encoding["attention_mask"] = torch.nn.functional.pad(mask, (0, 1), value=0)
+        encoding["input_ids"][rows, ends] = self.tokenizer.eos_token_id
+        encoding["attention_mask"][rows, ends] = 1
+        return encoding
 
 
 def batch_images(examples: list[dict[str, Any]]) -> tuple[list, dict[str, Any]]:
@@ -180,14 +200,15 @@ class ChatCollator:
         return {**batch, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def _answer_ids(self, caption: str) -> list[int]:
+        # Cut before the end-of-turn tail goes on, so a long caption still ends with its stop token.
         ids = self.tokenizer(self.answer_prefix + caption.strip(), add_special_tokens=False)["input_ids"]
         return ids[: self.max_caption_tokens] + self.tail_ids
 
 
-def make_collator(processor: Any, model: torch.nn.Module, prompt: str = "", max_caption_tokens: int = 64):
-    """The collator the model's family trains with."""
-    family = family_of(model)
+def make_collator(processor: Any, model_or_config: Any, prompt: str = "", max_caption_tokens: int = 64):
+    """The collator the model's family trains with (its config is enough to choose)."""
+    family = family_of(model_or_config)
     if family.uses_chat_template:
         return ChatCollator(processor, family, prompt, max_caption_tokens)
-    return AltTextCollator(processor, bool(model.config.get_text_config().is_encoder_decoder), prompt,
-                           max_caption_tokens)
+    config = getattr(model_or_config, "config", model_or_config)
+    return AltTextCollator(processor, bool(config.get_text_config().is_encoder_decoder), prompt, max_caption_tokens)

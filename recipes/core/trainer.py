@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .evaluation import GenerationSettings, references_of
+from .evaluation import GenerationSettings, images_with_references
 from .generation import generate_for_dataset
 from .metrics import caption_scores
 from .model_card import RunSummary, write_model_card
@@ -132,11 +132,12 @@ class AltTextTrainer(Trainer):
         return output
 
     def generated_caption_scores(self, dataset: Dataset) -> dict[str, float]:
-        """Every process generates for its share of `dataset`; the first scores all of it and shares the result."""
-        captions = self._generate_sharded(dataset)
+        """Every process generates for its share of the images of `dataset` (once per image, however many
+        rows hold its references); the first scores all of them and shares the result."""
+        images, references = images_with_references(dataset)
+        captions = self._generate_sharded(images)
         scores = None
         if self.is_world_process_zero():
-            references = references_of(dataset)
             scores = caption_scores(captions, references, self.embedding_model)
             for caption, reference in list(zip(captions, references))[:EXAMPLES_IN_LOG]:
                 tqdm.write(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import DatasetError
 from .images import BadImage, open_checked
+from .metrics import as_reference_list
 
 SHOWN_PROBLEMS = 5
 
@@ -39,7 +40,7 @@ class SplitReport:
     def reasons(self) -> Counter:
         return Counter(problem.reason.split(" (")[0].split(":")[0] for problem in self.problems)
 
-    def summary(self, max_caption_tokens: int) -> str:
+    def summary(self, max_caption_tokens: int | None = None) -> str:
         line = f"data check: '{self.split}' {self.rows} rows, {self.kept} used, {len(self.problems)} skipped"
         if self.problems:
             line += " (" + ", ".join(f"{count} {reason}" for reason, count in self.reasons().most_common()) + ")"
@@ -49,7 +50,10 @@ class SplitReport:
         return "\n".join([line, *shown])
 
 
-def caption_problem(caption) -> str | None:
+def caption_problem(caption, caption_lists: bool = False) -> str | None:
+    """Why a caption cannot be used, or None; with `caption_lists`, a list of references is checked whole."""
+    if caption_lists and isinstance(caption, list):
+        return next(filter(None, map(caption_problem, caption)), None) if caption else "no reference caption"
     if caption is None:
         return "missing caption"
     if not isinstance(caption, str):
@@ -67,8 +71,11 @@ def _image_source(value: dict) -> tuple[str | bytes | None, str | None]:
 
 
 def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: int = 64,
-                max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> tuple[Dataset, SplitReport]:
-    """Open every image and read every caption; return the usable rows and the report."""
+                max_pixels: int | None = None, max_aspect_ratio: float | None = None,
+                caption_lists: bool = False) -> tuple[Dataset, SplitReport]:
+    """Open every image and read every caption; return the usable rows and the report.
+
+    `caption_lists`: a row may hold a list of reference captions (scoring only; training learns one per row)."""
     report = SplitReport(name, len(split))
     raw = split.cast_column("image", Image(decode=False))
     limits = {key: value for key, value in (("max_pixels", max_pixels), ("max_aspect_ratio", max_aspect_ratio))
@@ -76,7 +83,7 @@ def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: i
     good_rows, kept_captions = [], []
     for row, example in enumerate(tqdm(raw, desc=f"checking {name}", unit="image", leave=False, mininterval=2)):
         source, path = _image_source(example["image"])
-        reason = caption_problem(example["text"])
+        reason = caption_problem(example["text"], caption_lists)
         if reason is None:
             try:
                 if source is None:
@@ -86,7 +93,7 @@ def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: i
                 reason = str(error)
         if reason is None:
             good_rows.append(row)
-            kept_captions.append(example["text"].strip())
+            kept_captions.extend(caption.strip() for caption in as_reference_list(example["text"]))
         else:
             report.problems.append(Problem(row, path, reason))
     report.kept = len(good_rows)
@@ -96,7 +103,8 @@ def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: i
     return split.select(good_rows) if report.problems else split, report
 
 
-def apply_policy(reports: list[SplitReport], policy: str, max_caption_tokens: int, quiet: bool = False) -> None:
+def apply_policy(reports: list[SplitReport], policy: str, max_caption_tokens: int | None = None,
+                 quiet: bool = False) -> None:
     """Print each split's report; with policy 'error' any problem stops the run, and a split left empty always does."""
     for report in reports:
         if not quiet:
