@@ -14,7 +14,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from core.config import DataArguments, GenerationArguments, ScoringArguments
-from core.data import load_caption_dataset, select_split
+from core.data import select_split
 from core.errors import exit_on_user_error
 from core.evaluation import examples_text, parse_named_models, score_models, scores_table
 from core.paths import TINY_OPT
@@ -31,19 +31,21 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
     batch_size: int = field(default=16, metadata={"help": "Images per generate call."})
     dtype: str = field(default="auto", metadata={"help": "dtype to load the models in: auto, float32, bfloat16."})
     examples: int = field(default=3, metadata={"help": "Images whose alt text is printed beside the reference."})
+    seed: int = field(default=42, metadata={"help": "The training run's --seed, so that the split percentages hold "
+                                                    "out the same images it did."})
     output_file: str | None = field(default=None, metadata={"help": "Write scores, settings and captions here (JSON)."})
 
 
 def evaluate(args: EvaluationArguments) -> dict:
     models = parse_named_models(args.models)
-    splits = load_caption_dataset(args.dataset_name, args.image_column, args.caption_column, args.dataset_config)
+    splits = args.load_splits(args.seed)
     dataset = select_split(splits, args.split, args.max_samples)
-    print(f"scoring {len(models)} model(s) on {len(dataset)} '{args.split}' images of {args.dataset_name}", flush=True)
+    print(f"scoring {len(models)} model(s) on {len(dataset)} '{args.split}' images of {args.data_source()}", flush=True)
     results = score_models(models, dataset, args.generation_settings(), args.batch_size, args.embedding_model,
                            args.dtype)
     print("\n" + scores_table(results) + "\n\n" + examples_text(results, args.examples))
     report = {
-        "dataset": args.dataset_name, "split": args.split, "images": len(dataset),
+        "dataset": args.data_source(), "split": args.split, "images": len(dataset),
         "generation": asdict(args.generation_settings()),
         "models": {name: {"path": models[name], "scores": result.scores, "captions": result.captions}
                    for name, result in results.items()},
