@@ -50,7 +50,8 @@ def run_estimate(argv: list[str]):
 
     script_args, training_args, model_args, options = parse_recipe_args(
         recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,))
-    result = estimate(script_args, training_args, model_args, caption_token_count(script_args, model_args),
+    caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
+    result = estimate(script_args, training_args, model_args, caption_tokens,
                       gpu_memory_gb=options.gpu_memory, num_gpus=options.num_gpus, strategy=options.strategy,
                       device=options.device)
     print(result.to_json() if options.json else result.table())

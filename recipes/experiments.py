@@ -37,7 +37,8 @@ def predict(preset, tiny: bool, output_dir: Path, gpu_memory: float, extra_args:
 
     script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
                                                                recipe_args(preset, tiny, output_dir, extra_args))
-    result = estimate(script_args, training_args, model_args, caption_token_count(script_args, model_args),
+    caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
+    result = estimate(script_args, training_args, model_args, caption_tokens,
                       gpu_memory_gb=gpu_memory, device=device or ("cpu" if tiny else "cuda"))
     return estimate_gb(result)
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from datasets import DatasetDict
 from transformers import TrainingArguments
 from trl import ModelConfig, TrlParser
 
+from .data import load_caption_dataset
 from .errors import RecipeError
 from .evaluation import GenerationSettings
 from .images import MAX_ASPECT_RATIO, MAX_PIXELS
@@ -31,7 +33,24 @@ class DataArguments:
 
     dataset_name: str = field(
         default=EMBEDDED_DATASET,
-        metadata={"help": "Local imagefolder or save_to_disk folder, or a Hub dataset id."},
+        metadata={"help": "The captioned photos, in any layout detected from what is there: a CSV/JSON/JSONL/Parquet "
+                          "file or glob (image paths or bytes + captions), a folder of photos holding such a file, "
+                          "COCO captions or Karpathy split JSON, chat rows (messages/conversations + images), an "
+                          "imagefolder or save_to_disk folder, or a Hub dataset id."},
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training split from this file or glob (any layout of --dataset_name); with "
+                                        "--validation_file / --test_file, replaces --dataset_name."},
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation split from this file or glob."})
+    test_file: str | None = field(default=None, metadata={"help": "Test split from this file or glob."})
+    validation_split_percentage: float = field(
+        default=0, metadata={"help": "Data without a validation split: hold out this percentage of the training "
+                                     "images for one (seeded by --seed; each image with all its captions in one split)."},
+    )
+    test_split_percentage: float = field(
+        default=0, metadata={"help": "Data without a test split: hold out this percentage of the training images "
+                                     "for one."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
@@ -55,6 +74,18 @@ class DataArguments:
                           "datasets cache (uint8 at the model's input size: 150 KB a photo at 224², reused by later "
                           "runs) instead of every epoch. false for data sets whose cache would not fit on disk."},
     )
+
+    def data_source(self) -> str:
+        """What the splits are read from, as the model card names it."""
+        return ", ".join(filter(None, (self.train_file, self.validation_file, self.test_file))) or self.dataset_name
+
+    def load_splits(self, seed: int) -> DatasetDict:
+        """Every split, with `seed` choosing the images held out by the split percentages."""
+        return load_caption_dataset(
+            self.dataset_name, self.image_column, self.caption_column, self.dataset_config,
+            split_files={"train": self.train_file, "validation": self.validation_file, "test": self.test_file},
+            validation_split_percentage=self.validation_split_percentage,
+            test_split_percentage=self.test_split_percentage, seed=seed)
 
 
 @dataclass

@@ -1,56 +1,22 @@
 """Load caption data sets into the two columns the collator reads: `image` (PIL) and `text`.
 
-Three sources are accepted:
-- an `imagefolder` folder (`<split>/metadata.jsonl` with `file_name` and `text`, as `data/gourmetgram-mini`),
-- a `datasets.save_to_disk` folder (a `DatasetDict` or a single `Dataset`) with image and caption columns,
-- a Hub dataset id.
-`image_column` / `caption_column` map other column names onto `image` / `text`.
+`recipes/core/layouts.py` recognises and reads the layouts (caption files, a folder of photos with one,
+COCO / Karpathy JSON, chat rows, imagefolder, save_to_disk, Hub ids). Here the splits are completed: data
+that has no validation or test split can hold out a seeded share of its training images for one, grouped by
+image so that no photo (with any of its captions) is in two splits.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import random
 
-from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Image
 
-from .errors import RecipeError
-from .paths import is_local, resolve_local
+from .errors import DatasetError  # noqa: F401  (imported from here by the recipes and tests)
+from .layouts import read_source, read_split_files
 
-
-class DatasetError(RecipeError):
-    """A data set that cannot be used as given; the message says what to change."""
-
-
-def _is_saved_to_disk(folder: Path) -> bool:
-    return (folder / "dataset_dict.json").exists() or (folder / "dataset_info.json").exists() \
-        or (folder / "state.json").exists()
-
-
-def _load_raw(name_or_path: str, config_name: str | None) -> DatasetDict:
-    if is_local(name_or_path):
-        folder = Path(resolve_local(name_or_path))
-        if _is_saved_to_disk(folder):
-            loaded = load_from_disk(str(folder))
-            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-        return load_dataset("imagefolder", data_dir=str(folder))
-    return load_dataset(name_or_path, config_name)
-
-
-def _standardise(split: Dataset, image_column: str, caption_column: str, source: str, split_name: str) -> Dataset:
-    missing = [column for column in (image_column, caption_column) if column not in split.column_names]
-    if missing:
-        raise DatasetError(
-            f"{source} split '{split_name}' has no column {', '.join(map(repr, missing))}; its columns are "
-            f"{split.column_names}. Pass --image_column / --caption_column to name the right ones."
-        )
-    split = split.select_columns([image_column, caption_column])
-    if image_column != "image":
-        split = split.rename_column(image_column, "image")
-    if caption_column != "text":
-        split = split.rename_column(caption_column, "text")
-    if not isinstance(split.features["image"], Image):
-        split = split.cast_column("image", Image())  # file paths or bytes become decoded images
-    return split
+HELD_OUT_FROM = "train"
 
 
 def load_caption_dataset(
@@ -58,14 +24,62 @@ def load_caption_dataset(
     image_column: str = "image",
     caption_column: str = "text",
     config_name: str | None = None,
+    split_files: dict[str, str | None] | None = None,
+    validation_split_percentage: float = 0,
+    test_split_percentage: float = 0,
+    seed: int = 42,
 ) -> DatasetDict:
-    """Load every split of a caption data set with columns renamed to `image` and `text`."""
-    raw = _load_raw(name_or_path, config_name)
+    """Load every split of a caption data set with columns `image` and `text`, one caption a row.
+
+    `split_files` ({"train": path, ...}; None values ignored) replaces `name_or_path` when it names any file.
+    The percentages hold out that share of the training images as a validation / test split where the
+    data has none (shuffled with `seed`)."""
+    files = {name: source for name, source in (split_files or {}).items() if source}
+    source = ", ".join(files.values()) if files else name_or_path
+    raw = read_split_files(files, image_column, caption_column) if files \
+        else read_source(name_or_path, image_column, caption_column, config_name)
     if not raw:
-        raise DatasetError(f"{name_or_path} holds no splits.")
-    return DatasetDict({
-        name: _standardise(split, image_column, caption_column, name_or_path, name) for name, split in raw.items()
-    })
+        raise DatasetError(f"{source} holds no splits.")
+    splits = DatasetDict({name: split.cast_column("image", Image()) for name, split in raw.items()})
+    return hold_out_by_image(splits, {"validation": validation_split_percentage, "test": test_split_percentage},
+                             seed, source)
+
+
+def _image_key(value: dict) -> str:
+    """The same photo gives the same key: its path, or a hash of its bytes when it has none."""
+    return value.get("path") or hashlib.sha1(value.get("bytes") or b"").hexdigest()
+
+
+def hold_out_by_image(splits: DatasetDict, percentages: dict[str, float], seed: int,
+                      source: str = "the data") -> DatasetDict:
+    """Move `percentages[name]` % of the training images (every row of each) into split `name`, for each
+    split the data does not have already."""
+    for name, share in percentages.items():
+        if not 0 <= share < 100:
+            raise DatasetError(f"--{name}_split_percentage {share:g} must be at least 0 and below 100.")
+    wanted = {name: share for name, share in percentages.items() if share and name not in splits}
+    if not wanted:
+        return splits
+    if HELD_OUT_FROM not in splits:
+        raise DatasetError(f"{source} has no '{HELD_OUT_FROM}' split to hold {', '.join(wanted)} rows out of "
+                           f"(its splits: {list(splits)}).")
+    train = splits[HELD_OUT_FROM]
+    keys = [_image_key(value) for value in train.cast_column("image", Image(decode=False))["image"]]
+    images = list(dict.fromkeys(keys))
+    random.Random(seed).shuffle(images)
+    counts = {name: max(1, round(len(images) * share / 100)) for name, share in wanted.items()}
+    if sum(counts.values()) >= len(images):
+        held = ", ".join(f"{count} for {name}" for name, count in counts.items())
+        raise DatasetError(f"{source} has {len(images)} training images: too few to hold out {held} and train on "
+                           "the rest.")
+    destination, start = {}, 0
+    for name, count in counts.items():
+        destination.update(dict.fromkeys(images[start:start + count], name))
+        start += count
+    rows = {name: [] for name in (HELD_OUT_FROM, *wanted)}
+    for row, key in enumerate(keys):
+        rows[destination.get(key, HELD_OUT_FROM)].append(row)
+    return DatasetDict({**splits, **{name: train.select(indices) for name, indices in rows.items()}})
 
 
 def select_split(splits: DatasetDict, name: str, max_samples: int | None = None, required: bool = True) -> Dataset | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .layouts import is_hub_id
 from .paths import is_local
 
 TECHNIQUES = {
@@ -59,7 +60,7 @@ def model_card_text(summary: RunSummary, repo_id: str, log_history: list[dict], 
     """The card: metadata header, what was trained how, results, and how to load it."""
     metadata = ModelCardData(
         base_model=None if is_local(summary.base_model) else summary.base_model,
-        datasets=None if is_local(summary.dataset) else [summary.dataset],
+        datasets=[summary.dataset] if is_hub_id(summary.dataset) else None,
         library_name="peft" if summary.is_adapter else "transformers",
         pipeline_tag="image-to-text",
         tags=["alt-text", "image-captioning", "accessibility", *( [summary.recipe] if summary.recipe else [])],

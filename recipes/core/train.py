@@ -18,7 +18,7 @@ from trl import ModelConfig
 
 from .collator import make_collator
 from .config import ScriptArguments, parse_recipe_args
-from .data import load_caption_dataset, select_split
+from .data import select_split
 from .errors import RecipeError, exit_on_user_error
 from .generation import generate_alt_text
 from .inputs import prepare_for_training
@@ -71,7 +71,7 @@ def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, 
                                 "LoRA targets": model_args.lora_target_modules or "default for the language model"})
     if model_args.load_in_4bit or model_args.load_in_8bit:
         hyperparameters["quantization"] = "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "8-bit"
-    return RunSummary(base_model=model_args.model_name_or_path, dataset=script_args.dataset_name,
+    return RunSummary(base_model=model_args.model_name_or_path, dataset=script_args.data_source(),
                       recipe=script_args.recipe, is_adapter=bool(model_args.use_peft),
                       generation={"max_new_tokens": script_args.generation_max_new_tokens,
                                   "num_beams": script_args.num_beams},
@@ -92,8 +92,7 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
     print(f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
           f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention", flush=True)
 
-    splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
-                                  script_args.dataset_config)
+    splits = script_args.load_splits(training_args.seed)
     wanted = {script_args.train_split: script_args.max_train_samples}
     if training_args.eval_strategy != "no":
         wanted[script_args.eval_split] = script_args.max_eval_samples
@@ -168,8 +167,7 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
 
 
 def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
-    splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
-                                  script_args.dataset_config)
+    splits = script_args.load_splits(trainer.args.seed)
     split_name = script_args.test_split if script_args.test_split in splits else script_args.train_split
     examples, _ = check_split(select_split(splits, split_name, script_args.show_examples), split_name)
     alt_texts = generate_alt_text(trainer.model, trainer.processing_class, list(examples["image"]),
@@ -211,7 +209,7 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise RecipeError(out_of_memory_advice(script_args, training_args, model_args,
-                                               caption_token_count(script_args, model_args,
+                                               caption_token_count(script_args, model_args, training_args.seed,
                                                                    trainer.processing_class.tokenizer))) from None
     train_seconds = time.perf_counter() - start
 
@@ -251,11 +249,11 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     return importlib.import_module(recipe).DEFAULTS
 
 
-def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig, tokenizer: Any = None) -> int:
+def caption_token_count(script_args: ScriptArguments, model_args: ModelConfig, seed: int,
+                        tokenizer: Any = None) -> int:
     """Tokens of the longest training caption plus EOS, as the collator will build them (with `tokenizer`,
-    or the model's own when it can be loaded)."""
-    splits = load_caption_dataset(script_args.dataset_name, script_args.image_column, script_args.caption_column,
-                                  script_args.dataset_config)
+    or the model's own when it can be loaded); `seed` is the run's, which chooses the held-out images."""
+    splits = script_args.load_splits(seed)
     captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
     # A Hub id with a config shipped in data/model_configs (an estimate before anything is downloaded): its
     # tokenizer only from a copy already in the Hub cache, found on disk without the Hub client (which makes

@@ -1,0 +1,243 @@
+"""Bring your own photos: every caption layout loads the right rows and splits, and trains the tiny twin.
+
+Each test writes its data from a few photos of the embedded set: caption files (CSV, JSON lines, Parquet with
+image bytes, globs), a folder of photos with its captions file, COCO and Karpathy JSON, chat rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, Image
+
+from conftest import DATASET
+from core.data import DatasetError, load_caption_dataset
+from core.train import recipe_defaults, run
+
+PHOTOS = 12
+CAPTIONS_PER_PHOTO = 2  # COCO, Karpathy and list captions: one row per (photo, caption)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A folder `photos/` of 12 embedded photos, and their captions by file name."""
+    rows = [json.loads(line) for line in (DATASET / "train" / "metadata.jsonl").read_text().splitlines()[:PHOTOS]]
+    folder = tmp_path_factory.mktemp("hand-off") / "photos"
+    folder.mkdir()
+    for row in rows:
+        shutil.copy(DATASET / "train" / row["file_name"], folder / row["file_name"])
+    return folder, {row["file_name"]: row["text"] for row in rows}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _csv(photos, path: Path) -> Path:
+    """`image_path,alt` with paths relative to the CSV (photos/x.jpg), the last one absolute."""
+    folder, captions = photos
+    lines = ["image_path,alt"] + [f"{folder.name}/{name},\"{text}\"" for name, text in captions.items()]
+    lines[-1] = f"{folder / list(captions)[-1]},\"{list(captions.values())[-1]}\""
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _coco(photos, root: Path) -> Path:
+    """COCO's download layout: annotations/captions.json beside train2017/ (two captions a photo)."""
+    folder, captions = photos
+    shutil.copytree(folder, root / "train2017")
+    images = [{"id": index, "file_name": name, "width": 128, "height": 128} for index, name in enumerate(captions)]
+    notes = [{"id": 10 * image["id"] + k, "image_id": image["id"], "caption": f"{captions[image['file_name']]} ({k})"}
+             for image in images for k in range(CAPTIONS_PER_PHOTO)]
+    (root / "annotations").mkdir()
+    path = root / "annotations" / "captions_train2017.json"
+    path.write_text(json.dumps({"info": {}, "images": images, "annotations": notes}))
+    return path
+
+
+KARPATHY_SPLITS = ["train", "train", "train", "train", "restval", "restval", "val", "val", "test", "test", "test", "test"]
+
+
+def _karpathy(photos, root: Path) -> Path:
+    folder, captions = photos
+    shutil.copytree(folder, root / "val2014")
+    images = [{"filepath": "val2014", "filename": name, "split": split, "imgid": index,
+               "sentences": [{"raw": f"{captions[name]} ({k})", "tokens": []} for k in range(CAPTIONS_PER_PHOTO)]}
+              for index, (name, split) in enumerate(zip(captions, KARPATHY_SPLITS))]
+    path = root / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path
+
+
+def _chat(photos, path: Path, style: str) -> Path:
+    """Chat rows as TRL writes them (content parts), as LLaMA-Factory does (`<image>` in a string), or sharegpt."""
+    folder, captions = photos
+    rows = []
+    for name, text in captions.items():
+        image = f"{folder.name}/{name}"
+        if style == "trl":
+            turns = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": text}]}]
+            rows.append({"messages": turns, "images": [image]})
+        elif style == "llama_factory":
+            rows.append({"messages": [{"role": "user", "content": "<image>Describe it."},
+                                      {"role": "assistant", "content": text}], "images": [image]})
+        else:
+            rows.append({"conversations": [{"from": "human", "value": "<image>\nDescribe it."},
+                                           {"from": "gpt", "value": text}], "images": [image]})
+    return _write_jsonl(path, rows)
+
+
+def _parquet_with_bytes(photos, path: Path) -> Path:
+    folder, captions = photos
+    Dataset.from_dict({"jpeg": [(folder / name).read_bytes() for name in captions],
+                       "caption": list(captions.values())}).to_parquet(str(path))
+    return path
+
+
+def _paths(split) -> list[str]:
+    return [value["path"] for value in split.cast_column("image", Image(decode=False))["image"]]
+
+
+def test_csv_with_relative_and_absolute_paths_is_read_with_real_paths(photos, monkeypatch):
+    folder, captions = photos
+    _csv(photos, folder.parent / "captions.csv")
+    monkeypatch.chdir(folder.parent)  # the command of the issue: --dataset_name captions.csv
+    loaded = load_caption_dataset("captions.csv", "image_path", "alt")
+    train = loaded["train"]
+    assert list(loaded) == ["train"] and train.column_names == ["image", "text"]
+    assert train["text"] == list(captions.values())
+    assert _paths(train) == [str(folder / name) for name in captions]  # the real paths, for grouping by image
+    assert train[0]["image"].size == (128, 128)
+
+
+def test_folder_of_photos_with_its_captions_file(photos, tmp_path):
+    folder, captions = photos
+    hand_off = tmp_path / "hand-off"
+    shutil.copytree(folder, hand_off)
+    _write_jsonl(hand_off / "alt_text.jsonl", [{"file": name, "alt": text} for name, text in captions.items()])
+    train = load_caption_dataset(str(hand_off), "file", "alt")["train"]
+    assert train["text"] == list(captions.values()) and _paths(train) == [str(hand_off / name) for name in captions]
+    # imagefolder's own metadata.csv (`file_name`) is still read as an imagefolder
+    (hand_off / "alt_text.jsonl").unlink()
+    (hand_off / "metadata.csv").write_text("file_name,text\n" + "".join(f"{n},\"{t}\"\n" for n, t in captions.items()))
+    assert sorted(load_caption_dataset(str(hand_off))["train"]["text"]) == sorted(captions.values())
+
+
+def test_glob_of_files_named_after_splits_and_the_split_file_flags(photos):
+    folder, captions = photos
+    names = list(captions)
+    shards = folder.parent / "shards"
+    shards.mkdir(exist_ok=True)
+    for split, chosen in (("train", names[:8]), ("val", names[8:10]), ("test", names[10:])):
+        _write_jsonl(shards / f"{split}.jsonl", [{"image": str(folder / n), "text": captions[n]} for n in chosen])
+    globbed = load_caption_dataset(str(shards / "*.jsonl"))
+    assert {name: len(split) for name, split in globbed.items()} == {"test": 2, "train": 8, "validation": 2}
+    flagged = load_caption_dataset("ignored", split_files={"train": str(shards / "train.jsonl"),
+                                                           "validation": str(shards / "test.jsonl"), "test": None})
+    assert {name: len(split) for name, split in flagged.items()} == {"train": 8, "validation": 2}
+
+
+def test_parquet_with_image_bytes(photos, tmp_path):
+    folder, captions = photos
+    train = load_caption_dataset(str(_parquet_with_bytes(photos, tmp_path / "photos.parquet")), "jpeg", "caption")["train"]
+    assert train["text"] == list(captions.values()) and train[3]["image"].size == (128, 128)
+
+
+def test_coco_captions_give_one_row_per_caption_with_the_photo_path_kept(photos, tmp_path):
+    folder, captions = photos
+    train = load_caption_dataset(str(_coco(photos, tmp_path / "coco")))["train"]
+    assert len(train) == PHOTOS * CAPTIONS_PER_PHOTO
+    paths = _paths(train)
+    assert paths[0] == paths[1] == str(tmp_path / "coco" / "train2017" / list(captions)[0])
+    assert train["text"][:2] == [f"{list(captions.values())[0]} ({k})" for k in range(2)]
+
+
+def test_karpathy_splits_come_from_the_file_with_restval_in_train(photos, tmp_path):
+    loaded = load_caption_dataset(str(_karpathy(photos, tmp_path / "karpathy")), validation_split_percentage=50)
+    rows = {name: len(split) for name, split in loaded.items()}
+    assert rows == {"train": 6 * CAPTIONS_PER_PHOTO, "validation": 2 * CAPTIONS_PER_PHOTO, "test": 4 * CAPTIONS_PER_PHOTO}
+    assert all(Path(path).parent.name == "val2014" for path in _paths(loaded["test"]))
+
+
+@pytest.mark.parametrize("style", ["trl", "llama_factory", "sharegpt"])
+def test_chat_rows_give_the_assistant_answer_as_caption(photos, style):
+    folder, captions = photos
+    train = load_caption_dataset(str(_chat(photos, folder.parent / f"chat_{style}.jsonl", style)))["train"]
+    assert train["text"] == list(captions.values()) and _paths(train) == [str(folder / n) for n in captions]
+
+
+def test_held_out_splits_are_grouped_by_image_and_seeded(photos, tmp_path):
+    coco = str(_coco(photos, tmp_path / "coco"))
+
+    def held_out(seed):
+        loaded = load_caption_dataset(coco, validation_split_percentage=25, test_split_percentage=25, seed=seed)
+        return {name: _paths(split) for name, split in loaded.items()}
+
+    first = held_out(42)
+    assert {name: len(set(paths)) for name, paths in first.items()} == {"train": 6, "validation": 3, "test": 3}
+    assert sum(map(len, first.values())) == PHOTOS * CAPTIONS_PER_PHOTO  # every caption of every photo kept
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        assert not set(first[a]) & set(first[b])
+    assert held_out(42) == first
+    assert held_out(7) != first
+    with pytest.raises(DatasetError, match="--test_split_percentage 100 must be at least 0 and below 100"):
+        load_caption_dataset(coco, test_split_percentage=100)
+
+
+def test_unusable_sources_are_one_clear_error_each(photos, tmp_path):
+    folder, captions = photos
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("photos coming soon")
+    cases = {
+        str(notes): r"holds no photos and no caption file \(found: \['README.txt'\]\).*Accepted: a CSV",
+        str(tmp_path / "captions.csv"): r"no file or folder .*captions.csv",
+        "https://example.com/captions.csv": "is a URL; .* Download it and pass the local path",
+        str(_csv(photos, folder.parent / "alt.csv")): r"no column 'image', 'text'; its columns are \['image_path', 'alt'\]",
+    }
+    (tmp_path / "odd.json").write_text(json.dumps({"images": [{"id": 1}], "licenses": []}))
+    cases[str(tmp_path / "odd.json")] = "neither COCO `annotations` nor Karpathy `sentences`"
+    _write_jsonl(tmp_path / "escape.jsonl", [{"image": "../../etc/passwd.jpg", "text": "x"}])
+    cases[str(tmp_path / "escape.jsonl")] = r"image path \.\./\.\./etc/passwd.jpg points outside the data folder"
+    _write_jsonl(tmp_path / "url.jsonl", [{"image": "s3://bucket/a.jpg", "text": "x"}])
+    cases[str(tmp_path / "url.jsonl")] = "image s3://bucket/a.jpg is a URL; images are not downloaded"
+    for source, message in cases.items():
+        with pytest.raises(DatasetError, match=message):
+            load_caption_dataset(source)
+
+
+def test_missing_photos_are_left_to_the_bad_example_check(photos, tmp_path):
+    _write_jsonl(tmp_path / "gone.jsonl", [{"image": "gone.jpg", "text": "a plate"}])
+    assert _paths(load_caption_dataset(str(tmp_path / "gone.jsonl"))["train"]) == [str(tmp_path / "gone.jpg")]
+
+
+LAYOUTS = {  # name -> (write the data under a folder, extra flags)
+    "csv": (lambda photos, root: _csv(photos, photos[0].parent / "captions.csv"),
+            ["--image_column", "image_path", "--caption_column", "alt"]),
+    "parquet_bytes": (lambda photos, root: _parquet_with_bytes(photos, root / "photos.parquet"),
+                      ["--image_column", "jpeg", "--caption_column", "caption"]),
+    "coco": (lambda photos, root: _coco(photos, root), []),
+    "karpathy": (lambda photos, root: _karpathy(photos, root), []),
+    "chat": (lambda photos, root: _chat(photos, photos[0].parent / "chat.jsonl", "trl"), []),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_each_layout_trains_the_tiny_twin(layout, photos, tmp_path):
+    write, flags = LAYOUTS[layout]
+    source = write(photos, tmp_path)
+    result = run(recipe_defaults("lora"), [
+        "--config", "recipes/configs/tiny/lora.yaml", "--dataset_name", str(source), *flags,
+        "--validation_split_percentage", "25", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4",
+        "--caption_metrics", "false", "--fast_inputs", "false", "--dataloader_num_workers", "0",
+        "--save_final_model", "false", "--memory_report_steps", "0", "--output_dir", str(tmp_path / "out")])
+    assert len(result.losses) == 2 and all(math.isfinite(loss) for loss in result.losses)
+    report = {split["split"]: split for split in json.loads((tmp_path / "out" / "data_report.json").read_text())}
+    assert report["train"]["kept"] == report["train"]["rows"] > 0 and report["validation"]["kept"] > 0
