@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import Any
 
 from datasets import Dataset, DatasetDict, Image
 
@@ -45,9 +46,14 @@ def load_caption_dataset(
                              seed, source)
 
 
-def _image_key(value: dict) -> str:
-    """The same photo gives the same key: its path, or a hash of its bytes when it has none."""
-    return value.get("path") or hashlib.sha1(value.get("bytes") or b"").hexdigest()
+def image_identity(stored: dict[str, Any] | None, row: int) -> tuple[str | None, str | None]:
+    """What makes two rows the same image: the file path, and the content hash of embedded bytes
+    (bytes-only images are grouped by content; a shared path with different bytes stays two images).
+    A row without an image stands alone: the bad-example check reports it."""
+    path, data = (stored or {}).get("path"), (stored or {}).get("bytes")
+    if not path and not data:
+        return None, f"no image in row {row}"
+    return path or None, hashlib.sha256(data).hexdigest() if data else None
 
 
 def hold_out_by_image(splits: DatasetDict, percentages: dict[str, float], seed: int,
@@ -64,7 +70,8 @@ def hold_out_by_image(splits: DatasetDict, percentages: dict[str, float], seed: 
         raise DatasetError(f"{source} has no '{HELD_OUT_FROM}' split to hold {', '.join(wanted)} rows out of "
                            f"(its splits: {list(splits)}).")
     train = splits[HELD_OUT_FROM]
-    keys = [_image_key(value) for value in train.cast_column("image", Image(decode=False))["image"]]
+    keys = [image_identity(value, row)
+            for row, value in enumerate(train.cast_column("image", Image(decode=False))["image"])]
     images = list(dict.fromkeys(keys))
     random.Random(seed).shuffle(images)
     counts = {name: max(1, round(len(images) * share / 100)) for name, share in wanted.items()}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from datasets import Dataset, Image
 
-from .data import DatasetError
+from .data import image_identity
 from .errors import RecipeError
 from .generation import generate_for_dataset
 from .metrics import BUNDLED_EMBEDDING_MODEL, METRIC_NAMES, as_reference_list, caption_scores
@@ -35,15 +34,6 @@ class CaptionEvaluation:
     references: list[list[str]]
 
 
-def _image_identity(stored: dict[str, Any] | None, row: int) -> tuple[str | None, str | None]:
-    """What makes two rows the same image: the file path, and the content hash of embedded bytes
-    (bytes-only images are grouped by content; a shared path with different bytes stays two images)."""
-    path, data = (stored or {}).get("path"), (stored or {}).get("bytes")
-    if not path and not data:
-        raise DatasetError(f"row {row} has no image (neither a path nor bytes); check the image column.")
-    return path or None, hashlib.sha256(data).hexdigest() if data else None
-
-
 def images_with_references(dataset: Dataset) -> tuple[Dataset, list[list[str]]]:
     """One row per image (its first row, in order of first appearance) and all of that image's references.
 
@@ -54,7 +44,7 @@ def images_with_references(dataset: Dataset) -> tuple[Dataset, list[list[str]]]:
     first_rows: list[int] = []
     references_by_image: dict[tuple[str | None, str | None], list[str]] = {}
     for row, example in enumerate(undecoded):
-        identity = _image_identity(example["image"], row)
+        identity = image_identity(example["image"], row)
         if identity not in references_by_image:
             first_rows.append(row)
             references_by_image[identity] = []
