@@ -66,24 +66,35 @@ def _image_source(value: dict) -> tuple[str | bytes | None, str | None]:
     return (data if data else path), path
 
 
+def image_limits(max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> dict:
+    """The limits given, as keyword arguments of `open_checked` (the ones not given keep its defaults)."""
+    return {key: value for key, value in (("max_pixels", max_pixels), ("max_aspect_ratio", max_aspect_ratio))
+            if value is not None}
+
+
+def example_problem(example: dict, limits: dict) -> tuple[str | None, str | None]:
+    """Why an example (its image undecoded) cannot be used, or None; and the image's path to show."""
+    source, path = _image_source(example["image"])
+    reason = caption_problem(example["text"])
+    if reason is None:
+        try:
+            if source is None:
+                raise BadImage("no image")
+            open_checked(source, **limits)
+        except BadImage as error:
+            reason = str(error)
+    return reason, path
+
+
 def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: int = 64,
                 max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> tuple[Dataset, SplitReport]:
     """Open every image and read every caption; return the usable rows and the report."""
     report = SplitReport(name, len(split))
     raw = split.cast_column("image", Image(decode=False))
-    limits = {key: value for key, value in (("max_pixels", max_pixels), ("max_aspect_ratio", max_aspect_ratio))
-              if value is not None}
+    limits = image_limits(max_pixels, max_aspect_ratio)
     good_rows, kept_captions = [], []
     for row, example in enumerate(tqdm(raw, desc=f"checking {name}", unit="image", leave=False, mininterval=2)):
-        source, path = _image_source(example["image"])
-        reason = caption_problem(example["text"])
-        if reason is None:
-            try:
-                if source is None:
-                    raise BadImage("no image")
-                open_checked(source, **limits)
-            except BadImage as error:
-                reason = str(error)
+        reason, path = example_problem(example, limits)
         if reason is None:
             good_rows.append(row)
             kept_captions.append(example["text"].strip())
