@@ -51,31 +51,25 @@ class BadStreamExample(DatasetError):
         super().__init__(message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1])
 
 
-def _webdataset_files(name_or_path: str) -> dict[str, str] | None:
-    """`data_files` for `load_dataset("webdataset")` when `name_or_path` names .tar shards, else None."""
-    if glob.has_magic(name_or_path):
-        if not glob.glob(name_or_path):
-            raise DatasetError(f"no file matches {name_or_path}.")
-        files = {"train": name_or_path}
-        pattern = Path(name_or_path)
-        for split in OTHER_SPLITS:
-            sibling = str(pattern.with_name(pattern.name.replace("train", split)))
-            if "train" in pattern.name and glob.glob(sibling):
-                files[split] = sibling
-        return files
-    folder = Path(resolve_local(name_or_path))
-    return {} if folder.is_dir() and any(folder.glob("**/*.tar")) else None
+def _shard_globs(train_glob: str) -> dict[str, str]:
+    """`data_files` for a glob of training shards: the same glob with `validation` / `test` for `train`
+    names those splits, where it matches files."""
+    if not glob.glob(train_glob):
+        raise DatasetError(f"no file matches {train_glob}.")
+    pattern = Path(train_glob)
+    siblings = {split: str(pattern.with_name(pattern.name.replace("train", split))) for split in OTHER_SPLITS}
+    return {"train": train_glob, **{split: sibling for split, sibling in siblings.items()
+                                    if "train" in pattern.name and glob.glob(sibling)}}
 
 
 def _load_raw_stream(name_or_path: str, config_name: str | None) -> IterableDatasetDict:
-    shards = _webdataset_files(name_or_path)
-    if shards == {}:  # a folder of shards: `datasets` finds the splits from the file names
-        return load_dataset("webdataset", data_dir=resolve_local(name_or_path), streaming=True)
-    if shards:
-        return load_dataset("webdataset", data_files=shards, streaming=True)
+    if glob.has_magic(name_or_path):
+        return load_dataset("webdataset", data_files=_shard_globs(name_or_path), streaming=True)
     if not is_local(name_or_path):
         return load_dataset(name_or_path, config_name, streaming=True)
     folder = resolve_local(name_or_path)
+    if any(Path(folder).glob("**/*.tar")):  # `datasets` finds the splits from the file names
+        return load_dataset("webdataset", data_dir=folder, streaming=True)
     if _is_saved_to_disk(Path(folder)):
         raise DatasetError(f"{name_or_path} is a save_to_disk folder, which is read memory-mapped already: train "
                            "on it without --streaming.")

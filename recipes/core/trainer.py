@@ -103,7 +103,8 @@ class AltTextTrainer(Trainer):
         loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
                             num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
                             persistent_workers=args.dataloader_persistent_workers,
-                            prefetch_factor=args.dataloader_prefetch_factor)
+                            prefetch_factor=args.dataloader_prefetch_factor,
+                            multiprocessing_context=args.dataloader_multiprocessing_context)
         return prepare_data_loader(loader, self.accelerator.device, num_processes=1, process_index=0,
                                    put_on_device=True, dispatch_batches=False,
                                    non_blocking=self.accelerator.non_blocking)
