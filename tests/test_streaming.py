@@ -106,9 +106,11 @@ def test_streaming_without_max_steps_is_refused_with_the_reason():
 
 def test_a_bad_example_stops_the_stream_with_one_clear_error_under_the_error_policy(tmp_path):
     write_shards(tmp_path, "train", examples=6, shards=1, broken_image=2)
-    stream = checked_stream(load_caption_stream(str(tmp_path / "train-*.tar"))["train"], StreamCheck("train", "error"))
+    check = StreamCheck("train", "error")
+    stream = checked_stream(load_caption_stream(str(tmp_path / "train-*.tar"))["train"], check)
     with pytest.raises(BadStreamExample) as raised:  # raised in a DataLoader worker, re-raised here
         list(DataLoader(stream, batch_size=2, num_workers=1, collate_fn=list))
+    check.close()
     assert str(raised.value) == ("bad example in the 'train' stream (000002.png: not an image (unrecognised file "
                                  "format)). Fix it, or pass --on_bad_example skip to leave it out.")
 
