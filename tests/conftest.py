@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,13 @@ def run_recipe(recipe: str, *args: str, timeout: int = 300) -> subprocess.Comple
     command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def free_port() -> int:
+    """A port no one listens on: each multi-process test its own (tests may run side by side, pytest -n)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _cuda_available() -> bool:

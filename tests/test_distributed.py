@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, TINY_MODELS, logged_losses, run_recipe
+from conftest import REPO_ROOT, TINY_MODELS, free_port, logged_losses, run_recipe
 from core.estimator import load_config, meta_model
 from core.experiments import cpu_deepspeed_flags
 from core.parallel import align_query_tokens_for_fsdp, describe_device_map, plan_device_map, scaled_learning_rate
@@ -31,7 +30,7 @@ TINY_FLAGS = ["--config", "recipes/configs/tiny/full_ft.yaml", "--logging_steps"
 def launch(config: str, recipe: str, *args: str, processes: int = 2, launcher_flags: tuple = (),
            timeout: int = 400) -> subprocess.CompletedProcess:
     # A free port each time: tests may run side by side (pytest -n), and accelerate's default is one fixed port.
-    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(_free_port())]
+    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(free_port())]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}",
                "--num_processes", str(processes), *port, *launcher_flags, f"recipes/{recipe}.py", *args,
                "--use_cpu", "true"]
@@ -42,12 +41,6 @@ def launch(config: str, recipe: str, *args: str, processes: int = 2, launcher_fl
 def _ok(result):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_ddp_two_ranks_follow_the_single_process_loss_curve(tmp_path):
@@ -104,7 +97,7 @@ def test_deepspeed_zero2_offload_two_ranks_trains_saves_and_resumes(tmp_path):
 
 
 def test_two_machines_on_localhost_form_one_world(tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     processes = []
     for rank in (0, 1):
         flags = ("--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
@@ -141,7 +134,7 @@ def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
 def test_fsdp2_shards_the_configured_layers_with_mixed_dtypes_and_gathers_a_reloadable_state_dict(tmp_path, lora):
     out = tmp_path / "fsdp.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "tests/fsdp2_worker.py", str(out), *(["--lora"] if lora else [])]
+               str(free_port()), "tests/fsdp2_worker.py", str(out), *(["--lora"] if lora else [])]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rank0 = json.loads(out.read_text())

@@ -72,7 +72,19 @@ class DataArguments:
         default=True,
         metadata={"help": "With --fast_inputs: decode and resize the training images once per data set into the "
                           "datasets cache (uint8 at the model's input size: 150 KB a photo at 224², reused by later "
-                          "runs) instead of every epoch. false for data sets whose cache would not fit on disk."},
+                          "runs) instead of every epoch. false for data sets whose cache would not fit on disk. "
+                          "Off with --streaming: a stream cannot be cached, its images are decoded and resized "
+                          "in the DataLoader workers as they are read."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training split as a stream (datasets IterableDataset): memory stays flat however "
+                          "large the collection. Sources: WebDataset .tar shards (a folder, or a glob such as "
+                          "'shards/train-*.tar'; KEY.jpg/png/webp with KEY.txt or KEY.json holding a caption), an "
+                          "imagefolder folder, a Hub id. Needs --max_steps (a stream has no length). Each process "
+                          "reads its own part; bad examples are checked as they are read and counted in "
+                          "data_report.json (all processes merged) when training ends. The evaluation split is read "
+                          "into memory: its first --max_eval_samples rows (all without it)."},
     )
 
     def data_source(self) -> str:
@@ -242,6 +254,9 @@ def parse_recipe_args(
     recipe = defaults.get("recipe")
     if script_args.recipe and recipe and script_args.recipe != recipe:
         raise RecipeError(f"this preset is for recipes/{script_args.recipe}.py, not recipes/{recipe}.py.")
+    if script_args.streaming and training_args.max_steps <= 0:
+        raise RecipeError("--streaming needs --max_steps: a streamed data set has no length, so epochs cannot be "
+                          "counted. Set the number of optimizer steps to train, e.g. --max_steps 1000.")
     if training_args.dataloader_num_workers == 0:
         training_args.dataloader_persistent_workers = False
     # The collator reads raw image/text columns; the Trainer must not drop them.

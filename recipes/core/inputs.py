@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, Features, Image as ImageFeature, Value
+from datasets import Dataset, Features, Image as ImageFeature, IterableDataset, Value
 from PIL import Image
 
 from .images import to_rgb
@@ -76,16 +76,19 @@ class ImagePreparer:
         return batch
 
 
-def prepare_for_training(split: Dataset, processor: Any, cache: bool = False, num_proc: int = 1) -> Dataset:
+def prepare_for_training(split: Dataset | IterableDataset, processor: Any, cache: bool = False,
+                         num_proc: int = 1) -> Dataset | IterableDataset:
     """`split` with its `image` column decoded and resized at the model's input size: on access (in the
-    DataLoader workers), or once now into the cache with `cache=True`. Unchanged when the processor does
-    not resize to one fixed size."""
+    DataLoader workers), or once now into the cache with `cache=True`. A stream is never cached: it is
+    prepared as it is read. Unchanged when the processor does not resize to one fixed size."""
     size = model_input_size(processor)
     if size is None:
         return split
     resample = int(getattr(processor.image_processor, "resample", Image.Resampling.BICUBIC))
     preparer = ImagePreparer(size, resample)
     stored = split.cast_column("image", ImageFeature(decode=False))
+    if isinstance(stored, IterableDataset):
+        return stored.map(preparer.transform, batched=True, batch_size=64)
     if not cache:
         return stored.with_transform(preparer.transform)
     features = Features({**stored.features, "image": Value("binary")})

@@ -161,7 +161,7 @@ def _read_hub(source: str, image_column: str, caption_column: str, config_name: 
                         for name, split in raw.items()})
 
 
-def _is_saved_to_disk(folder: Path) -> bool:
+def is_saved_to_disk(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("dataset_dict.json", "dataset_info.json", "state.json"))
 
 
@@ -175,7 +175,7 @@ def _is_imagefolder_metadata(file: Path) -> bool:
 
 
 def _read_folder(folder: Path, image_column: str, caption_column: str) -> DatasetDict:
-    if _is_saved_to_disk(folder):
+    if is_saved_to_disk(folder):
         loaded = load_from_disk(str(folder))
         raw = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
         return DatasetDict({name: standardise(split, image_column, caption_column, str(folder), name)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
+from datasets import Dataset
 from huggingface_hub import try_to_load_from_cache
 from transformers import TrainingArguments, set_seed
 from trl import ModelConfig
@@ -29,6 +30,7 @@ from .modeling import add_lora, choose_trainable_parts, load_model, load_process
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
 from .paths import is_local, shipped_config
 from .resources import out_of_memory_advice
+from .streaming import first_examples, load_caption_stream, streamed_splits
 from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
 from .validation import apply_policy, check_split, write_report
 
@@ -92,6 +94,25 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
     print(f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
           f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention", flush=True)
 
+    if script_args.streaming:
+        train_split, eval_split, data_callbacks = streamed_splits(script_args, training_args, processor)
+    else:
+        (train_split, eval_split), data_callbacks = loaded_splits(script_args, training_args, processor), []
+
+    collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
+    memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
+    trainer = AltTextTrainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=eval_split,
+                             data_collator=collator, processing_class=processor,
+                             callbacks=[memory_callback, *data_callbacks],
+                             generation=script_args.generation_settings(), embedding_model=script_args.embedding_model,
+                             caption_metrics=script_args.caption_metrics,
+                             run_summary=run_summary(script_args, training_args, model_args))
+    memory_callback.trainer = trainer
+    return trainer
+
+
+def loaded_splits(script_args: ScriptArguments, training_args: TrainingArguments, processor) -> tuple[Dataset, Dataset | None]:
+    """The training and evaluation splits, loaded, checked (the report printed and written) and prepared."""
     splits = script_args.load_splits(training_args.seed)
     wanted = {script_args.train_split: script_args.max_train_samples}
     if training_args.eval_strategy != "no":
@@ -112,16 +133,7 @@ def build_trainer(script_args: ScriptArguments, training_args: TrainingArguments
             train_split = prepare_for_training(train_split, processor, script_args.cache_images,
                                                training_args.dataloader_num_workers)
     eval_split = checked.get(script_args.eval_split) if training_args.eval_strategy != "no" else None
-
-    collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
-    memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
-    trainer = AltTextTrainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=eval_split,
-                             data_collator=collator, processing_class=processor, callbacks=[memory_callback],
-                             generation=script_args.generation_settings(), embedding_model=script_args.embedding_model,
-                             caption_metrics=script_args.caption_metrics,
-                             run_summary=run_summary(script_args, training_args, model_args))
-    memory_callback.trainer = trainer
-    return trainer
+    return train_split, eval_split
 
 
 def gather_peaks(trainer: AltTextTrainer, peak_bytes: int) -> list[int]:
@@ -167,9 +179,15 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
 
 
 def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
-    splits = script_args.load_splits(trainer.args.seed)
+    if script_args.streaming:
+        splits = load_caption_stream(script_args.dataset_name, script_args.image_column, script_args.caption_column,
+                                     script_args.dataset_config)
+    else:
+        splits = script_args.load_splits(trainer.args.seed)
     split_name = script_args.test_split if script_args.test_split in splits else script_args.train_split
-    examples, _ = check_split(select_split(splits, split_name, script_args.show_examples), split_name)
+    first = first_examples(splits[split_name], script_args.show_examples) if script_args.streaming \
+        else select_split(splits, split_name, script_args.show_examples)
+    examples, _ = check_split(first, split_name)
     alt_texts = generate_alt_text(trainer.model, trainer.processing_class, list(examples["image"]),
                                   **script_args.generation_settings().as_kwargs())
     print(f"\nAlt text for {len(examples)} {split_name} images:")

@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 
 import torch
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -107,6 +109,25 @@ class AltTextTrainer(Trainer):
                 loader._iterator = None
         if hasattr(self, "_eval_dataloaders"):
             self._eval_dataloaders = {}
+
+    def get_train_dataloader(self) -> DataLoader:
+        """A stream split by process (`core.streaming.rank_share`) is read by each process itself, whole.
+
+        Prepared by the Trainer, accelerate would either read it on the first process and send the batches
+        out (`dispatch_batches`, its default for iterable data) or split each process's part again (`.shard`
+        or `IterableDatasetShard` with dispatch off), which drops (N-1)/N of it. So the loader is prepared
+        here as one process's: batches are moved to the device and nothing is split."""
+        if not isinstance(self.train_dataset, IterableDataset) or self.args.world_size == 1:
+            return super().get_train_dataloader()
+        args = self.args
+        loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
+                            persistent_workers=args.dataloader_persistent_workers,
+                            prefetch_factor=args.dataloader_prefetch_factor,
+                            multiprocessing_context=args.dataloader_multiprocessing_context)
+        return prepare_data_loader(loader, self.accelerator.device, num_processes=1, process_index=0,
+                                   put_on_device=True, dispatch_batches=False,
+                                   non_blocking=self.accelerator.non_blocking)
 
     def floating_point_ops(self, inputs) -> int:
         """The Trainer's estimate (6 × input elements × non-embedding parameters), with the parameter count

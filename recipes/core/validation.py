@@ -70,6 +70,26 @@ def _image_source(value: dict) -> tuple[str | bytes | None, str | None]:
     return (data if data else path), path
 
 
+def image_limits(max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> dict:
+    """The limits given, as keyword arguments of `open_checked` (the ones not given keep its defaults)."""
+    return {key: value for key, value in (("max_pixels", max_pixels), ("max_aspect_ratio", max_aspect_ratio))
+            if value is not None}
+
+
+def example_problem(example: dict, limits: dict, caption_lists: bool = False) -> tuple[str | None, str | None]:
+    """Why an example (its image undecoded) cannot be used, or None; and the image's path to show."""
+    source, path = _image_source(example["image"])
+    reason = caption_problem(example["text"], caption_lists)
+    if reason is None:
+        try:
+            if source is None:
+                raise BadImage("no image")
+            open_checked(source, **limits)
+        except BadImage as error:
+            reason = str(error)
+    return reason, path
+
+
 def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: int = 64,
                 max_pixels: int | None = None, max_aspect_ratio: float | None = None,
                 caption_lists: bool = False) -> tuple[Dataset, SplitReport]:
@@ -78,19 +98,10 @@ def check_split(split: Dataset, name: str, tokenizer=None, max_caption_tokens: i
     `caption_lists`: a row may hold a list of reference captions (scoring only; training learns one per row)."""
     report = SplitReport(name, len(split))
     raw = split.cast_column("image", Image(decode=False))
-    limits = {key: value for key, value in (("max_pixels", max_pixels), ("max_aspect_ratio", max_aspect_ratio))
-              if value is not None}
+    limits = image_limits(max_pixels, max_aspect_ratio)
     good_rows, kept_captions = [], []
     for row, example in enumerate(tqdm(raw, desc=f"checking {name}", unit="image", leave=False, mininterval=2)):
-        source, path = _image_source(example["image"])
-        reason = caption_problem(example["text"], caption_lists)
-        if reason is None:
-            try:
-                if source is None:
-                    raise BadImage("no image")
-                open_checked(source, **limits)
-            except BadImage as error:
-                reason = str(error)
+        reason, path = example_problem(example, limits, caption_lists)
         if reason is None:
             good_rows.append(row)
             kept_captions.extend(caption.strip() for caption in as_reference_list(example["text"]))
