@@ -18,11 +18,11 @@ export TOKENIZERS_PARALLELISM := false
 GPU_PYTHON ?= python3
 GPU_CHECK_FLAGS ?=
 
-.PHONY: setup demo test test-gpu java browser data models gpu-check gpu-check-dry gpu-wheels
+.PHONY: setup demo lint test test-gpu java browser data models gpu-check gpu-check-dry gpu-wheels
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-cpu.txt
+$(VENV)/.installed: requirements.txt requirements-cpu.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r $(REQUIREMENTS)
@@ -33,6 +33,11 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 
 demo: setup java
 	$(PYTHON) recipes/full_ft.py --config recipes/configs/demo.yaml
+
+# `make lint`: ruff's lint and format checks (pyproject.toml), as CI runs them.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup java browser
 	$(PYTHON) -m pytest -q tests
@@ -55,8 +60,9 @@ data: setup
 models: setup
 	$(PYTHON) data/make_tiny_models.py
 
+# No install on the GPU machine: the package is found on PYTHONPATH, beside the carried wheels.
 gpu-check:
-	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_FLAGS)
+	PYTHONPATH=$(CURDIR)/recipes$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_FLAGS)
 
 gpu-check-dry: setup
 	$(PYTHON) benchmarks/gpu_check.py --dry $(GPU_CHECK_FLAGS)

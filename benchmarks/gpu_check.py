@@ -2,7 +2,8 @@
 
     python3 benchmarks/gpu_check.py                  # on the GPU machine (`make gpu-check`)
     python benchmarks/gpu_check.py --dry             # the same steps on CPU with the tiny twins (`make gpu-check-dry`)
-    python3 benchmarks/gpu_check.py --parts matrix --presets lora qlora --merge benchmarks/results/gpu-<name>/results.json
+    python3 benchmarks/gpu_check.py --parts matrix --presets lora qlora \
+        --merge benchmarks/results/gpu-<name>/results.json
 
 Steps, in this order (each in its own process, with a time limit, its log kept):
 
@@ -34,7 +35,8 @@ commands.sh (every command, exactly as run), throughput.json/.md, probe.json and
 --dry runs every step on CPU with the tiny twins (data/models/tiny-*), as skeletons and weights folders
 like the real ones, one step each at batch 4, the probe on small CPU products, and two presets: `baseline`
 (a skeleton) and `qlora` (the weights-folder path), against a simulated capacity midway between their
-estimates; results go to benchmarks/results/gpu-dry-cpu/ (or --out). A CPU cannot run out of memory like a GPU, so there
+estimates; results go to benchmarks/results/gpu-dry-cpu/ (or --out). A CPU cannot run out of memory like a GPU, so
+there
 a run whose peak passes the simulated capacity counts as "over capacity". With no GPU to share, the dry run
 takes two lanes at once (throughput then pytest; launches then the matrix): about 2 to 3 minutes on 2 cores.
 """
@@ -60,7 +62,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -76,17 +77,62 @@ LIMITS = {"probe": 120, "throughput": 240, "launch": 150, "preset": 180, "pytest
 DRY_LIMITS = {name: 600 for name in LIMITS}
 PYTEST_RESERVE_S = 90
 MIN_STEP_S = 30  # a step is not started with less than this left
-THROUGHPUT = {"gpu": ["--config", "recipes/configs/throughput/opt27b_bf16_full.yaml", "--model_config",
-                      "data/model_configs/blip2-opt-2.7b", "--images", "192", "--steps", "8", "--warmup_steps", "3"],
-              "dry": ["--config", "recipes/configs/tiny/full_ft.yaml", "--model_config", "data/models/tiny-blip2-opt",
-                      "--images", "8", "--steps", "1", "--warmup_steps", "1", "--batch_size", "4", "--workers", "1"]}
+THROUGHPUT = {
+    "gpu": [
+        "--config",
+        "recipes/configs/throughput/opt27b_bf16_full.yaml",
+        "--model_config",
+        "data/model_configs/blip2-opt-2.7b",
+        "--images",
+        "192",
+        "--steps",
+        "8",
+        "--warmup_steps",
+        "3",
+    ],
+    "dry": [
+        "--config",
+        "recipes/configs/tiny/full_ft.yaml",
+        "--model_config",
+        "data/models/tiny-blip2-opt",
+        "--images",
+        "8",
+        "--steps",
+        "1",
+        "--warmup_steps",
+        "1",
+        "--batch_size",
+        "4",
+        "--workers",
+        "1",
+    ],
+}
 LAUNCH_MODEL = {"gpu": "blip2-opt-2.7b", "dry": "data/models/tiny-blip2-opt"}
 LAUNCH_LAYERS = 2
-LAUNCHES = (("fsdp4", "accelerate_configs/fsdp4.yaml", "recipes/configs/multi_gpu/fsdp4_bf16.yaml"),
-            ("ds_zero2_offload", "accelerate_configs/ds_zero2_offload.yaml", "recipes/configs/matrix/cpu_offload.yaml"))
-LAUNCH_FLAGS = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-                "--max_train_samples", "64", "--logging_steps", "1", "--memory_report_steps", "1", "--report_to", "none",
-                "--save_strategy", "no", "--disable_tqdm", "true"]
+LAUNCHES = (
+    ("fsdp4", "accelerate_configs/fsdp4.yaml", "recipes/configs/multi_gpu/fsdp4_bf16.yaml"),
+    ("ds_zero2_offload", "accelerate_configs/ds_zero2_offload.yaml", "recipes/configs/matrix/cpu_offload.yaml"),
+)
+LAUNCH_FLAGS = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--gradient_accumulation_steps",
+    "1",
+    "--max_train_samples",
+    "64",
+    "--logging_steps",
+    "1",
+    "--memory_report_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "bitsandbytes", "deepspeed")
 GB = 1024**3
 
@@ -143,7 +189,7 @@ class Check:
 
     def run(self, step: str, command: list[str], timeout: float, log_name: str) -> tuple[int | None, str, float]:
         """Run a command (recorded, logged); (exit status or None on timeout, output, seconds)."""
-        from core.experiments import run_command
+        from alt_text_recipes.experiments import run_command
 
         print(f"$ {self.record(step, command)}", flush=True)
         started = time.perf_counter()
@@ -161,18 +207,24 @@ class Check:
             returncode, output, _ = self.run("probe", command, self.limits["probe"], "probe.log")
             if returncode != 0:
                 tail = "\n".join(output.strip().splitlines()[-15:])
-                sys.exit(f"gpu-check: the matmul probe failed ({'timeout' if returncode is None else f'exit {returncode}'}):"
-                         f"\n{tail}\nIs a CUDA GPU visible (nvidia-smi)? Without one, run with --dry.")
+                sys.exit(
+                    "gpu-check: the matmul probe failed "
+                    f"({'timeout' if returncode is None else f'exit {returncode}'}):"
+                    f"\n{tail}\nIs a CUDA GPU visible (nvidia-smi)? Without one, run with --dry."
+                )
             probe = json.loads(out.read_text())
             if not self.dry and probe.get("cuda") is None:
                 sys.exit("gpu-check: torch sees no CUDA GPU here; run with --dry for the CPU rehearsal.")
-            print(f"{probe['device']}: dense bf16 {probe['bf16_tflops']:.4g} TFLOP/s, "
-                  f"{probe['total_memory_bytes'] / GB:.1f} GB", flush=True)
+            print(
+                f"{probe['device']}: dense bf16 {probe['bf16_tflops']:.4g} TFLOP/s, "
+                f"{probe['total_memory_bytes'] / GB:.1f} GB",
+                flush=True,
+            )
         return probe
 
     # -- models
     def model_source(self, preset) -> str:
-        from core.experiments import tiny_model_for
+        from alt_text_recipes.experiments import tiny_model_for
 
         name = preset.settings["model_name_or_path"]
         return str(REPO_ROOT / tiny_model_for(name)) if self.dry else name.split("/")[-1]
@@ -181,12 +233,15 @@ class Check:
         return self.work / "models" / f"{Path(source).name}-{kind}"
 
     def skeleton(self, source: str) -> Path:
-        from core.random_weights import build_random_model
+        from alt_text_recipes.random_weights import build_random_model
 
         folder = self.model_folder(source, "skeleton")
-        self.record("matrix: a skeleton (config and processor; the recipe draws the weights on the GPU)",
-                    f"PYTHONPATH=recipes:$PYTHONPATH \"$PYTHON\" -c 'from core.random_weights import build_random_model; "
-                    f"build_random_model(\"{source}\", \"{folder}\", weights=False)'")
+        self.record(
+            "matrix: a skeleton (config and processor; the recipe draws the weights on the GPU)",
+            'PYTHONPATH=recipes:$PYTHONPATH "$PYTHON" -c '
+            f"'from alt_text_recipes.random_weights import build_random_model; "
+            f'build_random_model("{source}", "{folder}", weights=False)\'',
+        )
         return build_random_model(source, folder, weights=False)
 
     def start_weights_build(self, source: str) -> tuple[subprocess.Popen, Path, Path]:
@@ -194,12 +249,20 @@ class Check:
         on a CPU, drawing 12B random numbers takes minutes), then saved; `finish_weights_builds` waits for it
         before the matrix, so no preset shares the GPU with it."""
         folder = self.model_folder(source, "weights")
-        command = [sys.executable, __file__, "--build_model", source, str(folder), "--device",
-                   "cpu" if self.dry else "cuda"]
+        command = [
+            sys.executable,
+            __file__,
+            "--build_model",
+            source,
+            str(folder),
+            "--device",
+            "cpu" if self.dry else "cuda",
+        ]
         self.record("matrix: weights folder for the quantized preset", command)
         log = self.logs / f"build-{Path(source).name}.log"
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         print(f"writing {folder} in the background (log {log})", flush=True)
         return process, folder, log
 
@@ -210,12 +273,22 @@ class Check:
             return {"status": "not run", "reason": "time budget"}
         with self.clock.step("throughput"):
             out = out_dir / "throughput.json"
-            command = [sys.executable, str(REPO_ROOT / "benchmarks/throughput.py"), *THROUGHPUT["dry" if self.dry else "gpu"],
-                       "--peak_json", str(probe_json), "--out", str(out)]
+            command = [
+                sys.executable,
+                str(REPO_ROOT / "benchmarks/throughput.py"),
+                *THROUGHPUT["dry" if self.dry else "gpu"],
+                "--peak_json",
+                str(probe_json),
+                "--out",
+                str(out),
+            ]
             returncode, output, seconds = self.run("throughput", command, limit, "throughput.log")
         if returncode != 0 or not out.exists():
-            return {"status": "timeout" if returncode is None else "failed", "seconds": seconds,
-                    "error": _last_line(output)}
+            return {
+                "status": "timeout" if returncode is None else "failed",
+                "seconds": seconds,
+                "error": _last_line(output),
+            }
         result = json.loads(out.read_text())
         return {"status": "ok", "seconds": seconds, "json": out.name, **_throughput_summary(result)}
 
@@ -224,18 +297,21 @@ class Check:
         """The launches' model: real width, 2 layers per stack, weights written by this process on the CPU (it
         must hold no CUDA context), before the estimator's thread starts (model construction is not
         thread-safe: transformers switches weight initialisation off process-wide while it builds a model)."""
-        from core.random_weights import build_random_model
+        from alt_text_recipes.random_weights import build_random_model
 
         source = str(REPO_ROOT / LAUNCH_MODEL["dry"]) if self.dry else LAUNCH_MODEL["gpu"]
         folder = self.model_folder(source, f"{LAUNCH_LAYERS}layers")
         with self.clock.step("launch model (2 layers per stack, random weights)"):
-            self.record("launch: the model", f"PYTHONPATH=recipes:$PYTHONPATH \"$PYTHON\" -c 'from core.random_weights import "
-                        f"build_random_model; build_random_model(\"{source}\", \"{folder}\", layers={LAUNCH_LAYERS}, "
-                        f"device=\"cpu\")'")
+            self.record(
+                "launch: the model",
+                f'PYTHONPATH=recipes:$PYTHONPATH "$PYTHON" -c \'from alt_text_recipes.random_weights import '
+                f'build_random_model; build_random_model("{source}", "{folder}", layers={LAUNCH_LAYERS}, '
+                f'device="cpu")\'',
+            )
             self.launch_folder = build_random_model(source, folder, layers=LAUNCH_LAYERS, device="cpu")
 
     def launches(self) -> list[dict]:
-        from core.experiments import cpu_deepspeed_flags, read_measurements
+        from alt_text_recipes.experiments import cpu_deepspeed_flags, read_measurements
 
         results = []
         folder = self.launch_folder
@@ -248,29 +324,59 @@ class Check:
             with self.clock.step(f"accelerate launch: {name}"):
                 output_dir = self.work / "runs" / f"launch_{name}"
                 shutil.rmtree(output_dir, ignore_errors=True)
-                launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                            str(REPO_ROOT / accelerate_config), "--num_processes", "1"]
+                launcher = [
+                    sys.executable,
+                    "-m",
+                    "accelerate.commands.launch",
+                    "--config_file",
+                    str(REPO_ROOT / accelerate_config),
+                    "--num_processes",
+                    "1",
+                ]
                 if self.dry:  # CPU: DeepSpeed's GPU-sized buckets cost seconds per step
                     launcher += cpu_deepspeed_flags(accelerate_config, output_dir)
-                command = [*launcher, str(REPO_ROOT / "recipes/full_ft.py"), "--config", str(REPO_ROOT / preset),
-                           "--model_name_or_path", str(folder), "--output_dir", str(output_dir), *LAUNCH_FLAGS]
+                command = [
+                    *launcher,
+                    str(REPO_ROOT / "recipes/full_ft.py"),
+                    "--config",
+                    str(REPO_ROOT / preset),
+                    "--model_name_or_path",
+                    str(folder),
+                    "--output_dir",
+                    str(output_dir),
+                    *LAUNCH_FLAGS,
+                ]
                 returncode, output, seconds = self.run(f"launch: {name}", command, limit, f"launch_{name}.log")
             measured, train_seconds, _, loss = read_measurements(output_dir)
             strategy = re.search(r"^strategy: (.+)$", output, re.MULTILINE)
             status = "ok" if returncode == 0 else "timeout" if returncode is None else "failed"
-            results.append({**entry, "status": status, "seconds": round(seconds, 1), "train_seconds": train_seconds,
-                            "strategy": strategy.group(1) if strategy else None, "peak_gb": measured.get("peak"),
-                            "final_loss": loss, "model_saved": any(output_dir.glob("*.safetensors")),
-                            "error": "" if status == "ok" else _last_line(output)})
-            print(f"--> {status} in {seconds:.0f} s | {results[-1]['strategy']} | peak {measured.get('peak')} GB", flush=True)
+            results.append(
+                {
+                    **entry,
+                    "status": status,
+                    "seconds": round(seconds, 1),
+                    "train_seconds": train_seconds,
+                    "strategy": strategy.group(1) if strategy else None,
+                    "peak_gb": measured.get("peak"),
+                    "final_loss": loss,
+                    "model_saved": any(output_dir.glob("*.safetensors")),
+                    "error": "" if status == "ok" else _last_line(output),
+                }
+            )
+            print(
+                f"--> {status} in {seconds:.0f} s | {results[-1]['strategy']} | peak {measured.get('peak')} GB",
+                flush=True,
+            )
         return results
 
     # -- 4. matrix
-    def matrix(self, presets, done: dict[str, dict | str], capacity_gb: float, host_gb: float,
-               builds: dict, reserve: float) -> list[dict]:
+    def matrix(
+        self, presets, done: dict[str, dict | str], capacity_gb: float, host_gb: float, builds: dict, reserve: float
+    ) -> list[dict]:
         """Each preset beside its estimate (`done`: the estimate, or why there is none)."""
-        from core.estimator import CUDA_CONTEXT_GB
         from experiments import run_preset
+
+        from alt_text_recipes.estimator import CUDA_CONTEXT_GB
 
         failed = {name: value for name, value in done.items() if isinstance(value, str)}
         predicted = {name: value for name, value in done.items() if not isinstance(value, str)}
@@ -285,9 +391,15 @@ class Check:
             fits = estimate["fits"]
             runs_dir = self.work
             if not self.dry and estimate["host_gb"] > 0.9 * host_gb:
-                entries.append(_not_run(preset, estimate, "not run",
-                                        f"needs {estimate['host_gb']:.0f} GB of host memory (estimate); this machine "
-                                        f"has {host_gb:.0f} GB"))
+                entries.append(
+                    _not_run(
+                        preset,
+                        estimate,
+                        "not run",
+                        f"needs {estimate['host_gb']:.0f} GB of host memory (estimate); this machine "
+                        f"has {host_gb:.0f} GB",
+                    )
+                )
                 continue
             limit = self.clock.limit(self.limits["preset"], reserve)
             if limit < MIN_STEP_S:
@@ -304,17 +416,42 @@ class Check:
                 steps = "1" if self.dry or not fits else "2"
                 flags = self.run_flags(folder, steps)
                 shutil.rmtree(runs_dir / "runs" / preset.name, ignore_errors=True)  # no earlier call's measurements
-                result = run_preset(preset, self.dry, runs_dir, limit, capacity_gb, flags, prediction=estimate,
-                                    device="cpu" if self.dry else "cuda")
+                result = run_preset(
+                    preset,
+                    self.dry,
+                    runs_dir,
+                    limit,
+                    capacity_gb,
+                    flags,
+                    prediction=estimate,
+                    device="cpu" if self.dry else "cuda",
+                )
                 self.record(f"matrix: {preset.name}", result.command.replace(sys.executable, '"$PYTHON"', 1))
                 log = (runs_dir / "logs" / f"{preset.name}.log").read_text()
             entries.append(judge(result, preset, capacity_gb, log))
         return entries
 
     def run_flags(self, folder: Path, steps: str) -> list[str]:
-        flags = ["--model_name_or_path", str(folder), "--max_steps", steps, "--logging_steps", "1",
-                 "--memory_report_steps", "1", "--save_final_model", "false", "--report_to", "none",
-                 "--disable_tqdm", "true", "--show_examples", "0", "--eval_strategy", "no"]
+        flags = [
+            "--model_name_or_path",
+            str(folder),
+            "--max_steps",
+            steps,
+            "--logging_steps",
+            "1",
+            "--memory_report_steps",
+            "1",
+            "--save_final_model",
+            "false",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--show_examples",
+            "0",
+            "--eval_strategy",
+            "no",
+        ]
         return flags + (DRY_RECIPE_FLAGS if self.dry else [])
 
     def finish_weights_builds(self, builds: dict, reserve: float) -> dict[str, str]:
@@ -348,21 +485,40 @@ class Check:
             if self.dry:
                 command += ["-k", "gpu"]
             returncode, output, seconds = self.run("pytest", command, limit, "pytest.log")
-        summary = next((line.strip("= ") for line in reversed(output.strip().splitlines())
-                        if re.search(r"passed|failed|error|no tests ran|deselected|skipped", line)), _last_line(output))
-        meaning = {0: "passed", 1: "some tests failed", 2: "interrupted (collection errors?)", 5: "no test marked gpu ran",
-                   None: "timeout"}.get(returncode, f"exit {returncode}")
+        summary = next(
+            (
+                line.strip("= ")
+                for line in reversed(output.strip().splitlines())
+                if re.search(r"passed|failed|error|no tests ran|deselected|skipped", line)
+            ),
+            _last_line(output),
+        )
+        meaning = {
+            0: "passed",
+            1: "some tests failed",
+            2: "interrupted (collection errors?)",
+            5: "no test marked gpu ran",
+            None: "timeout",
+        }.get(returncode, f"exit {returncode}")
         print(f"--> {meaning}: {summary}", flush=True)
-        return {"status": "ok" if returncode in (0, 5) else "failed", "returncode": returncode, "meaning": meaning,
-                "summary": summary, "seconds": round(seconds, 1)}
+        return {
+            "status": "ok" if returncode in (0, 5) else "failed",
+            "returncode": returncode,
+            "meaning": meaning,
+            "summary": summary,
+            "seconds": round(seconds, 1),
+        }
 
     @property
     def quantized(self) -> set[str]:
         return self._quantized
 
     def set_presets(self, presets) -> None:
-        self._quantized = {p.name for p in presets if p.recipe == "qlora" or p.settings.get("load_in_4bit")
-                           or p.settings.get("load_in_8bit")}
+        self._quantized = {
+            p.name
+            for p in presets
+            if p.recipe == "qlora" or p.settings.get("load_in_4bit") or p.settings.get("load_in_8bit")
+        }
 
 
 # ---------------------------------------------------------------- verdicts and tables
@@ -370,6 +526,7 @@ def matrix_order(presets, estimates: dict[str, dict], capacity_gb: float, contex
     """The verdicts most in doubt first: nearest the capacity first (the estimate plus the CUDA context
     against it, on either side); a preset whose estimate equals an earlier one's (it differs only in the
     learning rate or in gradient accumulation, which take no memory) after all the others."""
+
     def distance(preset):
         return abs(estimates[preset.name]["total_gb"] + context_gb - capacity_gb)
 
@@ -382,7 +539,7 @@ def matrix_order(presets, estimates: dict[str, dict], capacity_gb: float, contex
 
 
 def _not_run(preset, estimate: dict, status: str, note: str) -> dict:
-    from core.experiments import RunResult
+    from alt_text_recipes.experiments import RunResult
 
     result = RunResult(preset.name, preset.title, status, estimate=estimate, error=note)
     entry = judge(result, preset, 0.0, "")
@@ -411,13 +568,19 @@ def judge(result, preset, capacity_gb: float, log: str) -> dict:
     else:
         verdict = "not checked"
     note = result.error if result.status not in ("ok", "OOM") else ""
-    return {**dataclasses.asdict(result), "model": preset.settings.get("model_name_or_path", ""),
-            "predicted": predicted, "observed": observed, "verdict": verdict, "peak_at_oom_gb": peak_at_oom,
-            "note": note}
+    return {
+        **dataclasses.asdict(result),
+        "model": preset.settings.get("model_name_or_path", ""),
+        "predicted": predicted,
+        "observed": observed,
+        "verdict": verdict,
+        "peak_at_oom_gb": peak_at_oom,
+        "note": note,
+    }
 
 
 def _run_results(entries: list[dict]):
-    from core.experiments import RunResult
+    from alt_text_recipes.experiments import RunResult
 
     names = {f.name for f in dataclasses.fields(RunResult)}
     return [RunResult(**{key: value for key, value in entry.items() if key in names}) for entry in entries]
@@ -428,35 +591,55 @@ def _gb(value) -> str:
 
 
 def matrix_table(entries: list[dict], dry: bool = False) -> str:
-    lines = ["| preset | model | predicted | observed | verdict | estimate total | measured peak | measured ÷ estimate "
-             "| params m / e | grads m / e | optimizer m / e | activations m / e | other m / e | note |",
-             "|" + "---|" * 14]
+    lines = [
+        "| preset | model | predicted | observed | verdict | estimate total | measured peak | measured ÷ estimate "
+        "| params m / e | grads m / e | optimizer m / e | activations m / e | other m / e | note |",
+        "|" + "---|" * 14,
+    ]
     for entry in entries:
         m, e = entry["measured"], entry["estimate"]
         peak = m.get("peak") if m else entry.get("peak_at_oom_gb")
         peak_text = _gb(peak) + (" at OOM" if not m and peak is not None else "")
         ratio = f"{peak / e['total_gb']:.2f}" if peak and e.get("total_gb") else ""
 
-        def pair(part):
+        def pair(part, m=m, e=e):
             return f"{_gb(m.get(part))} / {_gb(e.get(f'{part}_gb'))}" if m else f"– / {_gb(e.get(f'{part}_gb'))}"
+
         model = ("twin of " if dry else "") + entry["model"].split("/")[-1]
-        lines.append(f"| {entry['preset']} | {model} | {entry['predicted']} | {entry['observed']} "
-                     f"| {entry['verdict']} | {_gb(e.get('total_gb'))} | {peak_text} | {ratio} | {pair('params')} "
-                     f"| {pair('grads')} | {pair('optimizer')} | {pair('activations')} | {pair('other')} "
-                     f"| {entry.get('note', '')[:160]} |")
+        lines.append(
+            f"| {entry['preset']} | {model} | {entry['predicted']} | {entry['observed']} "
+            f"| {entry['verdict']} | {_gb(e.get('total_gb'))} | {peak_text} | {ratio} | {pair('params')} "
+            f"| {pair('grads')} | {pair('optimizer')} | {pair('activations')} | {pair('other')} "
+            f"| {entry.get('note', '')[:160]} |"
+        )
     return "\n".join(lines)
 
 
 def _throughput_summary(result: dict) -> dict:
     training = result["training"]
-    return {"device": result["device"], "model": result["model"], "config": result["config"],
-            "batch_size": result["batch_size"], "steps": result["steps"], "peak_tflops": result.get("peak_tflops"),
-            "peak_source": result.get("peak_source"), "train_speedup": result["train_speedup"],
-            "input_pipeline_speedup": result["input_pipeline_speedup"], "peak_memory_ratio": result["peak_memory_ratio"],
-            "loops": {name: {"samples_per_s": run["samples_per_s"], "steps_per_s": run["steps_per_s"],
-                             "peak_gb": run["peak_bytes"] / GB, "peak_source": run["peak_source"],
-                             "model_tflops_per_s": run["model_tflops_per_s"], "mfu": run.get("mfu")}
-                      for name, run in training.items()}}
+    return {
+        "device": result["device"],
+        "model": result["model"],
+        "config": result["config"],
+        "batch_size": result["batch_size"],
+        "steps": result["steps"],
+        "peak_tflops": result.get("peak_tflops"),
+        "peak_source": result.get("peak_source"),
+        "train_speedup": result["train_speedup"],
+        "input_pipeline_speedup": result["input_pipeline_speedup"],
+        "peak_memory_ratio": result["peak_memory_ratio"],
+        "loops": {
+            name: {
+                "samples_per_s": run["samples_per_s"],
+                "steps_per_s": run["steps_per_s"],
+                "peak_gb": run["peak_bytes"] / GB,
+                "peak_source": run["peak_source"],
+                "model_tflops_per_s": run["model_tflops_per_s"],
+                "mfu": run.get("mfu"),
+            }
+            for name, run in training.items()
+        },
+    }
 
 
 def _last_line(text: str) -> str:
@@ -465,71 +648,134 @@ def _last_line(text: str) -> str:
 
 
 def render(report: dict) -> str:
-    from core.experiments import markdown_table
+    from alt_text_recipes.experiments import markdown_table
 
     probe = report["probe"]
-    lines = [f"# GPU check: {report['gpu']}" + (": tiny twins, simulated capacity" if report["dry"] else ""),
-             "", f"{report['date']} | {report['seconds']:.0f} s"
-             + (" (no time budget)" if report["dry"] else f" of a {report['budget_s']:.0f} s budget") + " | capacity "
-             f"{report['capacity_gb']:.2f} GB{' (simulated)' if report['dry'] else ''} | host {report['host_memory_gb']:.0f} GB | "
-             + ", ".join(f"{name} {version}" for name, version in report["versions"].items()), "",
-             "## Matmul probe (the MFU denominator)", "",
-             f"Dense bf16 matrix product: **{probe['bf16_tflops']:.4g} TFLOP/s** (best of sizes "
-             + ", ".join(f"{size}: {value:.4g}" for size, value in probe["bf16_by_size"].items())
-             + f"); fp32 {probe['fp32_tflops']:.4g} TFLOP/s. {probe['device']}, torch {probe['torch']}, CUDA {probe['cuda']}.",
-             "", "## Technique matrix: estimate vs measured", ""]
+    lines = [
+        f"# GPU check: {report['gpu']}" + (": tiny twins, simulated capacity" if report["dry"] else ""),
+        "",
+        f"{report['date']} | {report['seconds']:.0f} s"
+        + (" (no time budget)" if report["dry"] else f" of a {report['budget_s']:.0f} s budget")
+        + f" | capacity {report['capacity_gb']:.2f} GB{' (simulated)' if report['dry'] else ''}"
+        + f" | host {report['host_memory_gb']:.0f} GB | "
+        + ", ".join(f"{name} {version}" for name, version in report["versions"].items()),
+        "",
+        "## Matmul probe (the MFU denominator)",
+        "",
+        f"Dense bf16 matrix product: **{probe['bf16_tflops']:.4g} TFLOP/s** (best of sizes "
+        + ", ".join(f"{size}: {value:.4g}" for size, value in probe["bf16_by_size"].items())
+        + f"); fp32 {probe['fp32_tflops']:.4g} TFLOP/s. "
+        + f"{probe['device']}, torch {probe['torch']}, CUDA {probe['cuda']}.",
+        "",
+        "## Technique matrix: estimate vs measured",
+        "",
+    ]
     entries = report.get("matrix", [])
     if entries:
-        counts = {verdict: sum(e["verdict"] == verdict for e in entries) for verdict in ("correct", "WRONG", "not checked")}
-        lines += [f"Verdicts: {counts['correct']} correct, {counts['WRONG']} wrong, {counts['not checked']} not checked. "
-                  "GB; m / e = measured / estimated (measured: the run's last memory report; peak = the GPU "
-                  "allocator's maximum, or what the out-of-memory message reported). "
-                  + ("Dry run: one step each; a CPU has no allocator limit, so 'over capacity' means the process's "
-                     "peak RSS passed the simulated capacity, and as the tiny twins' memory is mostly the Python "
-                     "process, these verdicts test the plumbing, not the estimator." if report["dry"] else
-                     "Predicted-to-fit presets ran 2 optimizer steps, the others 1."), "", matrix_table(entries, report["dry"]), "",
-                  "Full measurements:", "", markdown_table(_run_results(entries), "cpu" if report["dry"] else "cuda"),
-                  "", "![measured memory vs estimate](memory.png)", ""]
+        counts = {
+            verdict: sum(e["verdict"] == verdict for e in entries) for verdict in ("correct", "WRONG", "not checked")
+        }
+        lines += [
+            f"Verdicts: {counts['correct']} correct, {counts['WRONG']} wrong, {counts['not checked']} not checked. "
+            "GB; m / e = measured / estimated (measured: the run's last memory report; peak = the GPU "
+            "allocator's maximum, or what the out-of-memory message reported). "
+            + (
+                "Dry run: one step each; a CPU has no allocator limit, so 'over capacity' means the process's "
+                "peak RSS passed the simulated capacity, and as the tiny twins' memory is mostly the Python "
+                "process, these verdicts test the plumbing, not the estimator."
+                if report["dry"]
+                else "Predicted-to-fit presets ran 2 optimizer steps, the others 1."
+            ),
+            "",
+            matrix_table(entries, report["dry"]),
+            "",
+            "Full measurements:",
+            "",
+            markdown_table(_run_results(entries), "cpu" if report["dry"] else "cuda"),
+            "",
+            "![measured memory vs estimate](memory.png)",
+            "",
+        ]
         late = [e["preset"] for e in entries if e["status"] == "not run" and "time budget" in e.get("note", "")]
         if late:
-            lines[-1:-1] = [f"Not reached in the time budget: {', '.join(late)}. Run them (and fold them in) with "
-                            f"`python3 benchmarks/gpu_check.py --parts matrix --presets {' '.join(late)} --budget 240 "
-                            f"--merge {report['work_dir']}/results.json` on the same machine while it is warm, or "
-                            f"later with `--merge` of this folder's results.json.", ""]
+            lines[-1:-1] = [
+                f"Not reached in the time budget: {', '.join(late)}. Run them (and fold them in) with "
+                f"`python3 benchmarks/gpu_check.py --parts matrix --presets {' '.join(late)} --budget 240 "
+                f"--merge {report['work_dir']}/results.json` on the same machine while it is warm, or "
+                f"later with `--merge` of this folder's results.json.",
+                "",
+            ]
     else:
         lines += ["not run", ""]
     lines += ["## Throughput: ours vs the plain loop", ""]
     throughput = report.get("throughput", {})
     if throughput.get("status") == "ok":
-        lines += [f"{throughput['model']} ({throughput['config']}), batch {throughput['batch_size']}, "
-                  f"{throughput['steps']} timed steps; MFU against {throughput['peak_tflops'] or 0:.4g} TFLOP/s "
-                  f"({throughput['peak_source']}). Full table: throughput.md.", "",
-                  "| loop | steps/s | samples/s | peak memory GB | model TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"{throughput['model']} ({throughput['config']}), batch {throughput['batch_size']}, "
+            f"{throughput['steps']} timed steps; MFU against {throughput['peak_tflops'] or 0:.4g} TFLOP/s "
+            f"({throughput['peak_source']}). Full table: throughput.md.",
+            "",
+            "| loop | steps/s | samples/s | peak memory GB | model TFLOP/s | MFU |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, loop in throughput["loops"].items():
             mfu = f"{100 * loop['mfu']:.1f}%" if loop.get("mfu") is not None else "n/a"
-            lines.append(f"| {name} | {loop['steps_per_s']:.2f} | {loop['samples_per_s']:.1f} | {loop['peak_gb']:.2f} "
-                         f"| {loop['model_tflops_per_s']:.3g} | {mfu} |")
-        lines += ["", f"train_speedup (ours ÷ plain samples/s) = {throughput['train_speedup']:.2f}×, peak memory ours ÷ "
-                  f"plain = {throughput['peak_memory_ratio']:.2f}, input pipeline (cached epoch) "
-                  f"{throughput['input_pipeline_speedup']:.2f}×", ""]
+            lines.append(
+                f"| {name} | {loop['steps_per_s']:.2f} | {loop['samples_per_s']:.1f} | {loop['peak_gb']:.2f} "
+                f"| {loop['model_tflops_per_s']:.3g} | {mfu} |"
+            )
+        lines += [
+            "",
+            f"train_speedup (ours ÷ plain samples/s) = {throughput['train_speedup']:.2f}×, peak memory ours ÷ "
+            f"plain = {throughput['peak_memory_ratio']:.2f}, input pipeline (cached epoch) "
+            f"{throughput['input_pipeline_speedup']:.2f}×",
+            "",
+        ]
     else:
-        lines += [f"{throughput.get('status', 'not run')}: {throughput.get('error') or throughput.get('reason', '')}", ""]
-    lines += ["## accelerate launch, one process", "",
-              "| accelerate config | recipe preset | outcome | strategy accelerate used | train s | peak GB | final loss "
-              "| model saved | note |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"{throughput.get('status', 'not run')}: {throughput.get('error') or throughput.get('reason', '')}",
+            "",
+        ]
+    lines += [
+        "## accelerate launch, one process",
+        "",
+        "| accelerate config | recipe preset | outcome | strategy accelerate used | train s | peak GB | final loss "
+        "| model saved | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for launch in report.get("launches", []):
-        lines.append(f"| {launch['accelerate_config']} | {launch['preset']} | {launch['status']} | {launch.get('strategy') or ''} "
-                     f"| {_gb(launch.get('train_seconds'))} | {_gb(launch.get('peak_gb'))} | {_gb(launch.get('final_loss'))} "
-                     f"| {launch.get('model_saved', '')} | {launch.get('error') or launch.get('reason', '')} |")
+        lines.append(
+            f"| {launch['accelerate_config']} | {launch['preset']} | {launch['status']} "
+            f"| {launch.get('strategy') or ''} "
+            f"| {_gb(launch.get('train_seconds'))} | {_gb(launch.get('peak_gb'))} | {_gb(launch.get('final_loss'))} "
+            f"| {launch.get('model_saved', '')} | {launch.get('error') or launch.get('reason', '')} |"
+        )
     pytest = report.get("pytest", {})
-    lines += ["", "## pytest -m gpu", "",
-              f"{pytest.get('meaning', pytest.get('status', 'not run'))}: {pytest.get('summary', pytest.get('reason', ''))}"
-              + (f" (exit {pytest['returncode']}, {pytest['seconds']:.0f} s)" if "returncode" in pytest else ""), "",
-              "## Time per step", "", "| step | started at s | seconds |", "|---|---|---|"]
-    lines += [f"| {step['step']} | {step['started_s']:.0f} | {step['seconds']:.0f} |"
-              for step in sorted(report["steps"], key=lambda step: step["started_s"])]
-    lines += ["", "## Commands", "", "Exactly as run (`commands.sh`; `$PYTHON` is "
-              f"`{report['python']}`, paths under `{report['work_dir']}` are this run's scratch folder):", "", "```bash"]
+    lines += [
+        "",
+        "## pytest -m gpu",
+        "",
+        f"{pytest.get('meaning', pytest.get('status', 'not run'))}: {pytest.get('summary', pytest.get('reason', ''))}"
+        + (f" (exit {pytest['returncode']}, {pytest['seconds']:.0f} s)" if "returncode" in pytest else ""),
+        "",
+        "## Time per step",
+        "",
+        "| step | started at s | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {step['step']} | {step['started_s']:.0f} | {step['seconds']:.0f} |"
+        for step in sorted(report["steps"], key=lambda step: step["started_s"])
+    ]
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "Exactly as run (`commands.sh`; `$PYTHON` is "
+        f"`{report['python']}`, paths under `{report['work_dir']}` are this run's scratch folder):",
+        "",
+        "```bash",
+    ]
     lines += [f"# {command['step']}\n{command['command']}" for command in report["commands"]]
     lines += ["```", ""]
     return "\n".join(lines)
@@ -553,7 +799,7 @@ def versions() -> dict[str, str]:
 def merge(previous: dict, report: dict, parts: set[str]) -> dict:
     """`report` over `previous`: the parts not run now, and presets not run now, are kept from `previous`."""
     merged = {**previous, **{key: value for key, value in report.items() if key not in ("matrix", *PARTS_KEYS)}}
-    for part, key in zip(PARTS, PARTS_KEYS):
+    for part, key in zip(PARTS, PARTS_KEYS, strict=False):
         merged[key] = report[key] if part in parts or key not in previous else previous[key]
     old = {entry["preset"]: entry for entry in previous.get("matrix", [])}
     for entry in report.get("matrix", []):
@@ -569,19 +815,26 @@ PARTS_KEYS = ("throughput", "launches", "matrix", "pytest")
 
 
 def write_results(report: dict, out_dir: Path, work: Path) -> None:
-    from core.experiments import draw_chart
+    from alt_text_recipes.experiments import draw_chart
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "results.md").write_text(render(report))
-    script = ["#!/bin/sh", f"# gpu-check on {report['gpu']}, {report['date']}: every command, in order, as run.",
-              f"PYTHON={shlex.quote(report['python'])}", ""]
+    script = [
+        "#!/bin/sh",
+        f"# gpu-check on {report['gpu']}, {report['date']}: every command, in order, as run.",
+        f"PYTHON={shlex.quote(report['python'])}",
+        "",
+    ]
     script += [f"# {command['step']}\n{command['command']}" for command in report["commands"]]
     (out_dir / "commands.sh").write_text("\n".join(script) + "\n")
     if report.get("matrix"):
         capacity = report["capacity_gb"]
-        title = ("Dry run (tiny twins, CPU): measured memory vs estimate" if report["dry"]
-                 else f"{report['gpu']}: measured memory vs estimate")
+        title = (
+            "Dry run (tiny twins, CPU): measured memory vs estimate"
+            if report["dry"]
+            else f"{report['gpu']}: measured memory vs estimate"
+        )
         draw_chart(_run_results(report["matrix"]), out_dir / "memory.png", round(capacity, 2), title)
     with tarfile.open(out_dir / "logs.tar.gz", "w:gz") as archive:
         archive.add(work / "logs", arcname="logs")
@@ -590,17 +843,29 @@ def write_results(report: dict, out_dir: Path, work: Path) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry", action="store_true", help="the same steps on CPU with the tiny twins")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="the steps to run besides the probe (default: all)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="the steps to run besides the probe (default: all)",
+    )
     parser.add_argument("--presets", nargs="+", help="matrix presets (default: all; --dry: baseline qlora)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help=f"seconds for the whole check (default {BUDGET_S}; --dry: no limit)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help=f"seconds for the whole check (default {BUDGET_S}; --dry: no limit)"
+    )
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/gpu-<gpu name>)")
     parser.add_argument("--work_dir", default=None, help="scratch: models, runs, logs (default /tmp/gpu-check[-dry])")
-    parser.add_argument("--capacity_gb", type=float, default=None,
-                        help="GPU memory to check estimates against (default: the probe's; --dry: simulated, midway "
-                             "between the presets' estimates)")
-    parser.add_argument("--merge", type=Path, help="an earlier results.json to fold in (what this call does not run is kept)")
+    parser.add_argument(
+        "--capacity_gb",
+        type=float,
+        default=None,
+        help="GPU memory to check estimates against (default: the probe's; --dry: simulated, midway "
+        "between the presets' estimates)",
+    )
+    parser.add_argument(
+        "--merge", type=Path, help="an earlier results.json to fold in (what this call does not run is kept)"
+    )
     # internal: write a random-weights folder (run in the background by the check)
     parser.add_argument("--build_model", nargs=2, metavar=("SOURCE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -614,7 +879,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.build_model:
-        from core.random_weights import build_random_model
+        from alt_text_recipes.random_weights import build_random_model
 
         source, folder = args.build_model
         started = time.perf_counter()
@@ -623,14 +888,17 @@ def main(argv: list[str]) -> None:
         return
     check = Check(args)
     parts = set(args.parts)
-    from core.experiments import all_presets, load_preset
+    from alt_text_recipes.experiments import all_presets, load_preset
 
     presets = [load_preset(name) for name in (args.presets or (DRY_PRESETS if args.dry else ()))] or all_presets()
     if "matrix" not in parts:
         presets = []
     check.set_presets(presets)
-    print(f"gpu-check{' --dry' if args.dry else ''}: budget {args.budget:.0f} s, parts {', '.join(sorted(parts))}, "
-          f"{len(presets)} presets, scratch {check.work}", flush=True)
+    print(
+        f"gpu-check{' --dry' if args.dry else ''}: budget {args.budget:.0f} s, parts {', '.join(sorted(parts))}, "
+        f"{len(presets)} presets, scratch {check.work}",
+        flush=True,
+    )
 
     # 1. the probe on the GPU while this process writes the skeletons and the launches' model (on the CPU: no
     # CUDA context here). One thread builds models at a time: model construction is not thread-safe.
@@ -660,11 +928,19 @@ def main(argv: list[str]) -> None:
     def start_estimates():
         estimates.update({p.name: estimator.submit(_predict, p, args.dry, check, capacity_gb or 1.0) for p in presets})
 
-    report = {"gpu": "CPU (dry run)" if args.dry else probe["device"], "dry": args.dry,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "budget_s": args.budget,
-              "capacity_gb": capacity_gb, "host_memory_gb": host_gb, "versions": versions(), "probe": probe,
-              "python": sys.executable, "work_dir": str(check.work), "command": "python " + shlex.join(
-                  [Path(__file__).relative_to(REPO_ROOT).as_posix(), *argv])}
+    report = {
+        "gpu": "CPU (dry run)" if args.dry else probe["device"],
+        "dry": args.dry,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "budget_s": args.budget,
+        "capacity_gb": capacity_gb,
+        "host_memory_gb": host_gb,
+        "versions": versions(),
+        "probe": probe,
+        "python": sys.executable,
+        "work_dir": str(check.work),
+        "command": "python " + shlex.join([Path(__file__).relative_to(REPO_ROOT).as_posix(), *argv]),
+    }
     builds = {}
 
     def throughput_then_pytest():
@@ -712,8 +988,11 @@ def main(argv: list[str]) -> None:
             print(f"--merge {args.merge}: no such file; writing this call's results alone", flush=True)
     write_results(report, out_dir, check.work)
     shutil.copy(out_dir / "results.json", check.work / "results.json")  # for a --merge by a later call here
-    print(f"\n{render(report)}\nwrote {out_dir}/ (results.md, results.json, memory.png, commands.sh, throughput.json, "
-          f"probe.json, logs.tar.gz) in {check.clock.elapsed():.0f} s", flush=True)
+    print(
+        f"\n{render(report)}\nwrote {out_dir}/ (results.md, results.json, memory.png, commands.sh, throughput.json, "
+        f"probe.json, logs.tar.gz) in {check.clock.elapsed():.0f} s",
+        flush=True,
+    )
 
 
 def simulated_capacity(estimates: dict[str, dict | str]) -> float:
@@ -736,8 +1015,14 @@ def _predict(preset, dry: bool, check: Check, capacity_gb: float) -> dict | str:
 
     try:
         folder = check.model_folder(check.model_source(preset), "skeleton")  # same config and tokenizer as the run's
-        return predict(preset, dry, check.work / "runs" / preset.name, capacity_gb,
-                       check.run_flags(folder, "1"), device="cpu" if dry else "cuda")
+        return predict(
+            preset,
+            dry,
+            check.work / "runs" / preset.name,
+            capacity_gb,
+            check.run_flags(folder, "1"),
+            device="cpu" if dry else "cuda",
+        )
     except Exception as error:  # noqa: BLE001 - recorded as the preset's result
         return f"{type(error).__name__}: {error}"
 

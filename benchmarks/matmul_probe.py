@@ -47,18 +47,26 @@ def matmul_tflops(size: int, dtype: torch.dtype, device: torch.device, products:
         _sync(device)
         best = min(best, time.perf_counter() - start)
     del a, b, out
-    return 2 * size ** 3 * products / best / 1e12
+    return 2 * size**3 * products / best / 1e12
 
 
 def device_facts(device: torch.device) -> dict:
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        return {"device": properties.name, "total_memory_bytes": properties.total_memory,
-                "capability": f"{properties.major}.{properties.minor}", "multiprocessors": properties.multi_processor_count,
-                "cuda": torch.version.cuda}
-    return {"device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-            "total_memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "capability": None,
-            "multiprocessors": os.cpu_count(), "cuda": None}
+        return {
+            "device": properties.name,
+            "total_memory_bytes": properties.total_memory,
+            "capability": f"{properties.major}.{properties.minor}",
+            "multiprocessors": properties.multi_processor_count,
+            "cuda": torch.version.cuda,
+        }
+    return {
+        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "total_memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "capability": None,
+        "multiprocessors": os.cpu_count(),
+        "cuda": None,
+    }
 
 
 def probe(device: torch.device, quick: bool = False) -> dict:
@@ -82,9 +90,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args()
     result = probe(torch.device(args.device), args.quick)
-    print(f"{result['device']}: dense bf16 {result['bf16_tflops']:.4g} TFLOP/s (best of sizes "
-          f"{', '.join(f'{size}: {value:.4g}' for size, value in result['bf16_by_size'].items())}), "
-          f"fp32 {result['fp32_tflops']:.4g} TFLOP/s, in {result['seconds']:.1f} s", flush=True)
+    print(
+        f"{result['device']}: dense bf16 {result['bf16_tflops']:.4g} TFLOP/s (best of sizes "
+        f"{', '.join(f'{size}: {value:.4g}' for size, value in result['bf16_by_size'].items())}), "
+        f"fp32 {result['fp32_tflops']:.4g} TFLOP/s, in {result['seconds']:.1f} s",
+        flush=True,
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

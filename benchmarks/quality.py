@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
+from alt_text_recipes.data import load_caption_dataset, select_split
+from alt_text_recipes.evaluation import GenerationSettings, examples_text, score_models, scores_table
+from alt_text_recipes.paths import EMBEDDED_DATASET, TINY_OPT
 
-from core.data import load_caption_dataset, select_split  # noqa: E402
-from core.evaluation import GenerationSettings, examples_text, score_models, scores_table  # noqa: E402
-from core.paths import EMBEDDED_DATASET, TINY_OPT  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (recipe, what it is); the preset is recipes/configs/quality/<name>.yaml
 RUNS = {
@@ -38,12 +37,23 @@ RUNS = {
 
 
 def train(name: str, recipe: str, output_root: Path) -> float:
-    command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), "--config",
-               str(REPO_ROOT / "recipes/configs/quality" / f"{name}.yaml"), "--output_dir", str(output_root / name)]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "recipes" / f"{recipe}.py"),
+        "--config",
+        str(REPO_ROOT / "recipes/configs/quality" / f"{name}.yaml"),
+        "--output_dir",
+        str(output_root / name),
+    ]
     print("$ " + " ".join(command), flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                            "HF_DATASETS_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        command,
+        check=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -62,30 +72,49 @@ def main() -> None:
             train_seconds[name] = train(name, recipe, models_dir)
     test_split = select_split(load_caption_dataset(EMBEDDED_DATASET), "test")
     generation = GenerationSettings(max_new_tokens=40, num_beams=1)
-    results = score_models({"base (untuned)": TINY_OPT, **{name: str(models_dir / name) for name in RUNS}},
-                           test_split, generation, batch_size=25, dtype="float32")
+    results = score_models(
+        {"base (untuned)": TINY_OPT, **{name: str(models_dir / name) for name in RUNS}},
+        test_split,
+        generation,
+        batch_size=25,
+        dtype="float32",
+    )
 
     base_cider, full_cider = results["base (untuned)"].scores["cider"], results["full_ft"].scores["cider"]
     bars = {
-        "fine-tuning CIDEr / base CIDEr (bar >= 3)": min(results[n].scores["cider"] for n in ("full_ft", "lora", "qlora"))
+        "fine-tuning CIDEr / base CIDEr (bar >= 3)": min(
+            results[n].scores["cider"] for n in ("full_ft", "lora", "qlora")
+        )
         / base_cider,
         "LoRA CIDEr / full fine-tuning CIDEr (bar >= 0.9)": results["lora"].scores["cider"] / full_cider,
         "QLoRA CIDEr / full fine-tuning CIDEr": results["qlora"].scores["cider"] / full_cider,
     }
     table = scores_table(results)
-    what = "\n".join(f"- `{name}`: {description} (`recipes/configs/quality/{name}.yaml`)"
-                     for name, (_, description) in RUNS.items())
-    markdown = (f"{table}\n\n" + "\n".join(f"- {label}: {value:.2f}" for label, value in bars.items())
-                + f"\n\n{what}\n\nTest split of {EMBEDDED_DATASET}: {len(test_split)} images, greedy decoding, "
-                f"up to {generation.max_new_tokens} new tokens. Training seconds: "
-                + ", ".join(f"{name} {seconds:.0f}" for name, seconds in train_seconds.items())
-                + f". Command: `python benchmarks/quality.py`.\n\nExamples:\n\n```\n{examples_text(results, 3)}\n```\n")
+    what = "\n".join(
+        f"- `{name}`: {description} (`recipes/configs/quality/{name}.yaml`)" for name, (_, description) in RUNS.items()
+    )
+    markdown = (
+        f"{table}\n\n"
+        + "\n".join(f"- {label}: {value:.2f}" for label, value in bars.items())
+        + f"\n\n{what}\n\nTest split of {EMBEDDED_DATASET}: {len(test_split)} images, greedy decoding, "
+        f"up to {generation.max_new_tokens} new tokens. Training seconds: "
+        + ", ".join(f"{name} {seconds:.0f}" for name, seconds in train_seconds.items())
+        + f". Command: `python benchmarks/quality.py`.\n\nExamples:\n\n```\n{examples_text(results, 3)}\n```\n"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.md").write_text(markdown)
-    (out_dir / "results.json").write_text(json.dumps({
-        "scores": {name: result.scores for name, result in results.items()}, "ratios": bars,
-        "train_seconds": train_seconds, "captions": {name: result.captions for name, result in results.items()},
-        "references": results["full_ft"].references}, indent=2))
+    (out_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "scores": {name: result.scores for name, result in results.items()},
+                "ratios": bars,
+                "train_seconds": train_seconds,
+                "captions": {name: result.captions for name, result in results.items()},
+                "references": results["full_ft"].references,
+            },
+            indent=2,
+        )
+    )
     print("\n" + markdown)
     print(f"wrote {out_dir}/results.md and results.json in {time.perf_counter() - started:.0f} s")
 

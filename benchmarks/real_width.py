@@ -7,7 +7,7 @@ Each shipped real config (BLIP-2 OPT-2.7B and Flan-T5-XL, LLaVA-1.5-7B, Idefics2
 widths, vocabulary and sequence lengths but `--layers` layers per stack and random weights; each fp32 case (full
 fine-tuning with AdamW and 8-bit AdamW, LoRA; activation checkpointing on and off) runs one optimizer step
 through its recipe, and the estimate for the same reduced config stands beside what was measured:
-parameters, gradients, optimizer state and the activations each stack saves (recipes/core/real_width.py).
+parameters, gradients, optimizer state and the activations each stack saves (recipes/alt_text_recipes/real_width.py).
 bf16 cases (bf16-mixed, bf16 weights, QLoRA with bf16 compute) run on the tiny twins instead: this CPU has no
 bf16 instructions and multiplies bf16 matrices at under 0.1 GFLOP/s (fp32: ~20), so a real-width bf16 step
 takes hours here; on a GPU, `pytest -m gpu` measures them at real width.
@@ -22,19 +22,34 @@ import sys
 import time
 from pathlib import Path
 
+from alt_text_recipes.real_width import Case, measure_cases, table
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
 
-from core.real_width import Case, measure_cases, table  # noqa: E402
-
-MODELS = ["Salesforce/blip2-opt-2.7b", "Salesforce/blip2-flan-t5-xl", "llava-hf/llava-1.5-7b-hf",
-          "HuggingFaceM4/idefics2-8b"]
-CASES = [Case("full_ft", "float32", False, False, "adamw_torch"), Case("full_ft", "float32", False, True),
-         Case("lora", "float32", False, False), Case("lora", "float32", False, True)]
-TWINS = ["data/models/tiny-blip2-opt", "data/models/tiny-blip2-t5", "data/models/tiny-llava",
-         "data/models/tiny-idefics2"]
-TWIN_CASES = [Case("full_ft", "float32", True, False, "adamw_torch"), Case("full_ft", "bfloat16", True, True),
-              Case("lora", "bfloat16", True, True), Case("qlora", "bfloat16", True, False)]
+MODELS = [
+    "Salesforce/blip2-opt-2.7b",
+    "Salesforce/blip2-flan-t5-xl",
+    "llava-hf/llava-1.5-7b-hf",
+    "HuggingFaceM4/idefics2-8b",
+]
+CASES = [
+    Case("full_ft", "float32", False, False, "adamw_torch"),
+    Case("full_ft", "float32", False, True),
+    Case("lora", "float32", False, False),
+    Case("lora", "float32", False, True),
+]
+TWINS = [
+    "data/models/tiny-blip2-opt",
+    "data/models/tiny-blip2-t5",
+    "data/models/tiny-llava",
+    "data/models/tiny-idefics2",
+]
+TWIN_CASES = [
+    Case("full_ft", "float32", True, False, "adamw_torch"),
+    Case("full_ft", "bfloat16", True, True),
+    Case("lora", "bfloat16", True, True),
+    Case("qlora", "bfloat16", True, False),
+]
 
 
 def main() -> None:
@@ -50,25 +65,39 @@ def main() -> None:
         # full fine-tuning of the 7-8B families' reduced models does not fit this machine's memory in fp32
         cases = CASES if "blip2" in model else [case for case in CASES if case.recipe != "full_ft"]
         comparisons += measure_cases(model, cases, args.work_dir, args.layers)
-        print(table(comparisons[-len(cases):]), flush=True)
+        print(table(comparisons[-len(cases) :]), flush=True)
     for twin in args.twins:
         comparisons += measure_cases(twin, TWIN_CASES, args.work_dir)
-        print(table(comparisons[-len(TWIN_CASES):]), flush=True)
+        print(table(comparisons[-len(TWIN_CASES) :]), flush=True)
     worst = [(c.case, *c.worst()) for c in comparisons]
     command = "python benchmarks/real_width.py " + " ".join(sys.argv[1:])
-    lines = [f"Command: `{command}` ({time.perf_counter() - started:.0f} s, CPU, {args.layers} layer(s) per stack "
-             "at real width; bf16 cases on the tiny twins; batch 2)", "",
-             "Worst part of each case (measured ÷ estimated; inf: measured where nothing was estimated):", "",
-             "| case | part | ratio |", "|---|---|---|"]
+    lines = [
+        f"Command: `{command}` ({time.perf_counter() - started:.0f} s, CPU, {args.layers} layer(s) per stack "
+        "at real width; bf16 cases on the tiny twins; batch 2)",
+        "",
+        "Worst part of each case (measured ÷ estimated; inf: measured where nothing was estimated):",
+        "",
+        "| case | part | ratio |",
+        "|---|---|---|",
+    ]
     lines += [f"| {case} | {part} | {ratio:.3f} |" for case, part, ratio in worst]
     lines += ["", "Every part (MB):", "", table(comparisons)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    (args.out / "results.json").write_text(json.dumps(
-        {"command": command, "layers": args.layers, "cases": [
-            {"case": c.case, "estimated_gb": c.estimated, "measured_gb": c.measured, "details": c.details}
-            for c in comparisons]}, indent=2))
-    print("\n".join(lines[:len(worst) + 6]))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "layers": args.layers,
+                "cases": [
+                    {"case": c.case, "estimated_gb": c.estimated, "measured_gb": c.measured, "details": c.details}
+                    for c in comparisons
+                ],
+            },
+            indent=2,
+        )
+    )
+    print("\n".join(lines[: len(worst) + 6]))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 
 1. Input pipeline alone, on --images generated photos (640×480 JPEGs, or --image_size N×N, --image_format png):
    the plain pattern (the data set decodes each photo in the main process, the processor resizes and
-   normalises it in the training step) against ours (recipes/core/inputs.py: draft-mode decoding and
+   normalises it in the training step) against ours (recipes/alt_text_recipes/inputs.py: draft-mode decoding and
    resizing in DataLoader workers), in images/s, at the model's input size and at 224² (real BLIP-2) when
    that differs.
 2. Training on the same model, photos, batch and precision, each variant in a fresh process (so peak
@@ -30,9 +30,9 @@
    without one, MFU is n/a (a datasheet peak is not what the device reaches).
 
 --model_config takes a shipped real config (weights cannot be downloaded offline) and makes a random-weights
-skeleton of it with the tiny twin's tokenizer (recipes/core/random_weights.py): both loops draw the weights on
-the device in the training dtype, so nothing is written to disk; the shapes, and so the speed and memory, are
-the real model's.
+skeleton of it with the tiny twin's tokenizer (recipes/alt_text_recipes/random_weights.py): both loops draw the
+weights on the device in the training dtype, so nothing is written to disk; the shapes, and so the speed and
+memory, are the real model's.
 Writes a table and the ratios (`input_pipeline_speedup`, `train_speedup` = ours ÷ plain,
 `fair_train_speedup` = ours ÷ plain_fair) to stdout and JSON to --out.
 """
@@ -49,25 +49,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed
+
+from alt_text_recipes.collator import AltTextCollator, make_collator
+from alt_text_recipes.config import COMMON_DEFAULTS, parse_recipe_args
+from alt_text_recipes.data import load_caption_dataset
+from alt_text_recipes.inputs import default_num_workers, prepare_for_training
+from alt_text_recipes.memory import GB, peak_memory
+from alt_text_recipes.modeling import add_lora, is_encoder_decoder, load_processor
+from alt_text_recipes.paths import EMBEDDED_DATASET
+from alt_text_recipes.random_weights import build_random_model, instantiate, is_skeleton
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import apply_lr_scaling, build_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
-
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from transformers import AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed  # noqa: E402
-
-from core.collator import AltTextCollator, make_collator  # noqa: E402
-from core.config import COMMON_DEFAULTS, parse_recipe_args  # noqa: E402
-from core.data import load_caption_dataset  # noqa: E402
-from core.inputs import default_num_workers, prepare_for_training  # noqa: E402
-from core.memory import GB, peak_memory  # noqa: E402
-from core.modeling import add_lora, is_encoder_decoder, load_processor  # noqa: E402
-from core.paths import EMBEDDED_DATASET  # noqa: E402
-from core.random_weights import build_random_model, instantiate, is_skeleton  # noqa: E402
-from core.train import apply_lr_scaling, build_trainer, recipe_defaults  # noqa: E402
 
 DEFAULT_PRESET = "recipes/configs/tiny/full_ft.yaml"
 REAL_BLIP2_IMAGE_SIZE = 224
@@ -75,12 +74,15 @@ PARTS = ("vision_model", "qformer", "language_projection", "language_model")
 
 
 # ---------------------------------------------------------------- data and model
-def make_photos(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (640, 480),
-                image_format: str = "jpeg") -> Path:
+def make_photos(
+    folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (640, 480), image_format: str = "jpeg"
+) -> Path:
     """`count` "photos" of `size` (smooth colour fields, shapes, sensor noise; JPEG or PNG) with food
     captions, as an imagefolder `train` split; captions are the embedded data set's, repeated."""
-    captions = [json.loads(line)["text"] for line in (REPO_ROOT / EMBEDDED_DATASET / "train/metadata.jsonl")
-                .read_text().splitlines()]
+    captions = [
+        json.loads(line)["text"]
+        for line in (REPO_ROOT / EMBEDDED_DATASET / "train/metadata.jsonl").read_text().splitlines()
+    ]
     rng = np.random.default_rng(seed)
     split = folder / "train"
     split.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,9 @@ def make_photos(folder: Path, count: int, seed: int = 0, size: tuple[int, int] =
     suffix = "png" if image_format == "png" else "jpg"
     rows = []
     for index in range(count):
-        image = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+        image = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize(
+            (width, height), Image.BICUBIC
+        )
         draw = ImageDraw.Draw(image)
         for _ in range(6):
             x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
@@ -113,8 +117,9 @@ def plain_batches(dataset, collator, batch_size: int):
 
 def our_batches(prepared, collator, batch_size: int, workers: int):
     """Ours, as the recipes' Trainer builds it: prepared rows, collated in the DataLoader workers."""
-    yield from DataLoader(prepared, batch_size=batch_size, num_workers=workers, collate_fn=collator,
-                          pin_memory=torch.cuda.is_available())
+    yield from DataLoader(
+        prepared, batch_size=batch_size, num_workers=workers, collate_fn=collator, pin_memory=torch.cuda.is_available()
+    )
 
 
 def images_per_second(batches) -> float:
@@ -137,17 +142,28 @@ def measure_input_pipeline(photos: Path, model_folder: str, batch_size: int, wor
         processor.image_processor.size = {"height": size, "width": size}
         collator = AltTextCollator(processor, is_encoder_decoder=False)
         plain = images_per_second(plain_batches(dataset, collator, batch_size))
-        in_workers = images_per_second(our_batches(prepare_for_training(dataset, processor), collator, batch_size, workers))
+        in_workers = images_per_second(
+            our_batches(prepare_for_training(dataset, processor), collator, batch_size, workers)
+        )
         start = time.perf_counter()
         cached = prepare_for_training(dataset, processor, cache=True, num_proc=workers)
         build_seconds = time.perf_counter() - start
         cached_epoch = images_per_second(our_batches(cached, collator, batch_size, workers))
         first_epoch = len(dataset) / (build_seconds + len(dataset) / cached_epoch)
-        rows.append({"image_size": size, "images": len(dataset), "workers": workers,
-                     "plain_images_per_s": plain, "workers_images_per_s": in_workers,
-                     "cached_first_epoch_images_per_s": first_epoch, "cached_epoch_images_per_s": cached_epoch,
-                     "workers_speedup": in_workers / plain, "first_epoch_speedup": first_epoch / plain,
-                     "speedup": cached_epoch / plain})
+        rows.append(
+            {
+                "image_size": size,
+                "images": len(dataset),
+                "workers": workers,
+                "plain_images_per_s": plain,
+                "workers_images_per_s": in_workers,
+                "cached_first_epoch_images_per_s": first_epoch,
+                "cached_epoch_images_per_s": cached_epoch,
+                "workers_speedup": in_workers / plain,
+                "first_epoch_speedup": first_epoch / plain,
+                "speedup": cached_epoch / plain,
+            }
+        )
     return rows
 
 
@@ -176,21 +192,48 @@ class StepClock(TrainerCallback):
 
 
 def recipe_arguments(args: argparse.Namespace, model_folder: str, photos: Path, output_dir: str) -> list[str]:
-    common = ["--config", args.config, "--model_name_or_path", model_folder, "--dataset_name", str(photos),
-              "--per_device_train_batch_size", str(args.batch_size), "--gradient_accumulation_steps", "1",
-              "--save_strategy", "no", "--eval_strategy", "no", "--show_examples", "0", "--output_dir", output_dir,
-              "--dataloader_num_workers", str(args.workers)]
+    common = [
+        "--config",
+        args.config,
+        "--model_name_or_path",
+        model_folder,
+        "--dataset_name",
+        str(photos),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--gradient_accumulation_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--show_examples",
+        "0",
+        "--output_dir",
+        output_dir,
+        "--dataloader_num_workers",
+        str(args.workers),
+    ]
     if args.epochs:
         # As a user runs the preset: its logging steps, the memory report (steps 0, 1 and every 50), the progress bar.
         return common + ["--num_train_epochs", str(args.epochs), "--max_steps", "-1"]
-    return common + ["--max_steps", str(args.warmup_steps + args.steps), "--memory_report_steps", "0",
-                     "--logging_steps", "1000000", "--disable_tqdm", "true"]
+    return common + [
+        "--max_steps",
+        str(args.warmup_steps + args.steps),
+        "--memory_report_steps",
+        "0",
+        "--logging_steps",
+        "1000000",
+        "--disable_tqdm",
+        "true",
+    ]
 
 
 def parsed_recipe(args: argparse.Namespace, model_folder: str, photos: Path, extra: tuple[str, ...] = ()) -> tuple:
     with tempfile.TemporaryDirectory() as output_dir:
-        return parse_recipe_args(recipe_defaults(args.recipe),
-                                 recipe_arguments(args, model_folder, photos, output_dir) + list(extra))
+        return parse_recipe_args(
+            recipe_defaults(args.recipe), recipe_arguments(args, model_folder, photos, output_dir) + list(extra)
+        )
 
 
 def timing(args: argparse.Namespace, times: list[float], start: float, samples: int) -> dict:
@@ -198,16 +241,28 @@ def timing(args: argparse.Namespace, times: list[float], start: float, samples: 
     end of the last epoch), else over the steps after the warm-up."""
     if args.epochs:
         seconds = times[-1] - start
-        return {"steps_per_s": len(times) / seconds, "samples_per_s": samples / seconds, "seconds": seconds,
-                "steps": len(times), "samples": samples}
+        return {
+            "steps_per_s": len(times) / seconds,
+            "samples_per_s": samples / seconds,
+            "seconds": seconds,
+            "steps": len(times),
+            "samples": samples,
+        }
     seconds = times[-1] - times[args.warmup_steps - 1]
-    return {"steps_per_s": args.steps / seconds, "samples_per_s": args.steps * args.batch_size / seconds,
-            "seconds": seconds, "steps": args.steps, "samples": args.steps * args.batch_size}
+    return {
+        "steps_per_s": args.steps / seconds,
+        "samples_per_s": args.steps * args.batch_size / seconds,
+        "seconds": seconds,
+        "steps": args.steps,
+        "samples": args.steps * args.batch_size,
+    }
 
 
 def train_ours(args: argparse.Namespace, model_folder: str, photos: Path, compile_model: bool) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
-        cli = recipe_arguments(args, model_folder, photos, output_dir) + (["--torch_compile", "true"] if compile_model else [])
+        cli = recipe_arguments(args, model_folder, photos, output_dir) + (
+            ["--torch_compile", "true"] if compile_model else []
+        )
         script_args, training_args, model_args = parse_recipe_args(recipe_defaults(args.recipe), cli)
         apply_lr_scaling(script_args, training_args)
         set_seed(training_args.seed)
@@ -222,18 +277,31 @@ def train_ours(args: argparse.Namespace, model_folder: str, photos: Path, compil
         end = time.perf_counter()
     times = clock.times if not args.epochs else [end] * output.global_step
     samples = len(trainer.train_dataset) * int(args.epochs or 0)
-    return {**timing(args, times, start, samples), "attention": trainer.model.config._attn_implementation,
-            "optimizer": training_args.optim, "workers": training_args.dataloader_num_workers}
+    return {
+        **timing(args, times, start, samples),
+        "attention": trainer.model.config._attn_implementation,
+        "optimizer": training_args.optim,
+        "workers": training_args.dataloader_num_workers,
+    }
 
 
-def loop_model(model_folder: str, load_dtype: torch.dtype, dtype: torch.dtype, attention: str, device: torch.device,
-               training_args, model_args):
+def loop_model(
+    model_folder: str,
+    load_dtype: torch.dtype,
+    dtype: torch.dtype,
+    attention: str,
+    device: torch.device,
+    training_args,
+    model_args,
+):
     """The plain loops' model, in training mode on `device`: random weights drawn on the device for a
     skeleton, else read from the folder (in `load_dtype`, then cast), with checkpointing and LoRA as asked."""
     if is_skeleton(model_folder):
         model = instantiate(model_folder, load_dtype, attn_implementation=attention, device=device)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(model_folder, dtype=load_dtype, attn_implementation=attention)
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_folder, dtype=load_dtype, attn_implementation=attention
+        )
     model = model.to(dtype)
     if training_args.gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -251,7 +319,9 @@ def train_plain(args: argparse.Namespace, model_folder: str, photos: Path) -> di
     # the tutorial's fp32 load, then a cast to the training dtype
     model = loop_model(model_folder, torch.float32, dtype, "eager", device, training_args, model_args)
     processor = load_processor(model_folder)
-    collator = AltTextCollator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
+    collator = AltTextCollator(
+        processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens
+    )
     dataset = load_caption_dataset(str(photos))["train"].shuffle(seed=training_args.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=training_args.bf16)
     start = time.perf_counter()
@@ -277,8 +347,14 @@ def train_plain(args: argparse.Namespace, model_folder: str, photos: Path) -> di
     result = timing(args, times, start, len(dataset) * int(args.epochs or 0))
     with autocast:
         flops = forward_flops_by_part(model, first)
-    return {**result, "attention": "eager", "optimizer": "torch.optim.AdamW defaults", "workers": 0,
-            "forward_flops_per_batch": flops, "flops_batch_size": int(first["input_ids"].shape[0])}
+    return {
+        **result,
+        "attention": "eager",
+        "optimizer": "torch.optim.AdamW defaults",
+        "workers": 0,
+        "forward_flops_per_batch": flops,
+        "flops_batch_size": int(first["input_ids"].shape[0]),
+    }
 
 
 def train_plain_fair(args: argparse.Namespace, model_folder: str, photos: Path) -> dict:
@@ -292,17 +368,29 @@ def train_plain_fair(args: argparse.Namespace, model_folder: str, photos: Path) 
     model = loop_model(model_folder, dtype, dtype, "sdpa", device, training_args, model_args)
     processor = load_processor(model_folder)
     collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
-    dataset = prepare_for_training(load_caption_dataset(str(photos))["train"], processor, script_args.cache_images,
-                                   args.workers)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        collate_fn=collator, pin_memory=device.type == "cuda")
+    dataset = prepare_for_training(
+        load_caption_dataset(str(photos))["train"], processor, script_args.cache_images, args.workers
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        collate_fn=collator,
+        pin_memory=device.type == "cuda",
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=training_args.bf16)
     start = time.perf_counter()
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = training_args.optim == "adamw_torch_fused"
-    optimizer = torch.optim.AdamW(trainable, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
-                                  betas=(training_args.adam_beta1, training_args.adam_beta2),
-                                  eps=training_args.adam_epsilon, fused=fused or None)
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=training_args.learning_rate,
+        weight_decay=training_args.weight_decay,
+        betas=(training_args.adam_beta1, training_args.adam_beta2),
+        eps=training_args.adam_epsilon,
+        fused=fused or None,
+    )
     total = len(loader) * args.epochs if args.epochs else args.warmup_steps + args.steps
     scheduler = get_scheduler(training_args.lr_scheduler_type, optimizer, training_args.get_warmup_steps(total), total)
     epochs = range(args.epochs) if args.epochs else iter(int, 1)
@@ -330,9 +418,13 @@ def train_plain_fair(args: argparse.Namespace, model_folder: str, photos: Path) 
     mean_loss = torch.stack(losses).mean().item()  # the one host sync
     if args.epochs:
         times = [time.perf_counter()] * len(losses)
-    return {**timing(args, times, start, len(dataset) * int(args.epochs or 0)), "attention": "sdpa",
-            "optimizer": "torch.optim.AdamW" + (" fused" if fused else ""), "workers": args.workers,
-            "mean_loss": mean_loss}
+    return {
+        **timing(args, times, start, len(dataset) * int(args.epochs or 0)),
+        "attention": "sdpa",
+        "optimizer": "torch.optim.AdamW" + (" fused" if fused else ""),
+        "workers": args.workers,
+        "mean_loss": mean_loss,
+    }
 
 
 TRAINERS = {"plain": train_plain, "plain_fair": train_plain_fair}
@@ -357,11 +449,30 @@ def measure_training(args: argparse.Namespace, model_folder: str, photos: Path) 
     runs: dict[str, list[dict]] = {variant: [] for variant in variants}
     for repeat in range(args.repeats):
         for variant in variants:
-            command = [sys.executable, __file__, "--variant", variant, "--model_folder", model_folder,
-                       "--photos", str(photos), "--config", args.config, "--recipe", args.recipe,
-                       "--batch_size", str(args.batch_size), "--steps", str(args.steps),
-                       "--warmup_steps", str(args.warmup_steps), "--workers", str(args.workers),
-                       "--epochs", str(args.epochs or 0)]
+            command = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--model_folder",
+                model_folder,
+                "--photos",
+                str(photos),
+                "--config",
+                args.config,
+                "--recipe",
+                args.recipe,
+                "--batch_size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+                "--warmup_steps",
+                str(args.warmup_steps),
+                "--workers",
+                str(args.workers),
+                "--epochs",
+                str(args.epochs or 0),
+            ]
             print(f"training: {variant} (run {repeat + 1} of {args.repeats}) ...", flush=True)
             finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
             if finished.returncode != 0:
@@ -370,8 +481,10 @@ def measure_training(args: argparse.Namespace, model_folder: str, photos: Path) 
     results = {}
     for variant, variant_runs in runs.items():
         ordered = sorted(variant_runs, key=lambda run: run["samples_per_s"])
-        results[variant] = {**ordered[(len(ordered) - 1) // 2],
-                            "samples_per_s_runs": [run["samples_per_s"] for run in variant_runs]}
+        results[variant] = {
+            **ordered[(len(ordered) - 1) // 2],
+            "samples_per_s_runs": [run["samples_per_s"] for run in variant_runs],
+        }
     return results
 
 
@@ -397,36 +510,57 @@ def add_flops(training: dict[str, dict], batch_size: int, peak: float | None) ->
 
 
 def report(result: dict) -> str:
-    timed = (f"{result['epochs']} epochs over {result['input_pipeline'][0]['images']} images, each run timed whole "
-             f"(worker start per epoch, logging, memory report and progress bar included)" if result.get("epochs")
-             else f"{result['steps']} timed steps after {result['warmup_steps']} warm-up")
+    timed = (
+        f"{result['epochs']} epochs over {result['input_pipeline'][0]['images']} images, each run timed whole "
+        f"(worker start per epoch, logging, memory report and progress bar included)"
+        if result.get("epochs")
+        else f"{result['steps']} timed steps after {result['warmup_steps']} warm-up"
+    )
     photos = result.get("photos", "640×480 JPEG")
-    lines = [f"device: {result['device']} | model: {result['model']} | preset: {result['config']} | "
-             f"batch {result['batch_size']} | {timed}", "",
-             f"Input pipeline, images/s over {result['input_pipeline'][0]['images']} {photos}s "
-             f"({result['input_pipeline'][0]['workers']} workers; ratio to plain in brackets)",
-             "| image size | plain | ours, decoded in workers each epoch | ours cached: first epoch (builds the cache) "
-             "| ours cached: each later epoch |", "|---|---|---|---|---|"]
+    lines = [
+        f"device: {result['device']} | model: {result['model']} | preset: {result['config']} | "
+        f"batch {result['batch_size']} | {timed}",
+        "",
+        f"Input pipeline, images/s over {result['input_pipeline'][0]['images']} {photos}s "
+        f"({result['input_pipeline'][0]['workers']} workers; ratio to plain in brackets)",
+        "| image size | plain | ours, decoded in workers each epoch | ours cached: first epoch (builds the cache) "
+        "| ours cached: each later epoch |",
+        "|---|---|---|---|---|",
+    ]
     for row in result["input_pipeline"]:
-        lines.append(f"| {row['image_size']}² | {row['plain_images_per_s']:.0f} | {row['workers_images_per_s']:.0f} "
-                     f"({row['workers_speedup']:.1f}×) | {row['cached_first_epoch_images_per_s']:.0f} "
-                     f"({row['first_epoch_speedup']:.1f}×) | {row['cached_epoch_images_per_s']:.0f} ({row['speedup']:.1f}×) |")
+        lines.append(
+            f"| {row['image_size']}² | {row['plain_images_per_s']:.0f} | {row['workers_images_per_s']:.0f} "
+            f"({row['workers_speedup']:.1f}×) | {row['cached_first_epoch_images_per_s']:.0f} "
+            f"({row['first_epoch_speedup']:.1f}×) | {row['cached_epoch_images_per_s']:.0f} ({row['speedup']:.1f}×) |"
+        )
     repeats = len(next(iter(result["training"].values())).get("samples_per_s_runs", [0]))
-    lines += ["", f"Training (each variant in a fresh process; {repeats} interleaved run(s), the median shown, "
-              "every run's samples/s in the last column)",
-              "| loop | attention | optimizer | steps/s | samples/s | peak memory | model TFLOP/s | MFU | samples/s per run |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Training (each variant in a fresh process; {repeats} interleaved run(s), the median shown, "
+        "every run's samples/s in the last column)",
+        "| loop | attention | optimizer | steps/s | samples/s | peak memory | model TFLOP/s | MFU "
+        "| samples/s per run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in result["training"].items():
         mfu = f"{100 * run['mfu']:.1f}%" if run.get("mfu") is not None else "n/a"
         each = ", ".join(f"{value:.1f}" for value in run.get("samples_per_s_runs", [run["samples_per_s"]]))
-        lines.append(f"| {name} | {run['attention']} | {run['optimizer']} | {run['steps_per_s']:.2f} | "
-                     f"{run['samples_per_s']:.1f} | {run['peak_bytes'] / GB:.2f} GB ({run['peak_source']}) | "
-                     f"{run['model_tflops_per_s']:.3f} | {mfu} | {each} |")
+        lines.append(
+            f"| {name} | {run['attention']} | {run['optimizer']} | {run['steps_per_s']:.2f} | "
+            f"{run['samples_per_s']:.1f} | {run['peak_bytes'] / GB:.2f} GB ({run['peak_source']}) | "
+            f"{run['model_tflops_per_s']:.3f} | {mfu} | {each} |"
+        )
     flops = result["model_flops_per_sample"]
     peak = result.get("peak_tflops")
-    lines += ["", f"MFU peak: {f'{peak:.4g} TFLOP/s' if peak else 'none'} ({result.get('peak_source', 'not recorded')})"]
-    lines += ["", "Model FLOPs per training sample (3 × forward): " + ", ".join(
-        f"{part} {value / 1e9:.2f} GFLOP" for part, value in flops.items()), "",
+    lines += [
+        "",
+        f"MFU peak: {f'{peak:.4g} TFLOP/s' if peak else 'none'} ({result.get('peak_source', 'not recorded')})",
+    ]
+    lines += [
+        "",
+        "Model FLOPs per training sample (3 × forward): "
+        + ", ".join(f"{part} {value / 1e9:.2f} GFLOP" for part, value in flops.items()),
+        "",
         f"input_pipeline_speedup = {result['input_pipeline_speedup']:.2f}×  (ours ÷ plain images/s per epoch once "
         f"the cache is built, {result['input_pipeline'][0]['image_size']}²; first epoch "
         f"{result['input_pipeline'][0]['first_epoch_speedup']:.2f}×, without the cache "
@@ -434,7 +568,9 @@ def report(result: dict) -> str:
         f"train_speedup = {result['train_speedup']:.2f}×  (ours ÷ plain samples/s), "
         f"peak memory ours ÷ plain = {result['peak_memory_ratio']:.2f}",
         f"fair_train_speedup = {result['fair_train_speedup']:.2f}×  (ours ÷ plain_fair samples/s, medians; per run: "
-        + ", ".join(f"{ratio:.2f}" for ratio in result["fair_train_speedup_runs"]) + ")"]
+        + ", ".join(f"{ratio:.2f}" for ratio in result["fair_train_speedup_runs"])
+        + ")",
+    ]
     if "compiled_train_speedup" in result:
         lines.append(f"with --torch_compile: {result['compiled_train_speedup']:.2f}× the plain loop")
     return "\n".join(lines)
@@ -444,27 +580,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_PRESET, help="the recipe preset to measure")
     parser.add_argument("--recipe", default=None, help="full_ft or lora (default: the preset's, else full_ft)")
-    parser.add_argument("--model_config", default=None,
-                        help="build random weights from this shipped config folder (e.g. data/model_configs/blip2-opt-2.7b) "
-                             "instead of loading the preset's model")
+    parser.add_argument(
+        "--model_config",
+        default=None,
+        help="build random weights from this shipped config folder (e.g. data/model_configs/blip2-opt-2.7b) "
+        "instead of loading the preset's model",
+    )
     parser.add_argument("--images", type=int, default=300, help="generated photos")
     parser.add_argument("--image_size", type=int, default=None, help="generated photos are N×N (default: 640×480)")
     parser.add_argument("--image_format", choices=["jpeg", "png"], default="jpeg", help="of the generated photos")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epoch mode: every variant trains this many epochs over all the photos and the whole run "
-                             "is timed (worker start per epoch and end-of-epoch work count); ours as a user runs the "
-                             "preset (its logging, the memory report, the progress bar). Default: --steps after "
-                             "--warmup_steps, with logging and the memory report turned down")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each variant, interleaved; the median is reported")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epoch mode: every variant trains this many epochs over all the photos and the whole run "
+        "is timed (worker start per epoch and end-of-epoch work count); ours as a user runs the "
+        "preset (its logging, the memory report, the progress bar). Default: --steps after "
+        "--warmup_steps, with logging and the memory report turned down",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each variant, interleaved; the median is reported"
+    )
     parser.add_argument("--batch_size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
     parser.add_argument("--warmup_steps", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--workers", type=int, default=default_num_workers(), help="DataLoader workers (ours, plain_fair)")
+    parser.add_argument(
+        "--workers", type=int, default=default_num_workers(), help="DataLoader workers (ours, plain_fair)"
+    )
     parser.add_argument("--compile", action="store_true", help="also measure ours with --torch_compile")
-    parser.add_argument("--peak_tflops", type=float, default=None,
-                        help="the device's dense bf16 peak for MFU, TFLOP/s (default: --peak_json's; neither: MFU n/a)")
-    parser.add_argument("--peak_json", default=None,
-                        help="the JSON benchmarks/matmul_probe.py wrote on this device: its bf16_tflops is the MFU peak")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak for MFU, TFLOP/s (default: --peak_json's; neither: MFU n/a)",
+    )
+    parser.add_argument(
+        "--peak_json",
+        default=None,
+        help="the JSON benchmarks/matmul_probe.py wrote on this device: its bf16_tflops is the MFU peak",
+    )
     parser.add_argument("--out", default=None, help="write the JSON here")
     # internal: one training variant in a fresh process
     parser.add_argument("--variant", choices=["plain", "plain_fair", "ours", "ours_compiled"], help=argparse.SUPPRESS)
@@ -477,6 +631,7 @@ def main() -> None:
         return run_variant(args)
 
     import yaml
+
     preset = yaml.safe_load((REPO_ROOT / args.config).read_text())
     args.recipe = args.recipe or preset.get("recipe") or "full_ft"
     if args.recipe not in ("full_ft", "lora"):
@@ -489,8 +644,11 @@ def main() -> None:
         photo_kind = f"{size[0]}×{size[1]} {args.image_format.upper()}"
         print(f"generating {args.images} {photo_kind} photos ...", flush=True)
         photos = make_photos(scratch / "photos", args.images, size=size, image_format=args.image_format)
-        model_folder = preset.get("model_name_or_path", COMMON_DEFAULTS["model_name_or_path"]) if not args.model_config else \
-            str(build_random_model(args.model_config, scratch / "model", weights=False))
+        model_folder = (
+            preset.get("model_name_or_path", COMMON_DEFAULTS["model_name_or_path"])
+            if not args.model_config
+            else str(build_random_model(args.model_config, scratch / "model", weights=False))
+        )
         print("input pipeline ...", flush=True)
         input_rows = measure_input_pipeline(photos, model_folder, args.batch_size, args.workers)
         training = measure_training(args, model_folder, photos)
@@ -498,22 +656,37 @@ def main() -> None:
     peak, peak_source = peak_tflops(args.peak_tflops, args.peak_json)
     per_sample = add_flops(training, args.batch_size, peak)
     result = {
-        "device": device, "model": args.model_config or model_folder, "config": args.config,
-        "recipe": args.recipe, "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
-        "epochs": args.epochs, "photos": photo_kind,
+        "device": device,
+        "model": args.model_config or model_folder,
+        "config": args.config,
+        "recipe": args.recipe,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "epochs": args.epochs,
+        "photos": photo_kind,
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "input_pipeline": input_rows, "training": training, "model_flops_per_sample": per_sample,
-        "peak_tflops": peak, "peak_source": peak_source,
+        "input_pipeline": input_rows,
+        "training": training,
+        "model_flops_per_sample": per_sample,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
         "input_pipeline_speedup": input_rows[0]["speedup"],
         "train_speedup": training["ours"]["samples_per_s"] / training["plain"]["samples_per_s"],
         "peak_memory_ratio": training["ours"]["peak_bytes"] / training["plain"]["peak_bytes"],
         "fair_train_speedup": training["ours"]["samples_per_s"] / training["plain_fair"]["samples_per_s"],
-        "fair_train_speedup_runs": [ours / fair for ours, fair in zip(training["ours"]["samples_per_s_runs"],
-                                                                      training["plain_fair"]["samples_per_s_runs"])],
+        "fair_train_speedup_runs": [
+            ours / fair
+            for ours, fair in zip(
+                training["ours"]["samples_per_s_runs"], training["plain_fair"]["samples_per_s_runs"], strict=False
+            )
+        ],
         "seconds": time.perf_counter() - started,
     }
     if "ours_compiled" in training:
-        result["compiled_train_speedup"] = training["ours_compiled"]["samples_per_s"] / training["plain"]["samples_per_s"]
+        result["compiled_train_speedup"] = (
+            training["ours_compiled"]["samples_per_s"] / training["plain"]["samples_per_s"]
+        )
     print(report(result))
     if args.out:
         out = Path(args.out)

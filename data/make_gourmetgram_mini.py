@@ -43,8 +43,13 @@ TOPPINGS = {  # plural name -> (colour, shape)
     "lemon slices": ((250, 230, 60), "half"),
     "mint leaves": ((40, 170, 70), "leaf"),
 }
-SINGULAR = {"strawberries": "strawberry", "blueberries": "blueberry", "olives": "olive",
-            "lemon slices": "lemon slice", "mint leaves": "mint leaf"}
+SINGULAR = {
+    "strawberries": "strawberry",
+    "blueberries": "blueberry",
+    "olives": "olive",
+    "lemon slices": "lemon slice",
+    "mint leaves": "mint leaf",
+}
 NUMBERS = ("no", "one", "two", "three", "four")
 
 # (dish, topping) pairs reserved for the test split: every dish and every topping still occurs
@@ -104,7 +109,9 @@ def _draw_background(draw: ImageDraw.ImageDraw, name: str, rng: random.Random) -
     elif name == "marble counter":
         for _ in range(5):
             x0, y0 = rng.randint(0, IMAGE_SIZE), rng.randint(0, IMAGE_SIZE)
-            draw.line([x0, y0, x0 + rng.randint(-60, 60), y0 + rng.randint(-60, 60)], fill=_jitter(accent, rng), width=1)
+            draw.line(
+                [x0, y0, x0 + rng.randint(-60, 60), y0 + rng.randint(-60, 60)], fill=_jitter(accent, rng), width=1
+            )
     elif name == "red checkered cloth":
         step = 16
         for i in range(0, IMAGE_SIZE, step):
@@ -132,7 +139,9 @@ def _draw_container(draw, scene: Scene, cx: int, cy: int, r: int, rng: random.Ra
         inner = int(r * 0.78)
         draw.ellipse([cx - inner - 2, cy - inner - 2, cx + inner + 2, cy + inner + 2], fill=shade)
     else:  # tray
-        draw.rounded_rectangle([cx - r, cy - int(r * 0.8), cx + r, cy + int(r * 0.8)], radius=6, fill=colour, outline=shade, width=3)
+        draw.rounded_rectangle(
+            [cx - r, cy - int(r * 0.8), cx + r, cy + int(r * 0.8)], radius=6, fill=colour, outline=shade, width=3
+        )
         inner = int(r * 0.65)
     return cx - inner, cy - inner, cx + inner, cy + inner
 
@@ -164,8 +173,11 @@ def _draw_dish(draw, dish: str, box: tuple[int, int, int, int], rng: random.Rand
     elif dish == "pancakes":
         for k in range(3):
             off = 4 - 4 * k
-            draw.ellipse([x0 + 2, y0 + 6 + off, x1 - 2, y1 - 2 + off], fill=_jitter((185, 120, 50), rng, 10),
-                         outline=(120, 70, 25))
+            draw.ellipse(
+                [x0 + 2, y0 + 6 + off, x1 - 2, y1 - 2 + off],
+                fill=_jitter((185, 120, 50), rng, 10),
+                outline=(120, 70, 25),
+            )
     else:  # pizza
         draw.ellipse(box, fill=(200, 150, 80))
         draw.ellipse([x0 + 4, y0 + 4, x1 - 4, y1 - 4], fill=_jitter((230, 110, 30), rng, 10))
@@ -228,7 +240,7 @@ def make_dataset(out_dir: Path, sizes: dict[str, int], seed: int = 0) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     write_split(out_dir, "train", seen[: sizes["train"]], rng)
-    write_split(out_dir, "validation", seen[sizes["train"]: sizes["train"] + sizes["validation"]], rng)
+    write_split(out_dir, "validation", seen[sizes["train"] : sizes["train"] + sizes["validation"]], rng)
     write_split(out_dir, "test", held_out[: sizes["test"]], rng)
 
 

@@ -8,7 +8,8 @@ Each is an ordinary `save_pretrained` folder (model + processor, safetensors) wi
 architecture at toy size: BLIP-2 = ViT + Q-Former + OPT decoder or T5 encoder-decoder; Idefics2 =
 SigLIP-style vision tower + perceiver-resampler connector + Mistral decoder, with Idefics2's chat
 template; LLaVA-1.5 = CLIP vision tower + MLP projector + Llama decoder, with LLaVA-1.5's chat
-template. The tokenizers are trained here on the captions of both tasks, so nothing comes from the Hub. Each model is then pre-trained on a generic synthetic captioning task (coloured shapes
+template. The tokenizers are trained here on the captions of both tasks, so nothing comes from the Hub.
+Each model is then pre-trained on a generic synthetic captioning task (coloured shapes
 on a plain background, never food), so fine-tuning on the food photos is a real adaptation and LoRA
 has a working model to adapt. Every weight matrix has at least 4096 elements, so 8-bit optimizers
 really quantize their state.
@@ -21,7 +22,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,18 +30,18 @@ import torch
 from PIL import Image, ImageDraw
 from tokenizers.implementations import ByteLevelBPETokenizer
 from transformers import (
-    Idefics2Config,
-    Idefics2ForConditionalGeneration,
-    Idefics2Processor,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
     Blip2QFormerConfig,
     Blip2VisionConfig,
     GPT2Tokenizer,
+    Idefics2Config,
+    Idefics2ForConditionalGeneration,
+    Idefics2Processor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     OPTConfig,
     T5Config,
     T5Tokenizer,
@@ -50,11 +50,10 @@ from transformers.models.blip.image_processing_pil_blip import BlipImageProcesso
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core.collator import make_collator  # noqa: E402
-from core.generation import generate_alt_text  # noqa: E402
-from make_gourmetgram_mini import random_scene  # noqa: E402
+from alt_text_recipes.collator import make_collator
+from alt_text_recipes.generation import generate_alt_text
+
+from make_gourmetgram_mini import random_scene
 
 IMAGE_SIZE = 64
 NUM_QUERY_TOKENS = 8
@@ -70,7 +69,8 @@ IDEFICS2_CHAT_TEMPLATE = (
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | "
     "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
     "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
@@ -78,8 +78,16 @@ LLAVA_CHAT_TEMPLATE = (
 MODELS = ("opt", "t5", "idefics2", "llava")
 FOLDERS = {"opt": "tiny-blip2-opt", "t5": "tiny-blip2-t5", "idefics2": "tiny-idefics2", "llava": "tiny-llava"}
 
-SHAPE_COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 210), "green": (40, 170, 60), "yellow": (240, 210, 40),
-                 "white": (245, 245, 245), "black": (20, 20, 20), "orange": (245, 140, 30), "purple": (140, 50, 170)}
+SHAPE_COLOURS = {
+    "red": (220, 40, 40),
+    "blue": (40, 70, 210),
+    "green": (40, 170, 60),
+    "yellow": (240, 210, 40),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "orange": (245, 140, 30),
+    "purple": (140, 50, 170),
+}
 SHAPE_BACKGROUNDS = {"gray": (128, 128, 128), "pink": (240, 180, 200), "teal": (40, 140, 140), "brown": (120, 80, 50)}
 SHAPES = ("circle", "square", "triangle")
 NUMBERS = ("no", "one", "two", "three", "four")
@@ -125,8 +133,15 @@ def make_opt_tokenizer(corpus: list[str], vocab_size: int, bos_token: str = "</s
     bpe.train_from_iterator(corpus, vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
     trained = json.loads(bpe.to_str())["model"]
     vocab, merges = trained["vocab"], [tuple(pair) for pair in trained["merges"]]
-    return GPT2Tokenizer(vocab=vocab, merges=merges, bos_token=bos_token, eos_token="</s>", unk_token="<unk>",
-                         pad_token="<pad>", add_bos_token=True)
+    return GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        bos_token=bos_token,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        add_bos_token=True,
+    )
 
 
 def make_t5_tokenizer(corpus: list[str]) -> T5Tokenizer:
@@ -151,65 +166,158 @@ def make_processor(tokenizer) -> Blip2Processor:
 
 def make_config(tokenizer, language_model: str) -> Blip2Config:
     vocab_size = len(tokenizer)
-    vision = Blip2VisionConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=IMAGE_SIZE, patch_size=8, initializer_range=0.02)
-    qformer = Blip2QFormerConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                                 encoder_hidden_size=HIDDEN, cross_attention_frequency=1, vocab_size=vocab_size,
-                                 layer_norm_eps=1e-6)
+    vision = Blip2VisionConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        initializer_range=0.02,
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=HIDDEN,
+        cross_attention_frequency=1,
+        vocab_size=vocab_size,
+        layer_norm_eps=1e-6,
+    )
     if language_model == "opt":
-        text = OPTConfig(vocab_size=vocab_size, hidden_size=HIDDEN, ffn_dim=2 * HIDDEN, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=HIDDEN,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, dropout=0.0, attention_dropout=0.0)
+        text = OPTConfig(
+            vocab_size=vocab_size,
+            hidden_size=HIDDEN,
+            ffn_dim=2 * HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            word_embed_proj_dim=HIDDEN,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
     else:
-        text = T5Config(vocab_size=vocab_size, d_model=HIDDEN, d_kv=32, d_ff=2 * HIDDEN, num_layers=2, num_decoder_layers=2,
-                        num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-                        bos_token_id=tokenizer.pad_token_id, dropout_rate=0.0, tie_word_embeddings=False)
+        text = T5Config(
+            vocab_size=vocab_size,
+            d_model=HIDDEN,
+            d_kv=32,
+            d_ff=2 * HIDDEN,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.pad_token_id,
+            dropout_rate=0.0,
+            tie_word_embeddings=False,
+        )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    return Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-                       num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_token_id)
+    return Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_token_index=image_token_id,
+    )
 
 
 def _decoder_config(tokenizer) -> dict:
     """A Llama/Mistral-style decoder at toy size (grouped-query attention, gated MLP)."""
-    return dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
 
 
 def make_idefics2(tokenizer) -> tuple[Idefics2Processor, Idefics2Config]:
     # One 64x64 image per example (no splitting into crops): 64 patches, resampled to 8 latents.
-    image_processor = Idefics2ImageProcessorPil(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE},
-                                                do_image_splitting=False)
-    processor = Idefics2Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=NUM_QUERY_TOKENS, chat_template=IDEFICS2_CHAT_TEMPLATE)
-    vision = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=IMAGE_SIZE, patch_size=8, initializer_range=0.02)
-    perceiver = dict(hidden_size=HIDDEN, hidden_act="silu", resampler_n_latents=NUM_QUERY_TOKENS, resampler_depth=2,
-                     resampler_n_heads=4, resampler_head_dim=32, num_key_value_heads=2, rms_norm_eps=1e-6)
+    image_processor = Idefics2ImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE}, do_image_splitting=False
+    )
+    processor = Idefics2Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=NUM_QUERY_TOKENS,
+        chat_template=IDEFICS2_CHAT_TEMPLATE,
+    )
+    vision = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        initializer_range=0.02,
+    )
+    perceiver = dict(
+        hidden_size=HIDDEN,
+        hidden_act="silu",
+        resampler_n_latents=NUM_QUERY_TOKENS,
+        resampler_depth=2,
+        resampler_n_heads=4,
+        resampler_head_dim=32,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+    )
     text = {**_decoder_config(processor.tokenizer), "model_type": "mistral", "sliding_window": None}
-    config = Idefics2Config(vision_config=vision, perceiver_config=perceiver, text_config=text,
-                            image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    config = Idefics2Config(
+        vision_config=vision,
+        perceiver_config=perceiver,
+        text_config=text,
+        image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
     return processor, config
 
 
 def make_llava(tokenizer) -> tuple[LlavaProcessor, LlavaConfig]:
     # As LLaVA-1.5: shortest edge resized, centre crop, CLS dropped ("default"), the next-to-last layer's features.
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_CHAT_TEMPLATE)
-    vision = dict(model_type="clip_vision_model", hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-                  num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8,
-                  projection_dim=HIDDEN)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=HIDDEN,
+    )
     text = {**_decoder_config(processor.tokenizer), "model_type": "llama"}
-    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default",
-                         image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_token_id=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
     return processor, config
 
 
@@ -261,7 +369,10 @@ def make_processor_and_config(name: str, corpus: list[str]):
 def make_tiny_model(name: str, out_dir: Path, corpus: list[str], steps: int, seed: int) -> None:
     processor, config = make_processor_and_config(name, corpus)
     model = build_model(config, seed)
-    print(f"{out_dir.name}: {sum(p.numel() for p in model.parameters()):,} parameters, vocabulary {len(processor.tokenizer)}")
+    print(
+        f"{out_dir.name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"vocabulary {len(processor.tokenizer)}"
+    )
     pretrain(model, processor, steps, batch_size=32, seed=seed)
     example = shape_example(random.Random(seed + 1))
     generated = generate_alt_text(model, processor, [example["image"]], max_new_tokens=20)[0]

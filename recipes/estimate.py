@@ -13,11 +13,12 @@ It takes the recipe's own YAML and flags, so anything a recipe accepts can be es
 import sys
 from dataclasses import dataclass, field
 
-from core.estimator import __doc__ as ARITHMETIC
-from core.estimator import estimate
-from core.errors import exit_on_user_error
-from core.strategies import STRATEGY_NAMES
-from core.train import RECIPES, caption_token_count, recipe_defaults
+from alt_text_recipes.errors import exit_on_user_error
+from alt_text_recipes.estimator import __doc__ as ARITHMETIC
+from alt_text_recipes.estimator import estimate
+from alt_text_recipes.registry import SINGLE_RUN_RECIPES, recipe_defaults
+from alt_text_recipes.strategies import STRATEGY_NAMES
+from alt_text_recipes.train import caption_token_count
 
 __doc__ += ARITHMETIC
 
@@ -27,33 +28,50 @@ class EstimatorArguments:
     gpu_memory: float = field(default=80.0, metadata={"help": "GPU memory in GB to check the estimate against."})
     num_gpus: int | None = field(
         default=None,
-        metadata={"help": "GPUs the run is spread over (default: the accelerate config's num_processes; with "
-                          "--device_map the visible GPUs; else 1, which the output then says it assumed)."},
+        metadata={
+            "help": "GPUs the run is spread over (default: the accelerate config's num_processes; with "
+            "--device_map the visible GPUs; else 1, which the output then says it assumed)."
+        },
     )
     strategy: str | None = field(
         default=None,
-        metadata={"help": f"{', '.join(STRATEGY_NAMES)} (default: from --deepspeed, --fsdp/--fsdp_config, "
-                          "--accelerate_config (its DeepSpeed file or FSDP settings), model_parallel with "
-                          "--device_map, else single). zero1/zero2/zero3: DeepSpeed ZeRO stages; *_offload: "
-                          "optimizer (and for zero3 params) on the CPU; fsdp_grad_op: SHARD_GRAD_OP.",
-                  "choices": STRATEGY_NAMES},
+        metadata={
+            "help": f"{', '.join(STRATEGY_NAMES)} (default: from --deepspeed, --fsdp/--fsdp_config, "
+            "--accelerate_config (its DeepSpeed file or FSDP settings), model_parallel with "
+            "--device_map, else single). zero1/zero2/zero3: DeepSpeed ZeRO stages; *_offload: "
+            "optimizer (and for zero3 params) on the CPU; fsdp_grad_op: SHARD_GRAD_OP.",
+            "choices": STRATEGY_NAMES,
+        },
     )
-    device: str = field(default="cuda", metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).",
-                                                   "choices": ["cuda", "cpu"]})
+    device: str = field(
+        default="cuda",
+        metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).", "choices": ["cuda", "cpu"]},
+    )
     json: bool = field(default=False, metadata={"help": "Print one JSON object instead of the table."})
 
 
 def run_estimate(argv: list[str]):
-    if not argv or argv[0] not in RECIPES:
-        sys.exit(f"usage: python recipes/estimate.py {{{','.join(RECIPES)}}} [--config preset.yaml] [flags]\n{__doc__}")
-    from core.config import parse_recipe_args
+    if not argv or argv[0] not in SINGLE_RUN_RECIPES:
+        sys.exit(
+            f"usage: python recipes/estimate.py {{{','.join(SINGLE_RUN_RECIPES)}}} "
+            f"[--config preset.yaml] [flags]\n{__doc__}"
+        )
+    from alt_text_recipes.config import parse_recipe_args
 
     script_args, training_args, model_args, options = parse_recipe_args(
-        recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,))
+        recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,)
+    )
     caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
-    result = estimate(script_args, training_args, model_args, caption_tokens,
-                      gpu_memory_gb=options.gpu_memory, num_gpus=options.num_gpus, strategy=options.strategy,
-                      device=options.device)
+    result = estimate(
+        script_args,
+        training_args,
+        model_args,
+        caption_tokens,
+        gpu_memory_gb=options.gpu_memory,
+        num_gpus=options.num_gpus,
+        strategy=options.strategy,
+        device=options.device,
+    )
     print(result.to_json() if options.json else result.table())
     return result
 

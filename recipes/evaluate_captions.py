@@ -15,12 +15,12 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from core.config import DataArguments, GenerationArguments, ScoringArguments
-from core.data import select_split
-from core.errors import exit_on_user_error
-from core.evaluation import examples_text, parse_named_models, score_models, scores_table
-from core.paths import TINY_OPT
-from core.validation import apply_policy, check_split
+from alt_text_recipes.config import DataArguments, GenerationArguments, ScoringArguments
+from alt_text_recipes.data import select_split
+from alt_text_recipes.errors import exit_on_user_error
+from alt_text_recipes.evaluation import examples_text, parse_named_models, score_models, scores_table
+from alt_text_recipes.paths import TINY_OPT
+from alt_text_recipes.validation import apply_policy, check_split
 
 
 @dataclass
@@ -34,31 +34,46 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
     batch_size: int = field(default=16, metadata={"help": "Images per generate call."})
     dtype: str = field(default="auto", metadata={"help": "dtype to load the models in: auto, float32, bfloat16."})
     examples: int = field(default=3, metadata={"help": "Images whose alt text is printed beside the reference."})
-    seed: int = field(default=42, metadata={"help": "The training run's --seed, so that the split percentages hold "
-                                                    "out the same images it did."})
-    output_file: str | None = field(default=None, metadata={"help": "Write scores, settings and captions here (JSON)."})
+    seed: int = field(
+        default=42,
+        metadata={"help": "The training run's --seed, so that the split percentages hold out the same images it did."},
+    )
+    output_file: str | None = field(
+        default=None, metadata={"help": "Write scores, settings and captions here (JSON)."}
+    )
 
 
 def evaluate(args: EvaluationArguments) -> dict:
     models = parse_named_models(args.models)
     splits = args.load_splits(args.seed)
     # The checks training applies, before any model loads: bad rows skipped and counted, or an error.
-    dataset, data_report = check_split(select_split(splits, args.split, args.max_samples), args.split,
-                                       max_pixels=args.max_image_pixels, max_aspect_ratio=args.max_aspect_ratio,
-                                       caption_lists=True)
+    dataset, data_report = check_split(
+        select_split(splits, args.split, args.max_samples),
+        args.split,
+        max_pixels=args.max_image_pixels,
+        max_aspect_ratio=args.max_aspect_ratio,
+        caption_lists=True,
+    )
     apply_policy([data_report], args.on_bad_example)
-    print(f"scoring {len(models)} model(s) on the '{args.split}' split of {args.data_source()} ({len(dataset)} rows)",
-          flush=True)
-    results = score_models(models, dataset, args.generation_settings(), args.batch_size, args.embedding_model,
-                           args.dtype)
+    print(
+        f"scoring {len(models)} model(s) on the '{args.split}' split of {args.data_source()} ({len(dataset)} rows)",
+        flush=True,
+    )
+    results = score_models(
+        models, dataset, args.generation_settings(), args.batch_size, args.embedding_model, args.dtype
+    )
     print("\n" + scores_table(results) + "\n\n" + examples_text(results, args.examples))
     references = next(iter(results.values())).references
     report = {
-        "dataset": args.data_source(), "split": args.split, "images": len(references),
+        "dataset": args.data_source(),
+        "split": args.split,
+        "images": len(references),
         "data_check": {"rows": data_report.rows, "kept": data_report.kept, "skipped": len(data_report.problems)},
         "generation": asdict(args.generation_settings()),
-        "models": {name: {"path": models[name], "scores": result.scores, "captions": result.captions}
-                   for name, result in results.items()},
+        "models": {
+            name: {"path": models[name], "scores": result.scores, "captions": result.captions}
+            for name, result in results.items()
+        },
         "references": references,
     }
     if args.output_file:

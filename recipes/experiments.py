@@ -22,29 +22,57 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import exit_on_user_error
-from core.estimator import estimate
-from core.experiments import (RunResult, all_presets, classify_failure, draw_chart, estimate_gb, launch_command,
-                              load_preset, markdown_table, read_measurements, recipe_args, run_command)
-from core.paths import REPO_ROOT
-from core.train import caption_token_count, recipe_defaults
+from alt_text_recipes.errors import exit_on_user_error
+from alt_text_recipes.estimator import estimate
+from alt_text_recipes.experiments import (
+    RunResult,
+    all_presets,
+    classify_failure,
+    draw_chart,
+    estimate_gb,
+    launch_command,
+    load_preset,
+    markdown_table,
+    read_measurements,
+    recipe_args,
+    run_command,
+)
+from alt_text_recipes.paths import REPO_ROOT
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import caption_token_count
 
 
-def predict(preset, tiny: bool, output_dir: Path, gpu_memory: float, extra_args: Sequence[str] = (),
-            device: str | None = None) -> dict:
+def predict(
+    preset, tiny: bool, output_dir: Path, gpu_memory: float, extra_args: Sequence[str] = (), device: str | None = None
+) -> dict:
     """The estimator's prediction (GB) for the run `run_preset` launches with the same arguments."""
-    from core.config import parse_recipe_args
+    from alt_text_recipes.config import parse_recipe_args
 
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
-                                                               recipe_args(preset, tiny, output_dir, extra_args))
+    script_args, training_args, model_args = parse_recipe_args(
+        recipe_defaults(preset.recipe), recipe_args(preset, tiny, output_dir, extra_args)
+    )
     caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
-    result = estimate(script_args, training_args, model_args, caption_tokens,
-                      gpu_memory_gb=gpu_memory, device=device or ("cpu" if tiny else "cuda"))
+    result = estimate(
+        script_args,
+        training_args,
+        model_args,
+        caption_tokens,
+        gpu_memory_gb=gpu_memory,
+        device=device or ("cpu" if tiny else "cuda"),
+    )
     return estimate_gb(result)
 
 
-def run_preset(preset, tiny: bool, out_dir: Path, timeout: int, gpu_memory: float, extra_args: Sequence[str] = (),
-               prediction: dict | None = None, device: str | None = None) -> RunResult:
+def run_preset(
+    preset,
+    tiny: bool,
+    out_dir: Path,
+    timeout: int,
+    gpu_memory: float,
+    extra_args: Sequence[str] = (),
+    prediction: dict | None = None,
+    device: str | None = None,
+) -> RunResult:
     """Run one preset (its tiny twin with `tiny`) in its own process, `extra_args` added to the recipe's
     arguments; its estimate is computed here unless given."""
     output_dir = out_dir / "runs" / preset.name
@@ -64,9 +92,12 @@ def run_preset(preset, tiny: bool, out_dir: Path, timeout: int, gpu_memory: floa
         result.error = log.strip().splitlines()[-1][:300] if log.strip() else f"exit {returncode}"
     log_path.write_text(log)
     result.measured, result.train_seconds, result.samples_per_second, result.final_loss = read_measurements(output_dir)
-    print(f"--> {result.status} in {time.perf_counter() - start:.0f} s | measured peak {result.measured.get('peak')} GB"
-          f" | estimated {result.estimate['total_gb']:.3f} GB ({'fits' if result.estimate['fits'] else 'OOM'})"
-          + (f" | {result.error}" if result.error else ""), flush=True)
+    print(
+        f"--> {result.status} in {time.perf_counter() - start:.0f} s | measured peak {result.measured.get('peak')} GB"
+        f" | estimated {result.estimate['total_gb']:.3f} GB ({'fits' if result.estimate['fits'] else 'OOM'})"
+        + (f" | {result.error}" if result.error else ""),
+        flush=True,
+    )
     return result
 
 
@@ -76,10 +107,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--all", action="store_true", help="every preset in recipes/configs/matrix")
     parser.add_argument("--tiny", action="store_true", help="run the tiny CPU twins instead of the real presets")
     parser.add_argument("--out_dir", type=Path, help="where results go (default benchmarks/results/matrix-<cpu|gpu>)")
-    parser.add_argument("--gpu_memory", type=float, default=80.0, help="GPU capacity in GB, for the estimate and chart")
+    parser.add_argument(
+        "--gpu_memory", type=float, default=80.0, help="GPU capacity in GB, for the estimate and chart"
+    )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds before a preset's run is stopped")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="presets run at once (CPU twins only: GPU runs must not share the GPU)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="presets run at once (CPU twins only: GPU runs must not share the GPU)"
+    )
     args = parser.parse_args(argv)
     presets = all_presets() if args.all else [load_preset(name) for name in args.presets]
     if not presets:
@@ -92,14 +126,24 @@ def main(argv: list[str]) -> None:
     # progress bars share one class-level lock that two threads can delete twice (tqdm's ensure_lock).
     predictions = [predict(p, args.tiny, out_dir / "runs" / p.name, args.gpu_memory, (), None) for p in presets]
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own process; threads only wait
-        results = list(pool.map(lambda p, e: run_preset(p, args.tiny, out_dir, args.timeout, args.gpu_memory,
-                                                        prediction=e), presets, predictions))
+        results = list(
+            pool.map(
+                lambda p, e: run_preset(p, args.tiny, out_dir, args.timeout, args.gpu_memory, prediction=e),
+                presets,
+                predictions,
+            )
+        )
     device = "cpu" if args.tiny else "cuda"
     command = "python recipes/experiments.py " + shlex.join(argv)
-    (out_dir / "results.json").write_text(json.dumps(
-        {"command": command, "device": device, "results": [dataclasses.asdict(r) for r in results]}, indent=2))
+    (out_dir / "results.json").write_text(
+        json.dumps(
+            {"command": command, "device": device, "results": [dataclasses.asdict(r) for r in results]}, indent=2
+        )
+    )
     (out_dir / "results.md").write_text(f"Command: `{command}`\n\n{markdown_table(results, device)}\n")
-    title = "Tiny twins on CPU: measured memory (bars) vs estimate" if args.tiny else "Measured memory per GPU vs estimate"
+    title = (
+        "Tiny twins on CPU: measured memory (bars) vs estimate" if args.tiny else "Measured memory per GPU vs estimate"
+    )
     draw_chart(results, out_dir / "memory.png", None if args.tiny else args.gpu_memory, title)
     print(f"\n{markdown_table(results, device)}\n\nwrote {out_dir}/results.json, results.md, memory.png")
 

@@ -8,9 +8,8 @@ Offline on CPU with the embedded tiny model and food photos:
     python recipes/full_ft.py --config recipes/configs/demo.yaml
 """
 
-from core.train import main
-
-DEFAULTS = {"recipe": "full_ft", "learning_rate": 1e-5, "optim": "adamw_bnb_8bit", "output_dir": "outputs/full_ft"}
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import main
 
 if __name__ == "__main__":
-    main(DEFAULTS)
+    main(recipe_defaults("full_ft"))

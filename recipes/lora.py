@@ -8,9 +8,8 @@ Offline on CPU with the embedded tiny model:
 Reload: `PeftModel.from_pretrained(base_model, output_dir)` (the processor is saved beside the adapter).
 """
 
-from core.train import main
-
-DEFAULTS = {"recipe": "lora", "use_peft": True, "learning_rate": 2e-4, "optim": "adamw_torch_fused", "output_dir": "outputs/lora"}
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import main
 
 if __name__ == "__main__":
-    main(DEFAULTS)
+    main(recipe_defaults("lora"))

@@ -13,8 +13,8 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import HfArgumentParser
 
-from core.errors import RecipeError, exit_on_user_error
-from core.modeling import load_trained
+from alt_text_recipes.errors import RecipeError, exit_on_user_error
+from alt_text_recipes.modeling import load_trained
 
 
 @dataclass
@@ -24,7 +24,9 @@ class MergeArguments:
     base_model: str | None = field(
         default=None, metadata={"help": "Base model folder or id, if not the one named in adapter_config.json."}
     )
-    dtype: str = field(default="auto", metadata={"help": "dtype of the merged weights: auto (the base's), float32, bfloat16."})
+    dtype: str = field(
+        default="auto", metadata={"help": "dtype of the merged weights: auto (the base's), float32, bfloat16."}
+    )
 
 
 def merge_adapter(args: MergeArguments) -> Path:

@@ -7,17 +7,8 @@ Offline on CPU with the embedded tiny model:
     python recipes/qlora.py --config recipes/configs/tiny/qlora.yaml
 """
 
-from core.train import main
-
-DEFAULTS = {
-    "recipe": "qlora",
-    "use_peft": True,
-    "load_in_4bit": True,
-    "bnb_4bit_quant_type": "nf4",
-    "learning_rate": 2e-4,
-    "optim": "paged_adamw_8bit",
-    "output_dir": "outputs/qlora",
-}
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import main
 
 if __name__ == "__main__":
-    main(DEFAULTS)
+    main(recipe_defaults("qlora"))

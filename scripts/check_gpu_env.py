@@ -73,8 +73,10 @@ def main() -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__} (CUDA {torch.version.cuda}) | GPU: "
-          f"{torch.cuda.get_device_name() if cuda else 'none visible'}")
+    print(
+        f"python {sys.version.split()[0]} | torch {torch.__version__} (CUDA {torch.version.cuda}) | GPU: "
+        f"{torch.cuda.get_device_name() if cuda else 'none visible'}"
+    )
     pins = pinned()
     failed_essential, notes = [], []
     print(f"\n{'package':<14} {'installed':<14} {'pinned':<10} from")
@@ -89,7 +91,9 @@ def main() -> int:
         try:
             importlib.import_module(name)
         except Exception as error:  # noqa: BLE001 - reported, that is the point
-            (failed_essential if name in ESSENTIAL else notes).append(f"import {name}: {type(error).__name__}: {error}")
+            (failed_essential if name in ESSENTIAL else notes).append(
+                f"import {name}: {type(error).__name__}: {error}"
+            )
     if cuda and "bitsandbytes" not in " ".join(notes):
         try:
             from bitsandbytes.cextension import BNB_BACKEND, lib  # noqa: F401

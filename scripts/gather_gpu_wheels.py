@@ -46,10 +46,25 @@ PINNED = ("transformers", "trl", "datasets", "peft", "bitsandbytes", "deepspeed"
 # What those need that the machine's image lacks (datasets: dill, multiprocess; deepspeed: hjson, pydantic and
 # its parts), or holds at a version that may not satisfy them (datasets wants fsspec <= 2026.9.0, pydantic
 # typing-extensions >= 4.16): carried at the versions installed here, which CI tests.
-NEEDED = ("dill", "multiprocess", "hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
-          "fsspec", "typing-extensions")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+NEEDED = (
+    "dill",
+    "multiprocess",
+    "hjson",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "fsspec",
+    "typing-extensions",
+)
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 
 def pins() -> dict[str, str]:
@@ -73,8 +88,20 @@ def pip(*args: str, env: dict | None = None) -> None:
 
 def download(name: str, version: str, dest: Path) -> Path:
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    pip("download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-        *platforms, "-d", str(dest), f"{name}=={version}")
+    pip(
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        *platforms,
+        "-d",
+        str(dest),
+        f"{name}=={version}",
+    )
     return wheel_of(name, dest)
 
 
@@ -88,15 +115,27 @@ def wheel_of(name: str, folder: Path) -> Path:
 
 def build_deepspeed(version: str, dest: Path) -> Path:
     """PyPI has only DeepSpeed's source: build a pure wheel with no ops compiled in, check it imports."""
-    pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), f"deepspeed=={version}",
-        env={"DS_BUILD_OPS": "0"})
+    pip(
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(dest),
+        f"deepspeed=={version}",
+        env={"DS_BUILD_OPS": "0"},
+    )
     wheel = wheel_of("deepspeed", dest)
     if not wheel.name.endswith("-py3-none-any.whl"):
         sys.exit(f"the DeepSpeed wheel is not pure Python: {wheel.name}")
     with tempfile.TemporaryDirectory() as target:
         pip("install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", target, str(wheel))
-        probe = subprocess.run([sys.executable, "-c", "import deepspeed; print(deepspeed.__version__)"],
-                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": target, "DS_BUILD_OPS": "0"})
+        probe = subprocess.run(
+            [sys.executable, "-c", "import deepspeed; print(deepspeed.__version__)"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": target, "DS_BUILD_OPS": "0"},
+        )
         if probe.returncode != 0 or probe.stdout.strip().splitlines()[-1:] != [version]:
             sys.exit(f"the DeepSpeed wheel does not import: {probe.stderr[-2000:]}")
     print(f"deepspeed {version}: built {wheel.name}, installs and imports (DS_BUILD_OPS=0)")
@@ -129,17 +168,24 @@ def slim_bitsandbytes(wheel: Path, dest: Path, cuda_major: int) -> Path:
         records.append(f"{record_name},,")
         target.writestr(record_name, "\n".join(records) + "\n")
     kept = [n.rsplit("/", 1)[-1] for n in zipfile.ZipFile(out).namelist() if n.endswith(".so")]
-    print(f"bitsandbytes: kept {', '.join(sorted(kept))}; dropped {len(dropped)} other builds "
-          f"({wheel.stat().st_size / 2**20:.1f} MiB -> {out.stat().st_size / 2**20:.1f} MiB)")
+    print(
+        f"bitsandbytes: kept {', '.join(sorted(kept))}; dropped {len(dropped)} other builds "
+        f"({wheel.stat().st_size / 2**20:.1f} MiB -> {out.stat().st_size / 2**20:.1f} MiB)"
+    )
     return out
 
 
 def working_tree_bytes() -> int:
     """What travels besides carried folders: tracked and untracked files git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            capture_output=True, check=True).stdout.split(b"\0")
-    return sum((REPO_ROOT / name.decode()).stat().st_size for name in listed
-               if name and (REPO_ROOT / name.decode()).is_file())
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    return sum(
+        (REPO_ROOT / name.decode()).stat().st_size for name in listed if name and (REPO_ROOT / name.decode()).is_file()
+    )
 
 
 def main() -> None:
@@ -166,8 +212,10 @@ def main() -> None:
         total += wheel.stat().st_size
         print(f"{wheel.name:<70} {wheel.stat().st_size / 2**20:7.2f}")
     tree = working_tree_bytes()
-    print(f"{args.dest.name}/ total {total / 2**20:.1f} MiB; working tree {tree / 2**20:.1f} MiB; the call carries "
-          f"{(total + tree) / 2**20:.1f} MiB of {CALL_LIMIT / 2**20:.0f} MiB")
+    print(
+        f"{args.dest.name}/ total {total / 2**20:.1f} MiB; working tree {tree / 2**20:.1f} MiB; the call carries "
+        f"{(total + tree) / 2**20:.1f} MiB of {CALL_LIMIT / 2**20:.0f} MiB"
+    )
     if total + tree > CALL_LIMIT:
         sys.exit("over the 64 MiB a call carries: see README 'Validate on a GPU' (split the wheels over two calls).")
 

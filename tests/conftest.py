@@ -13,15 +13,13 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
-sys.path.insert(0, str(REPO_ROOT / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_MODELS = {"opt": REPO_ROOT / "data/models/tiny-blip2-opt", "t5": REPO_ROOT / "data/models/tiny-blip2-t5"}
-# The chat-template families' twins (recipes/core/families.py).
+# The chat-template families' twins (recipes/alt_text_recipes/families.py).
 CHAT_TWINS = {"idefics2": REPO_ROOT / "data/models/tiny-idefics2", "llava": REPO_ROOT / "data/models/tiny-llava"}
 ALL_TWINS = {"blip2-opt": TINY_MODELS["opt"], "blip2-t5": TINY_MODELS["t5"], **CHAT_TWINS}
 DATASET = REPO_ROOT / "data/gourmetgram-mini"
@@ -29,7 +27,7 @@ DATASET = REPO_ROOT / "data/gourmetgram-mini"
 
 @pytest.fixture(scope="session")
 def food_splits():
-    from core.data import load_caption_dataset
+    from alt_text_recipes.data import load_caption_dataset
 
     return load_caption_dataset(str(DATASET))
 
@@ -37,7 +35,7 @@ def food_splits():
 @pytest.fixture(scope="session", params=sorted(TINY_MODELS))
 def tiny_model(request):
     """(family, model, processor) for each tiny BLIP-2."""
-    from core.modeling import load_trained
+    from alt_text_recipes.modeling import load_trained
 
     model, processor = load_trained(TINY_MODELS[request.param])
     return request.param, model, processor
@@ -52,8 +50,14 @@ def logged_losses(output_dir: Path) -> list[float]:
 def run_recipe(recipe: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Launch a recipe as a user would, in its own process."""
     command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def free_port() -> int:
@@ -78,7 +82,9 @@ def pytest_collection_modifyitems(config, items):
         return
     markexpr = config.option.markexpr or ""
     if re.search(r"\bgpu\b", markexpr) and not re.search(r"\bnot\s+gpu\b", markexpr):
-        raise pytest.UsageError(f"-m '{markexpr}' asks for the GPU tests, and this machine has no CUDA GPU "
-                                "(torch.cuda.is_available() is False): run them on a GPU host; here, `make test`.")
+        raise pytest.UsageError(
+            f"-m '{markexpr}' asks for the GPU tests, and this machine has no CUDA GPU "
+            "(torch.cuda.is_available() is False): run them on a GPU host; here, `make test`."
+        )
     config.hook.pytest_deselected(items=gpu_items)
     items[:] = [item for item in items if not item.get_closest_marker("gpu")]

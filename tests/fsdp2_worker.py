@@ -20,12 +20,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
+from alt_text_recipes.collator import AltTextCollator
+from alt_text_recipes.data import load_caption_dataset
+from alt_text_recipes.modeling import load_trained
 
-from core.collator import AltTextCollator  # noqa: E402
-from core.data import load_caption_dataset  # noqa: E402
-from core.modeling import load_trained  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def wrap_classes() -> set[str]:
@@ -57,7 +56,9 @@ def main(out_path: str, lora: bool) -> None:
     local = sum(p.to_local().numel() for p in model.parameters())
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
 
-    examples = load_caption_dataset(str(REPO_ROOT / "data/gourmetgram-mini"))["train"].select(range(4 * rank, 4 * rank + 4))
+    examples = load_caption_dataset(str(REPO_ROOT / "data/gourmetgram-mini"))["train"].select(
+        range(4 * rank, 4 * rank + 4)
+    )
     batch = AltTextCollator(processor, is_encoder_decoder=False)(list(examples))
     batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -70,8 +71,16 @@ def main(out_path: str, lora: bool) -> None:
         losses.append(loss.item())
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    result = {"rank": rank, "world": world, "wrapped": len(wrapped), "wrapped_classes": sorted({type(m).__name__ for m in wrapped}),
-              "total_params": total, "local_params": local, "dtypes": dtypes, "losses": losses}
+    result = {
+        "rank": rank,
+        "world": world,
+        "wrapped": len(wrapped),
+        "wrapped_classes": sorted({type(m).__name__ for m in wrapped}),
+        "total_params": total,
+        "local_params": local,
+        "dtypes": dtypes,
+        "losses": losses,
+    }
     if rank == 0:
         if lora:
             from peft import get_peft_model_state_dict
@@ -91,8 +100,9 @@ def main(out_path: str, lora: bool) -> None:
             missing, unexpected = fresh.load_state_dict({k: v.float() for k, v in full.items()}, strict=False)
             result["missing"], result["unexpected"] = list(missing), list(unexpected)
             result["reloaded_equal"] = all(torch.equal(fresh.state_dict()[k], v.float()) for k, v in full.items())
-            result["changed_by_training"] = any(not torch.allclose(full[k].float(), reference[k].float(), atol=1e-3)
-                                                for k in full if k in reference)
+            result["changed_by_training"] = any(
+                not torch.allclose(full[k].float(), reference[k].float(), atol=1e-3) for k in full if k in reference
+            )
         Path(out_path).write_text(json.dumps(result))
     else:
         Path(out_path + f".rank{rank}").write_text(json.dumps(result))

@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "recipes"))
+from alt_text_recipes.evaluation import GenerationSettings
+from alt_text_recipes.streaming import StreamCheck, checked_stream, load_caption_stream, rank_share
+from alt_text_recipes.trainer import AltTextTrainer
 
-from core.evaluation import GenerationSettings  # noqa: E402
-from core.streaming import StreamCheck, checked_stream, load_caption_stream, rank_share  # noqa: E402
-from core.trainer import AltTextTrainer  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def captions_only(examples: list[dict]) -> dict:
@@ -33,20 +32,35 @@ def captions_only(examples: list[dict]) -> dict:
 def main(shards: str, out: str) -> None:
     # As in a recipe: the TrainingArguments set up the process group (gloo, from torchrun's environment)
     # and say which process this is.
-    args = TrainingArguments(output_dir=str(Path(out).parent / "trainer"), use_cpu=True, report_to="none",
-                             per_device_train_batch_size=8, dataloader_num_workers=2,
-                             remove_unused_columns=False, max_steps=1)
+    args = TrainingArguments(
+        output_dir=str(Path(out).parent / "trainer"),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=8,
+        dataloader_num_workers=2,
+        remove_unused_columns=False,
+        max_steps=1,
+    )
     check = StreamCheck("train", "skip")
-    share = checked_stream(rank_share(load_caption_stream(shards)["train"], args.process_index, args.world_size,
-                                      seed=0), check)
-    trainer = AltTextTrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=share, data_collator=captions_only,
-                             generation=GenerationSettings(), embedding_model=None, caption_metrics=False,
-                             run_summary=None)
+    share = checked_stream(
+        rank_share(load_caption_stream(shards)["train"], args.process_index, args.world_size, seed=0), check
+    )
+    trainer = AltTextTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=args,
+        train_dataset=share,
+        data_collator=captions_only,
+        generation=GenerationSettings(),
+        embedding_model=None,
+        caption_metrics=False,
+        run_summary=None,
+    )
     captions = [caption for batch in trainer.get_train_dataloader() for caption in batch["text"]]
     report = check.report()
     check.close()
-    Path(f"{out}.rank{args.process_index}.json").write_text(json.dumps({
-        "world_size": args.world_size, "captions": captions, "report": asdict(report)}))
+    Path(f"{out}.rank{args.process_index}.json").write_text(
+        json.dumps({"world_size": args.world_size, "captions": captions, "report": asdict(report)})
+    )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ALL_TWINS
+from alt_text_recipes.collator import IGNORE_INDEX, AltTextCollator
+from alt_text_recipes.generation import generate_alt_text
+from alt_text_recipes.modeling import is_encoder_decoder
 
-from core.collator import IGNORE_INDEX, AltTextCollator
-from core.generation import generate_alt_text
-from core.modeling import is_encoder_decoder
+from conftest import ALL_TWINS
 
 
 def _examples(split, indices):
@@ -17,8 +17,9 @@ def _examples(split, indices):
 
 
 def test_decoder_only_labels_cover_caption_and_eos_only(food_splits):
+    from alt_text_recipes.modeling import load_processor
+
     from conftest import TINY_MODELS
-    from core.modeling import load_processor
 
     processor = load_processor(str(TINY_MODELS["opt"]))
     tokenizer = processor.tokenizer
@@ -46,8 +47,9 @@ def test_decoder_only_labels_cover_caption_and_eos_only(food_splits):
 
 
 def test_encoder_decoder_caption_is_only_the_decoder_target(food_splits):
+    from alt_text_recipes.modeling import load_processor
+
     from conftest import TINY_MODELS
-    from core.modeling import load_processor
 
     processor = load_processor(str(TINY_MODELS["t5"]))
     tokenizer = processor.tokenizer
@@ -83,8 +85,9 @@ def test_loss_and_generated_text_change_when_only_the_image_changes(tiny_model, 
     assert abs(loss - swapped_loss) > 1e-3, f"{family}: the loss ignores the image"
 
     # The pre-trained tiny models describe shapes: different shape pictures get different text.
-    from make_tiny_models import shape_example
     import random
+
+    from make_tiny_models import shape_example
 
     rng = random.Random(123)
     pictures = [shape_example(rng)["image"] for _ in range(6)]
@@ -94,9 +97,9 @@ def test_loss_and_generated_text_change_when_only_the_image_changes(tiny_model, 
 
 @pytest.mark.parametrize("twin", sorted(ALL_TWINS))
 def test_a_long_caption_is_cut_and_still_ends_with_the_stop_token(twin, food_splits):
-    from core.collator import make_collator
-    from core.families import family_of
-    from core.modeling import load_config, load_processor
+    from alt_text_recipes.collator import make_collator
+    from alt_text_recipes.families import family_of
+    from alt_text_recipes.modeling import load_config, load_processor
 
     processor, config = load_processor(str(ALL_TWINS[twin])), load_config(str(ALL_TWINS[twin]))
     tokenizer = processor.tokenizer

@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
+from alt_text_recipes.config import parse_recipe_args
+from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.two_stage import TwoStageArguments
+
 from conftest import REPO_ROOT
-from core.config import parse_recipe_args
-from core.errors import RecipeError
-from core.train import recipe_defaults
-from core.two_stage import TwoStageArguments
 
 PRESETS = sorted((REPO_ROOT / "recipes" / "configs").rglob("*.yaml"))
 
@@ -25,15 +26,14 @@ def _recipe_of(preset) -> str:
     return match.group(1)
 
 
-
-
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_preset_parses_for_its_recipe(preset):
     recipe = _recipe_of(preset)
     assert (REPO_ROOT / "recipes" / f"{recipe}.py").exists()
     extra = (TwoStageArguments,) if recipe == "two_stage" else ()
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), ["--config", str(preset)],
-                                                               extra=extra)[:3]
+    script_args, training_args, model_args = parse_recipe_args(
+        recipe_defaults(recipe), ["--config", str(preset)], extra=extra
+    )[:3]
     assert training_args.remove_unused_columns is False
     assert model_args.model_name_or_path
 
@@ -55,7 +55,9 @@ def test_real_model_is_the_default():
 
 def test_preset_for_another_recipe_is_refused():
     with pytest.raises(RecipeError, match="this preset is for recipes/lora.py"):
-        parse_recipe_args(recipe_defaults("full_ft"), ["--config", str(REPO_ROOT / "recipes/configs/matrix/lora.yaml")])
+        parse_recipe_args(
+            recipe_defaults("full_ft"), ["--config", str(REPO_ROOT / "recipes/configs/matrix/lora.yaml")]
+        )
 
 
 def test_quantized_full_fine_tuning_is_refused():
@@ -65,17 +67,25 @@ def test_quantized_full_fine_tuning_is_refused():
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
 def test_help_lists_script_trainer_and_model_flags(recipe):
-    from core.config import make_parser
+    from alt_text_recipes.config import make_parser
 
     text = make_parser(recipe_defaults(recipe)).format_help()
-    for flag in ("--dataset_name", "--image_column", "--gradient_accumulation_steps", "--lora_r", "--dtype",
-                 "--scale_lr", "--device_map"):
+    for flag in (
+        "--dataset_name",
+        "--image_column",
+        "--gradient_accumulation_steps",
+        "--lora_r",
+        "--dtype",
+        "--scale_lr",
+        "--device_map",
+    ):
         assert flag in text
 
 
 def test_help_from_the_command_line():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / "lora.py"), "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "recipes" / "lora.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "--dataset_name" in result.stdout and "--lora_target_modules" in result.stdout
 
@@ -84,7 +94,7 @@ def test_every_path_the_readme_names_exists():
     readme = (REPO_ROOT / "README.md").read_text()
     names = re.finditer(r"\b((?:recipes|data|accelerate_configs|ds_configs|tests|benchmarks)/[\w./-]*\w)", readme)
     # a name followed by `-<placeholder>` or `*` is a pattern (benchmarks/results/gpu-<gpu name>/), not a file
-    paths = {m.group(1) for m in names if not readme[m.end():m.end() + 2].startswith(("-<", "*"))}
+    paths = {m.group(1) for m in names if not readme[m.end() : m.end() + 2].startswith(("-<", "*"))}
     assert len(paths) > 10
     missing = [path for path in paths if not (REPO_ROOT / path).exists()]
     assert not missing, f"README names missing files: {missing}"
@@ -104,6 +114,11 @@ def test_accelerate_configs_load_as_accelerate_writes_them(config):
 @pytest.mark.parametrize("name", ["zero2.json", "zero2_offload.json", "zero3_offload.json"])
 def test_deepspeed_configs_leave_trainer_values_to_auto(name):
     settings = json.loads((REPO_ROOT / "ds_configs" / name).read_text())
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert settings[key] == "auto"
     assert settings["bf16"]["enabled"] == "auto" and settings["zero_optimization"]["reduce_bucket_size"] == "auto"

@@ -8,10 +8,10 @@ import re
 import pytest
 from datasets import Dataset, DatasetDict, Image
 
-from conftest import DATASET
-from core.data import DatasetError, load_caption_dataset, select_split
-from make_gourmetgram_mini import DISHES, HELD_OUT_PAIRS, SINGULAR
+from alt_text_recipes.data import DatasetError, load_caption_dataset, select_split
 
+from conftest import DATASET
+from make_gourmetgram_mini import DISHES, HELD_OUT_PAIRS, SINGULAR
 
 CAPTION = re.compile(r"of (?P<dish>.+?)(?: topped with \w+ (?P<topping>.+?))? on a ")
 PLURAL = {singular: plural for plural, singular in SINGULAR.items()}
@@ -46,10 +46,12 @@ def test_embedded_metadata_is_the_imagefolder_layout():
 
 
 def test_save_to_disk_folder_with_other_column_names(tmp_path, food_splits):
-    snapshot = DatasetDict({
-        "train": food_splits["train"].select(range(8)).rename_columns({"image": "photo", "text": "alt"}),
-        "test": food_splits["test"].select(range(4)).rename_columns({"image": "photo", "text": "alt"}),
-    })
+    snapshot = DatasetDict(
+        {
+            "train": food_splits["train"].select(range(8)).rename_columns({"image": "photo", "text": "alt"}),
+            "test": food_splits["test"].select(range(4)).rename_columns({"image": "photo", "text": "alt"}),
+        }
+    )
     snapshot.save_to_disk(tmp_path / "snapshot")
     loaded = load_caption_dataset(str(tmp_path / "snapshot"), image_column="photo", caption_column="alt")
     assert loaded["train"].column_names == ["image", "text"]

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, Image
 
+from alt_text_recipes.data import DatasetError, load_caption_dataset
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import run
+
 from conftest import DATASET
-from core.data import DatasetError, load_caption_dataset
-from core.train import recipe_defaults, run
 
 PHOTOS = 12
 CAPTIONS_PER_PHOTO = 2  # COCO, Karpathy and list captions: one row per (photo, caption)
@@ -41,8 +43,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def _csv(photos, path: Path) -> Path:
     """`image_path,alt` with paths relative to the CSV (photos/x.jpg), the last one absolute."""
     folder, captions = photos
-    lines = ["image_path,alt"] + [f"{folder.name}/{name},\"{text}\"" for name, text in captions.items()]
-    lines[-1] = f"{folder / list(captions)[-1]},\"{list(captions.values())[-1]}\""
+    lines = ["image_path,alt"] + [f'{folder.name}/{name},"{text}"' for name, text in captions.items()]
+    lines[-1] = f'{folder / list(captions)[-1]},"{list(captions.values())[-1]}"'
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -52,23 +54,46 @@ def _coco(photos, root: Path) -> Path:
     folder, captions = photos
     shutil.copytree(folder, root / "train2017")
     images = [{"id": index, "file_name": name, "width": 128, "height": 128} for index, name in enumerate(captions)]
-    notes = [{"id": 10 * image["id"] + k, "image_id": image["id"], "caption": f"{captions[image['file_name']]} ({k})"}
-             for image in images for k in range(CAPTIONS_PER_PHOTO)]
+    notes = [
+        {"id": 10 * image["id"] + k, "image_id": image["id"], "caption": f"{captions[image['file_name']]} ({k})"}
+        for image in images
+        for k in range(CAPTIONS_PER_PHOTO)
+    ]
     (root / "annotations").mkdir()
     path = root / "annotations" / "captions_train2017.json"
     path.write_text(json.dumps({"info": {}, "images": images, "annotations": notes}))
     return path
 
 
-KARPATHY_SPLITS = ["train", "train", "train", "train", "restval", "restval", "val", "val", "test", "test", "test", "test"]
+KARPATHY_SPLITS = [
+    "train",
+    "train",
+    "train",
+    "train",
+    "restval",
+    "restval",
+    "val",
+    "val",
+    "test",
+    "test",
+    "test",
+    "test",
+]
 
 
 def _karpathy(photos, root: Path) -> Path:
     folder, captions = photos
     shutil.copytree(folder, root / "val2014")
-    images = [{"filepath": "val2014", "filename": name, "split": split, "imgid": index,
-               "sentences": [{"raw": f"{captions[name]} ({k})", "tokens": []} for k in range(CAPTIONS_PER_PHOTO)]}
-              for index, (name, split) in enumerate(zip(captions, KARPATHY_SPLITS))]
+    images = [
+        {
+            "filepath": "val2014",
+            "filename": name,
+            "split": split,
+            "imgid": index,
+            "sentences": [{"raw": f"{captions[name]} ({k})", "tokens": []} for k in range(CAPTIONS_PER_PHOTO)],
+        }
+        for index, (name, split) in enumerate(zip(captions, KARPATHY_SPLITS, strict=False))
+    ]
     path = root / "dataset_coco.json"
     path.write_text(json.dumps({"images": images, "dataset": "coco"}))
     return path
@@ -81,22 +106,39 @@ def _chat(photos, path: Path, style: str) -> Path:
     for name, text in captions.items():
         image = f"{folder.name}/{name}"
         if style == "trl":
-            turns = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
-                     {"role": "assistant", "content": [{"type": "text", "text": text}]}]
+            turns = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": text}]},
+            ]
             rows.append({"messages": turns, "images": [image]})
         elif style == "llama_factory":
-            rows.append({"messages": [{"role": "user", "content": "<image>Describe it."},
-                                      {"role": "assistant", "content": text}], "images": [image]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": "<image>Describe it."},
+                        {"role": "assistant", "content": text},
+                    ],
+                    "images": [image],
+                }
+            )
         else:
-            rows.append({"conversations": [{"from": "human", "value": "<image>\nDescribe it."},
-                                           {"from": "gpt", "value": text}], "images": [image]})
+            rows.append(
+                {
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nDescribe it."},
+                        {"from": "gpt", "value": text},
+                    ],
+                    "images": [image],
+                }
+            )
     return _write_jsonl(path, rows)
 
 
 def _parquet_with_bytes(photos, path: Path) -> Path:
     folder, captions = photos
-    Dataset.from_dict({"jpeg": [(folder / name).read_bytes() for name in captions],
-                       "caption": list(captions.values())}).to_parquet(str(path))
+    Dataset.from_dict(
+        {"jpeg": [(folder / name).read_bytes() for name in captions], "caption": list(captions.values())}
+    ).to_parquet(str(path))
     return path
 
 
@@ -125,7 +167,7 @@ def test_folder_of_photos_with_its_captions_file(photos, tmp_path):
     assert train["text"] == list(captions.values()) and _paths(train) == [str(hand_off / name) for name in captions]
     # imagefolder's own metadata.csv (`file_name`) is still read as an imagefolder
     (hand_off / "alt_text.jsonl").unlink()
-    (hand_off / "metadata.csv").write_text("file_name,text\n" + "".join(f"{n},\"{t}\"\n" for n, t in captions.items()))
+    (hand_off / "metadata.csv").write_text("file_name,text\n" + "".join(f'{n},"{t}"\n' for n, t in captions.items()))
     assert sorted(load_caption_dataset(str(hand_off))["train"]["text"]) == sorted(captions.values())
 
 
@@ -138,14 +180,18 @@ def test_glob_of_files_named_after_splits_and_the_split_file_flags(photos):
         _write_jsonl(shards / f"{split}.jsonl", [{"image": str(folder / n), "text": captions[n]} for n in chosen])
     globbed = load_caption_dataset(str(shards / "*.jsonl"))
     assert {name: len(split) for name, split in globbed.items()} == {"test": 2, "train": 8, "validation": 2}
-    flagged = load_caption_dataset("ignored", split_files={"train": str(shards / "train.jsonl"),
-                                                           "validation": str(shards / "test.jsonl"), "test": None})
+    flagged = load_caption_dataset(
+        "ignored",
+        split_files={"train": str(shards / "train.jsonl"), "validation": str(shards / "test.jsonl"), "test": None},
+    )
     assert {name: len(split) for name, split in flagged.items()} == {"train": 8, "validation": 2}
 
 
 def test_parquet_with_image_bytes(photos, tmp_path):
     folder, captions = photos
-    train = load_caption_dataset(str(_parquet_with_bytes(photos, tmp_path / "photos.parquet")), "jpeg", "caption")["train"]
+    train = load_caption_dataset(str(_parquet_with_bytes(photos, tmp_path / "photos.parquet")), "jpeg", "caption")[
+        "train"
+    ]
     assert train["text"] == list(captions.values()) and train[3]["image"].size == (128, 128)
 
 
@@ -161,7 +207,11 @@ def test_coco_captions_give_one_row_per_caption_with_the_photo_path_kept(photos,
 def test_karpathy_splits_come_from_the_file_with_restval_in_train(photos, tmp_path):
     loaded = load_caption_dataset(str(_karpathy(photos, tmp_path / "karpathy")), validation_split_percentage=50)
     rows = {name: len(split) for name, split in loaded.items()}
-    assert rows == {"train": 6 * CAPTIONS_PER_PHOTO, "validation": 2 * CAPTIONS_PER_PHOTO, "test": 4 * CAPTIONS_PER_PHOTO}
+    assert rows == {
+        "train": 6 * CAPTIONS_PER_PHOTO,
+        "validation": 2 * CAPTIONS_PER_PHOTO,
+        "test": 4 * CAPTIONS_PER_PHOTO,
+    }
     assert all(Path(path).parent.name == "val2014" for path in _paths(loaded["test"]))
 
 
@@ -199,7 +249,9 @@ def test_unusable_sources_are_one_clear_error_each(photos, tmp_path):
         str(notes): r"holds no photos and no caption file \(found: \['README.txt'\]\).*Accepted: a CSV",
         str(tmp_path / "captions.csv"): r"no file or folder .*captions.csv",
         "https://example.com/captions.csv": "is a URL; .* Download it and pass the local path",
-        str(_csv(photos, folder.parent / "alt.csv")): r"no column 'image', 'text'; its columns are \['image_path', 'alt'\]",
+        str(
+            _csv(photos, folder.parent / "alt.csv")
+        ): r"no column 'image', 'text'; its columns are \['image_path', 'alt'\]",
     }
     (tmp_path / "odd.json").write_text(json.dumps({"images": [{"id": 1}], "licenses": []}))
     cases[str(tmp_path / "odd.json")] = "neither COCO `annotations` nor Karpathy `sentences`"
@@ -218,10 +270,14 @@ def test_missing_photos_are_left_to_the_bad_example_check(photos, tmp_path):
 
 
 LAYOUTS = {  # name -> (write the data under a folder, extra flags)
-    "csv": (lambda photos, root: _csv(photos, photos[0].parent / "captions.csv"),
-            ["--image_column", "image_path", "--caption_column", "alt"]),
-    "parquet_bytes": (lambda photos, root: _parquet_with_bytes(photos, root / "photos.parquet"),
-                      ["--image_column", "jpeg", "--caption_column", "caption"]),
+    "csv": (
+        lambda photos, root: _csv(photos, photos[0].parent / "captions.csv"),
+        ["--image_column", "image_path", "--caption_column", "alt"],
+    ),
+    "parquet_bytes": (
+        lambda photos, root: _parquet_with_bytes(photos, root / "photos.parquet"),
+        ["--image_column", "jpeg", "--caption_column", "caption"],
+    ),
     "coco": (lambda photos, root: _coco(photos, root), []),
     "karpathy": (lambda photos, root: _karpathy(photos, root), []),
     "chat": (lambda photos, root: _chat(photos, photos[0].parent / "chat.jsonl", "trl"), []),
@@ -232,12 +288,40 @@ LAYOUTS = {  # name -> (write the data under a folder, extra flags)
 def test_each_layout_trains_the_tiny_twin(layout, photos, tmp_path):
     write, flags = LAYOUTS[layout]
     source = write(photos, tmp_path)
-    result = run(recipe_defaults("lora"), [
-        "--config", "recipes/configs/tiny/lora.yaml", "--dataset_name", str(source), *flags,
-        "--validation_split_percentage", "25", "--eval_strategy", "steps", "--eval_steps", "2",
-        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4",
-        "--caption_metrics", "false", "--fast_inputs", "false", "--dataloader_num_workers", "0",
-        "--save_final_model", "false", "--memory_report_steps", "0", "--output_dir", str(tmp_path / "out")])
+    result = run(
+        recipe_defaults("lora"),
+        [
+            "--config",
+            "recipes/configs/tiny/lora.yaml",
+            "--dataset_name",
+            str(source),
+            *flags,
+            "--validation_split_percentage",
+            "25",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--caption_metrics",
+            "false",
+            "--fast_inputs",
+            "false",
+            "--dataloader_num_workers",
+            "0",
+            "--save_final_model",
+            "false",
+            "--memory_report_steps",
+            "0",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+    )
     assert len(result.losses) == 2 and all(math.isfinite(loss) for loss in result.losses)
     report = {split["split"]: split for split in json.loads((tmp_path / "out" / "data_report.json").read_text())}
     assert report["train"]["kept"] == report["train"]["rows"] > 0 and report["validation"]["kept"] > 0

@@ -17,25 +17,51 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alt_text_recipes.estimator import load_config, meta_model
+from alt_text_recipes.experiments import cpu_deepspeed_flags
+from alt_text_recipes.parallel import (
+    align_query_tokens_for_fsdp,
+    describe_device_map,
+    plan_device_map,
+    scaled_learning_rate,
+)
+
 from conftest import REPO_ROOT, TINY_MODELS, free_port, logged_losses, run_recipe
-from core.estimator import load_config, meta_model
-from core.experiments import cpu_deepspeed_flags
-from core.parallel import align_query_tokens_for_fsdp, describe_device_map, plan_device_map, scaled_learning_rate
 
 CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
-TINY_FLAGS = ["--config", "recipes/configs/tiny/full_ft.yaml", "--logging_steps", "1", "--memory_report_steps", "2",
-              "--max_train_samples", "64"]
+TINY_FLAGS = [
+    "--config",
+    "recipes/configs/tiny/full_ft.yaml",
+    "--logging_steps",
+    "1",
+    "--memory_report_steps",
+    "2",
+    "--max_train_samples",
+    "64",
+]
 
 
-def launch(config: str, recipe: str, *args: str, processes: int = 2, launcher_flags: tuple = (),
-           timeout: int = 400) -> subprocess.CompletedProcess:
+def launch(
+    config: str, recipe: str, *args: str, processes: int = 2, launcher_flags: tuple = (), timeout: int = 400
+) -> subprocess.CompletedProcess:
     # A free port each time: tests may run side by side (pytest -n), and accelerate's default is one fixed port.
     port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(free_port())]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}",
-               "--num_processes", str(processes), *port, *launcher_flags, f"recipes/{recipe}.py", *args,
-               "--use_cpu", "true"]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=CPU_ONLY_ENV)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        f"accelerate_configs/{config}",
+        "--num_processes",
+        str(processes),
+        *port,
+        *launcher_flags,
+        f"recipes/{recipe}.py",
+        *args,
+        "--use_cpu",
+        "true",
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=CPU_ONLY_ENV)
 
 
 def _ok(result):
@@ -45,11 +71,34 @@ def _ok(result):
 
 def test_ddp_two_ranks_follow_the_single_process_loss_curve(tmp_path):
     single = tmp_path / "single"
-    _ok(run_recipe("full_ft", *TINY_FLAGS, "--per_device_train_batch_size", "8", "--max_steps", "6",
-                   "--output_dir", str(single)))
+    _ok(
+        run_recipe(
+            "full_ft",
+            *TINY_FLAGS,
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "6",
+            "--output_dir",
+            str(single),
+        )
+    )
     ddp = tmp_path / "ddp"
-    stdout = _ok(launch("ddp4.yaml", "full_ft", *TINY_FLAGS, "--per_device_train_batch_size", "4", "--max_steps", "6",
-                        "--scale_lr", "none", "--output_dir", str(ddp)))
+    stdout = _ok(
+        launch(
+            "ddp4.yaml",
+            "full_ft",
+            *TINY_FLAGS,
+            "--per_device_train_batch_size",
+            "4",
+            "--max_steps",
+            "6",
+            "--scale_lr",
+            "none",
+            "--output_dir",
+            str(ddp),
+        )
+    )
     assert "learning rate: 0.001 -> 0.001 (none scaling, 2 processes, global batch 8)" in stdout
     assert stdout.count("[memory] step 1 |") == 1  # rank 0 alone prints the summary...
     assert "peak memory per rank: rank 0" in stdout and "rank 1" in stdout  # ...and every rank's peak
@@ -67,8 +116,18 @@ def _resume_matches_uninterrupted(tmp_path, config, recipe, weights_file, *flags
     _ok(launch(config, recipe, *common, "--output_dir", str(full), launcher_flags=launcher_flags))
     checkpoint = full / "checkpoint-2"
     assert checkpoint.is_dir()
-    _ok(launch(config, recipe, *common, "--output_dir", str(resumed), "--resume_from_checkpoint", str(checkpoint),
-               launcher_flags=launcher_flags))
+    _ok(
+        launch(
+            config,
+            recipe,
+            *common,
+            "--output_dir",
+            str(resumed),
+            "--resume_from_checkpoint",
+            str(checkpoint),
+            launcher_flags=launcher_flags,
+        )
+    )
     state = json.loads((resumed / "trainer_state.json").read_text())
     # The history of steps 1-2 comes from the checkpoint; steps 3-4 were trained after resuming.
     assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
@@ -82,9 +141,19 @@ def _resume_matches_uninterrupted(tmp_path, config, recipe, weights_file, *flags
 
 def test_lora_ddp_checkpoint_resumes_with_its_adapters(tmp_path):
     adapter = _resume_matches_uninterrupted(
-        tmp_path, "ddp4.yaml", "lora", "adapter_model.safetensors",
-        "--config", "recipes/configs/tiny/lora.yaml", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-        "--max_train_samples", "64")
+        tmp_path,
+        "ddp4.yaml",
+        "lora",
+        "adapter_model.safetensors",
+        "--config",
+        "recipes/configs/tiny/lora.yaml",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--max_train_samples",
+        "64",
+    )
     assert any("lora_B" in key and tensor.abs().sum() > 0 for key, tensor in adapter.items())
 
 
@@ -92,24 +161,65 @@ def test_deepspeed_zero2_offload_two_ranks_trains_saves_and_resumes(tmp_path):
     # The shipped JSON as it is, but for the all-gather bucket (see cpu_deepspeed_flags).
     flags = cpu_deepspeed_flags("accelerate_configs/ds_zero2_offload.yaml", tmp_path / "deepspeed")
     assert flags
-    _resume_matches_uninterrupted(tmp_path, "ds_zero2_offload.yaml", "full_ft", "model.safetensors", *TINY_FLAGS,
-                                  "--per_device_train_batch_size", "4", launcher_flags=tuple(flags))
+    _resume_matches_uninterrupted(
+        tmp_path,
+        "ds_zero2_offload.yaml",
+        "full_ft",
+        "model.safetensors",
+        *TINY_FLAGS,
+        "--per_device_train_batch_size",
+        "4",
+        launcher_flags=tuple(flags),
+    )
 
 
 def test_two_machines_on_localhost_form_one_world(tmp_path):
     port = str(free_port())
     processes = []
     for rank in (0, 1):
-        flags = ("--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                 "--main_process_port", port)
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/fsdp_2x4.yaml",
-                   "--num_processes", "2", "--multi_gpu", *flags, "recipes/lora.py", "--config", "recipes/configs/tiny/lora.yaml",
-                   "--per_device_train_batch_size", "4", "--max_steps", "3", "--logging_steps", "1",
-                   "--max_train_samples", "32", "--use_cpu", "true", "--output_dir", str(tmp_path / f"machine{rank}")]
-        processes.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True, env=CPU_ONLY_ENV))
+        flags = (
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            port,
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "accelerate_configs/fsdp_2x4.yaml",
+            "--num_processes",
+            "2",
+            "--multi_gpu",
+            *flags,
+            "recipes/lora.py",
+            "--config",
+            "recipes/configs/tiny/lora.yaml",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_steps",
+            "3",
+            "--logging_steps",
+            "1",
+            "--max_train_samples",
+            "32",
+            "--use_cpu",
+            "true",
+            "--output_dir",
+            str(tmp_path / f"machine{rank}"),
+        ]
+        processes.append(
+            subprocess.Popen(
+                command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=CPU_ONLY_ENV
+            )
+        )
     outputs = [process.communicate(timeout=400)[0] for process in processes]
-    for process, output in zip(processes, outputs):
+    for process, output in zip(processes, outputs, strict=False):
         assert process.returncode == 0, output[-3000:]
     assert "2 processes, global batch 8" in outputs[0]  # one world of two ranks across the two launchers
     assert (tmp_path / "machine0" / "adapter_model.safetensors").exists()
@@ -117,13 +227,32 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
 
 def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
     """Stage 2 on every rank loads what the first rank saved in stage 1: the ranks wait for it."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/ddp4.yaml",
-               "--num_processes", "2", "--multi_gpu", "recipes/two_stage.py", "--config",
-               "recipes/configs/tiny/two_stage.yaml", "--use_cpu", "true", "--per_device_train_batch_size", "4",
-               "--stage1_max_steps", "3", "--max_steps", "3", "--max_train_samples", "32",
-               "--output_dir", str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
-                            env=CPU_ONLY_ENV)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_configs/ddp4.yaml",
+        "--num_processes",
+        "2",
+        "--multi_gpu",
+        "recipes/two_stage.py",
+        "--config",
+        "recipes/configs/tiny/two_stage.yaml",
+        "--use_cpu",
+        "true",
+        "--per_device_train_batch_size",
+        "4",
+        "--stage1_max_steps",
+        "3",
+        "--max_steps",
+        "3",
+        "--max_train_samples",
+        "32",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400, env=CPU_ONLY_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("stage 2 of 2") == 1 and "2 processes, global batch 8" in result.stdout
     assert (tmp_path / "stage1" / "model.safetensors").exists()
@@ -133,8 +262,18 @@ def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_fsdp2_shards_the_configured_layers_with_mixed_dtypes_and_gathers_a_reloadable_state_dict(tmp_path, lora):
     out = tmp_path / "fsdp.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), "tests/fsdp2_worker.py", str(out), *(["--lora"] if lora else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "tests/fsdp2_worker.py",
+        str(out),
+        *(["--lora"] if lora else []),
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rank0 = json.loads(out.read_text())
@@ -159,7 +298,8 @@ def test_model_parallel_plan_keeps_layers_whole_and_balances_them():
     for module in plan:
         for prefix in layer_prefixes:  # a transformer layer is placed whole, never split
             if module.startswith(prefix):
-                assert module[len(prefix):].isdigit(), module
+                assert module[len(prefix) :].isdigit(), module
+
     def numel(name: str) -> int:  # a plan entry is a module, or a bare parameter such as query_tokens
         try:
             return sum(p.numel() for p in model.get_submodule(name).parameters())
@@ -176,9 +316,9 @@ def test_model_parallel_plan_keeps_layers_whole_and_balances_them():
 def test_device_map_option_loads_with_the_map_and_rejects_bad_ones():
     from trl import ModelConfig
 
-    from core.errors import RecipeError
-    from core.modeling import load_model
-    from core.parallel import parse_device_map
+    from alt_text_recipes.errors import RecipeError
+    from alt_text_recipes.modeling import load_model
+    from alt_text_recipes.parallel import parse_device_map
 
     assert parse_device_map("balanced") == "balanced"
     model = load_model(ModelConfig(model_name_or_path=str(TINY_MODELS["opt"])), parse_device_map('{"": "cpu"}'))
@@ -194,7 +334,7 @@ def test_learning_rate_scaling_rules():
 
 
 def test_query_tokens_follow_the_embeddings_dtype_under_fsdp():
-    from core.modeling import load_trained
+    from alt_text_recipes.modeling import load_trained
 
     model, _ = load_trained(TINY_MODELS["opt"])
     model.to(torch.bfloat16)

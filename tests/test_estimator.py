@@ -11,12 +11,13 @@ import sys
 import pytest
 import torch
 
+from alt_text_recipes.config import parse_recipe_args
+from alt_text_recipes.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
+from alt_text_recipes.experiments import all_presets, load_preset
+from alt_text_recipes.families import FAMILIES
+from alt_text_recipes.registry import recipe_defaults
+
 from conftest import REPO_ROOT
-from core.config import parse_recipe_args
-from core.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
-from core.families import FAMILIES
-from core.experiments import all_presets, load_preset
-from core.train import recipe_defaults
 
 # Exact parameter counts of the real models (meta-device instantiation of their configs).
 REAL_PARAMETER_COUNTS = {
@@ -38,8 +39,9 @@ def test_shipped_configs_give_exact_parameter_counts(model):
 
 def _estimate(preset_name: str, *flags: str, caption_tokens: int = 20, **options):
     preset = load_preset(preset_name)
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
-                                                               ["--config", str(preset.path), *flags])
+    script_args, training_args, model_args = parse_recipe_args(
+        recipe_defaults(preset.recipe), ["--config", str(preset.path), *flags]
+    )
     return estimate(script_args, training_args, model_args, caption_tokens, **options)
 
 
@@ -78,13 +80,34 @@ def test_strategies_divide_memory_per_gpu():
 
 
 def test_estimate_cli_prints_json():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes/estimate.py"), "qlora", "--config",
-                             "recipes/configs/matrix/qlora.yaml", "--gpu_memory", "24", "--json"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "recipes/estimate.py"),
+            "qlora",
+            "--config",
+            "recipes/configs/matrix/qlora.yaml",
+            "--gpu_memory",
+            "24",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout[result.stdout.index("{"):])
-    for key in ("num_params", "trainable_params", "params_gb", "grads_gb", "optimizer_gb", "activations_gb",
-                "total_gb", "fits"):
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    for key in (
+        "num_params",
+        "trainable_params",
+        "params_gb",
+        "grads_gb",
+        "optimizer_gb",
+        "activations_gb",
+        "total_gb",
+        "fits",
+    ):
         assert key in report
     assert report["num_params"] == REAL_PARAMETER_COUNTS["Salesforce/blip2-flan-t5-xxl"]
 
@@ -96,8 +119,17 @@ def test_estimate_cli_prints_json():
 # optimizer-state bytes are exact for each technique. What they cannot: activations and totals. A twin's
 # activations are a few MB and its peak is ~90% the Python process, so a total within any tolerance says
 # nothing about the estimate; tests/test_real_width.py compares every part at real width instead.
-TWIN_PRESETS = ["baseline", "bf16_true", "bf16_mixed", "adam_8bit", "activation_checkpointing", "cpu_offload",
-                "sgd", "lora", "qlora"]
+TWIN_PRESETS = [
+    "baseline",
+    "bf16_true",
+    "bf16_mixed",
+    "adam_8bit",
+    "activation_checkpointing",
+    "cpu_offload",
+    "sgd",
+    "lora",
+    "qlora",
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +137,25 @@ def tiny_matrix(tmp_path_factory):
     """The tiny twins of TWIN_PRESETS, run on CPU by the experiment runner, as a user runs it."""
     assert set(TWIN_PRESETS) <= set(PRESET_NAMES)
     out_dir = tmp_path_factory.mktemp("matrix")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes/experiments.py"), "--tiny", *TWIN_PRESETS,
-                             "--jobs", "2", "--out_dir", str(out_dir)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-                            # CPU twins, estimated as CPU runs: on a GPU host, hidden from runner and runs alike
-                            # (a CUDA context would add to both processes' resident memory, unequally).
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "recipes/experiments.py"),
+            "--tiny",
+            *TWIN_PRESETS,
+            "--jobs",
+            "2",
+            "--out_dir",
+            str(out_dir),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        # CPU twins, estimated as CPU runs: on a GPU host, hidden from runner and runs alike
+        # (a CUDA context would add to both processes' resident memory, unequally).
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (out_dir / "results.md").exists() and (out_dir / "memory.png").stat().st_size > 10_000
     return {r["preset"]: r for r in json.loads((out_dir / "results.json").read_text())["results"]}
@@ -144,15 +189,22 @@ IDEFICS2 = "HuggingFaceM4/idefics2-8b"
 LLAVA = "llava-hf/llava-1.5-7b-hf"
 # Idefics2-8B's parameters per part (families.py): SigLIP tower; perceiver resampler + projection; Mistral + lm_head.
 IDEFICS2_PART_COUNTS = {"vision": 417_792_240, "connector": 743_219_200, "language": 7_241_756_672}
-IDEFICS2_PRESETS = {"lora": ("single", 1), "qlora": ("single", 1), "lora_ddp4": ("ddp", 4), "full": ("single", 1),
-                    "full_model_parallel": ("model_parallel", 2), "full_fsdp4": ("fsdp", 4)}
+IDEFICS2_PRESETS = {
+    "lora": ("single", 1),
+    "qlora": ("single", 1),
+    "lora_ddp4": ("ddp", 4),
+    "full": ("single", 1),
+    "full_model_parallel": ("model_parallel", 2),
+    "full_fsdp4": ("fsdp", 4),
+}
 
 
 @functools.cache
 def _idefics2(name: str, *flags: str, **options):
     preset = load_preset(str(REPO_ROOT / f"recipes/configs/idefics2/{name}.yaml"))
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(preset.recipe),
-                                                               ["--config", str(preset.path), *flags])
+    script_args, training_args, model_args = parse_recipe_args(
+        recipe_defaults(preset.recipe), ["--config", str(preset.path), *flags]
+    )
     return estimate(script_args, training_args, model_args, 20, **options)
 
 
@@ -200,8 +252,9 @@ def test_families_idefics2_estimates_order_as_the_techniques_promise():
     assert full.trainable_params == IDEFICS2_PART_COUNTS["connector"] + IDEFICS2_PART_COUNTS["language"]
     assert full.parts["stack_modes"]["vision"] == "frozen"
     assert _idefics2("full", "--gradient_checkpointing", "false").parts["activations_by_part_gb"]["vision"] == 0
-    trained_vision = _idefics2("full", "--train_modules", "vision", "connector", "language",
-                               "--gradient_checkpointing", "false").parts["activations_by_part_gb"]["vision"]
+    trained_vision = _idefics2(
+        "full", "--train_modules", "vision", "connector", "language", "--gradient_checkpointing", "false"
+    ).parts["activations_by_part_gb"]["vision"]
     assert 0 < full.parts["activations_by_part_gb"]["vision"] < 0.1 * trained_vision
     assert _idefics2("full_fsdp4").total_gb < full.total_gb
     parallel = _idefics2("full_model_parallel", num_gpus=2)
@@ -217,8 +270,12 @@ def test_families_train_modules_choose_what_trains_in_full():
     # Beside LoRA: the connector trains in full (a trainable copy beside the frozen original), its adapters
     # are dropped, and under 4-bit it is not quantized (fp32 after prepare_model_for_kbit_training).
     lora, qlora = _idefics2("lora"), _idefics2("qlora", "--train_modules", "connector")
-    connector_adapters = _idefics2("lora", "--lora_target_modules", r".*connector.*\.(q_proj|k_proj|v_proj|o_proj|"
-                                   r"gate_proj|up_proj|down_proj)").trainable_params
+    connector_adapters = _idefics2(
+        "lora",
+        "--lora_target_modules",
+        r".*connector.*\.(q_proj|k_proj|v_proj|o_proj|"
+        r"gate_proj|up_proj|down_proj)",
+    ).trainable_params
     assert qlora.trainable_params == lora.trainable_params - connector_adapters + IDEFICS2_PART_COUNTS["connector"]
     connector_bytes = 2 * 4 * IDEFICS2_PART_COUNTS["connector"]
     assert qlora.parts["params_by_part_gb"]["connector"] == pytest.approx(connector_bytes / GB)

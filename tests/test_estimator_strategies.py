@@ -12,13 +12,27 @@ import sys
 import pytest
 import yaml
 
+from alt_text_recipes.config import parse_recipe_args
+from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.estimator import (
+    GB,
+    estimate,
+    image_processor_settings,
+    layer_stacks,
+    load_config,
+    meta_model,
+    trainer_hidden_size,
+)
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.strategies import (
+    STRATEGY_NAMES,
+    Strategy,
+    accelerate_strategy,
+    deepspeed_strategy,
+    strategy_from_name,
+)
+
 from conftest import REPO_ROOT
-from core.config import parse_recipe_args
-from core.errors import RecipeError
-from core.estimator import (GB, estimate, image_processor_settings, layer_stacks, load_config, meta_model,
-                            trainer_hidden_size)
-from core.strategies import STRATEGY_NAMES, Strategy, accelerate_strategy, deepspeed_strategy, strategy_from_name
-from core.train import recipe_defaults
 
 OPT = "Salesforce/blip2-opt-2.7b"
 OPT_PARAMS = 3_744_679_936
@@ -54,8 +68,16 @@ def _estimate(preset: str, *flags: str, recipe: str = "full_ft", **options):
 
 
 def _figures(result) -> tuple:
-    return (result.strategy, result.num_gpus, result.params_gb, result.grads_gb, result.optimizer_gb,
-            result.activations_gb, result.host_gb, result.total_gb)
+    return (
+        result.strategy,
+        result.num_gpus,
+        result.params_gb,
+        result.grads_gb,
+        result.optimizer_gb,
+        result.activations_gb,
+        result.host_gb,
+        result.total_gb,
+    )
 
 
 # --- DeepSpeed ----------------------------------------------------------------------------------------------
@@ -63,15 +85,22 @@ def _figures(result) -> tuple:
 
 def test_deepspeed_flag_estimates_as_the_accelerate_config_naming_the_same_file(tmp_path):
     via_accelerate = _estimate("recipes/configs/matrix/cpu_offload.yaml")
-    flagged = _preset(tmp_path, "recipes/configs/matrix/cpu_offload.yaml", drop=["accelerate_config"],
-                      deepspeed="ds_configs/zero2_offload.json")
+    flagged = _preset(
+        tmp_path,
+        "recipes/configs/matrix/cpu_offload.yaml",
+        drop=["accelerate_config"],
+        deepspeed="ds_configs/zero2_offload.json",
+    )
     via_flag = _estimate(flagged)
     assert _figures(via_flag) == _figures(via_accelerate)
     assert via_flag.strategy == "zero2_offload" and via_flag.optimizer_gb == 0
-    assert via_flag.strategy_detail.startswith("deepspeed ZeRO-2, optimizer offloaded to CPU (from --deepspeed "
-                                               "ds_configs/zero2_offload.json)")
+    assert via_flag.strategy_detail.startswith(
+        "deepspeed ZeRO-2, optimizer offloaded to CPU (from --deepspeed ds_configs/zero2_offload.json)"
+    )
     assert "1 GPU assumed" in via_flag.strategy_detail  # neither --num_gpus nor an accelerate config
-    assert "accelerate_configs/ds_zero2_offload.yaml -> ds_configs/zero2_offload.json" in via_accelerate.strategy_detail
+    assert (
+        "accelerate_configs/ds_zero2_offload.yaml -> ds_configs/zero2_offload.json" in via_accelerate.strategy_detail
+    )
     assert "GPU assumed" not in via_accelerate.strategy_detail  # num_processes: 1
     # On the GPU: the bf16 params and two reduce buckets of hidden² ("auto"); the host: fp32 master weights,
     # moments and gradients (16 B/param) and, with gradient accumulation, a bf16 gradient buffer.
@@ -118,26 +147,43 @@ def test_deepspeed_files_equal_the_named_strategies_they_configure():
     assert offload.strategy == "zero3_offload" and offload.optimizer_gb == 0
     assert offload.params_gb < 0.1 * _estimate(preset).params_gb
     assert offload.grads_gb == pytest.approx(2 * OPT_HIDDEN**2 * 2 / GB)
-    assert offload.host_gb > 19.9 * OPT_PARAMS / GB  # master + moments 12, fp32 grads 4, bf16 buffer 2, bf16 params 2 (B/param)
+    assert (
+        offload.host_gb > 19.9 * OPT_PARAMS / GB
+    )  # master + moments 12, fp32 grads 4, bf16 buffer 2, bf16 params 2 (B/param)
 
 
 def test_deepspeed_auto_values_resolve_as_the_trainer_resolves_them(tmp_path):
     shipped = deepspeed_strategy("ds_configs/zero3_offload.json", "test").resolved(4096, bf16=True, fp16=False)
-    assert (shipped.reduce_bucket_size, shipped.prefetch_bucket_size, shipped.persistence_threshold) == \
-        (4096**2, int(0.9 * 4096**2), 10 * 4096)
+    assert (shipped.reduce_bucket_size, shipped.prefetch_bucket_size, shipped.persistence_threshold) == (
+        4096**2,
+        int(0.9 * 4096**2),
+        10 * 4096,
+    )
     assert shipped.precision == "bf16" and shipped.overlap_comm
     explicit = tmp_path / "ds.json"
-    explicit.write_text(json.dumps({"bf16": {"enabled": False}, "zero_optimization": {
-        "stage": 1, "reduce_bucket_size": 5e7, "offload_optimizer": {"device": "none"}}}))
+    explicit.write_text(
+        json.dumps(
+            {
+                "bf16": {"enabled": False},
+                "zero_optimization": {"stage": 1, "reduce_bucket_size": 5e7, "offload_optimizer": {"device": "none"}},
+            }
+        )
+    )
     resolved = deepspeed_strategy(str(explicit), "test").resolved(4096, bf16=True, fp16=False)
-    assert (resolved.name, resolved.reduce_bucket_size, resolved.precision, resolved.overlap_comm) == \
-        ("zero1", 50_000_000, None, False)  # DeepSpeed overlaps communication by default only in stage 3
+    assert (resolved.name, resolved.reduce_bucket_size, resolved.precision, resolved.overlap_comm) == (
+        "zero1",
+        50_000_000,
+        None,
+        False,
+    )  # DeepSpeed overlaps communication by default only in stage 3
     # bf16.enabled "auto" follows --bf16: DeepSpeed then holds every parameter in bf16, whatever --dtype loaded.
     fp32_load = ["--dtype", "float32", "--deepspeed", "ds_configs/zero2.json"]
-    assert _estimate("recipes/configs/matrix/bf16_true.yaml", *fp32_load).params_gb == \
-        pytest.approx(2 * OPT_PARAMS / GB, rel=1e-3)
-    assert _estimate("recipes/configs/matrix/bf16_true.yaml", *fp32_load, "--bf16", "false").params_gb == \
-        pytest.approx(4 * OPT_PARAMS / GB, rel=1e-3)
+    assert _estimate("recipes/configs/matrix/bf16_true.yaml", *fp32_load).params_gb == pytest.approx(
+        2 * OPT_PARAMS / GB, rel=1e-3
+    )
+    assert _estimate(
+        "recipes/configs/matrix/bf16_true.yaml", *fp32_load, "--bf16", "false"
+    ).params_gb == pytest.approx(4 * OPT_PARAMS / GB, rel=1e-3)
 
 
 def test_accelerate_inline_deepspeed_keys_use_deepspeeds_defaults(tmp_path):
@@ -190,8 +236,9 @@ def test_fsdp_variants_keep_what_they_do_not_shard(tmp_path):
 def test_every_strategy_name_round_trips_and_the_cli_offers_them():
     for name in STRATEGY_NAMES:
         assert strategy_from_name(name).name == name
-    assert strategy_from_name("zero2_offload") == Strategy(kind="deepspeed", zero_stage=2, offload_optimizer=True,
-                                                          overlap_comm=True, source="--strategy zero2_offload")
+    assert strategy_from_name("zero2_offload") == Strategy(
+        kind="deepspeed", zero_stage=2, offload_optimizer=True, overlap_comm=True, source="--strategy zero2_offload"
+    )
     with pytest.raises(RecipeError):
         strategy_from_name("zero4")
     from estimate import EstimatorArguments
@@ -220,10 +267,11 @@ def test_idefics3_stacks_follow_its_processor():
 
 
 def test_idefics3_is_estimated_and_out_of_memory_advice_predicts():
-    from core.resources import out_of_memory_advice
+    from alt_text_recipes.resources import out_of_memory_advice
 
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults("lora"),
-                                                               ["--model_name_or_path", IDEFICS3])
+    script_args, training_args, model_args = parse_recipe_args(
+        recipe_defaults("lora"), ["--model_name_or_path", IDEFICS3]
+    )
     lora = estimate(script_args, training_args, model_args, 20)
     assert lora.num_params == 8_462_086_384 and 0 < lora.trainable_params < 0.01 * lora.num_params
     assert lora.parts["stack_modes"] == {"vision": "frozen", "connector": "frozen", "language_model": "lora"}
@@ -233,7 +281,7 @@ def test_idefics3_is_estimated_and_out_of_memory_advice_predicts():
 
 
 def test_out_of_memory_advice_without_an_estimate_still_lists_the_techniques(monkeypatch):
-    from core import resources
+    from alt_text_recipes import resources
 
     def no_estimate(*args, **kwargs):
         raise RecipeError("the memory estimator has no layer arithmetic for 'x' models yet (it knows blip-2).")
@@ -245,7 +293,7 @@ def test_out_of_memory_advice_without_an_estimate_still_lists_the_techniques(mon
     assert len(techniques) >= 3
     assert [line for line in lines if "estimate" in line.lower() and "recipes/estimate.py" not in line] == [lines[1]]
     assert lines[1].startswith("No memory estimate can be made")
-    assert lines[2:2 + len(techniques)] == [f"  {flags}" for flags in techniques]
+    assert lines[2 : 2 + len(techniques)] == [f"  {flags}" for flags in techniques]
 
 
 # --- Offline ------------------------------------------------------------------------------------------------
@@ -253,16 +301,24 @@ def test_out_of_memory_advice_without_an_estimate_still_lists_the_techniques(mon
 
 def test_shipped_model_is_estimated_without_any_network_attempt():
     """A listener on loopback stands in for the Hub: the estimate must finish without connecting to it."""
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
-                                                                           "TRANSFORMERS_OFFLINE")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
     with socket.socket() as hub:
         hub.bind(("127.0.0.1", 0))
         hub.listen(8)
         hub.settimeout(0)
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{hub.getsockname()[1]}"
-        result = subprocess.run([sys.executable, str(REPO_ROOT / "recipes/estimate.py"), "full_ft",
-                                 "--model_name_or_path", OPT, "--json"],
-                                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "recipes/estimate.py"), "full_ft", "--model_name_or_path", OPT, "--json"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         try:
             hub.accept()
             connected = True
@@ -272,4 +328,4 @@ def test_shipped_model_is_estimated_without_any_network_attempt():
     assert result.returncode == 0, output[-3000:]
     assert not connected, "the estimate tried to reach the Hub"
     assert "Retry" not in output
-    assert json.loads(result.stdout[result.stdout.index("{"):])["num_params"] == OPT_PARAMS
+    assert json.loads(result.stdout[result.stdout.index("{") :])["num_params"] == OPT_PARAMS

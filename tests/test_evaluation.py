@@ -17,24 +17,44 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText
 
+from alt_text_recipes.alt_text import shorten
+from alt_text_recipes.data import DatasetError
+from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.evaluation import images_with_references
+from alt_text_recipes.generation import generate_alt_text
+from alt_text_recipes.metrics import caption_scores
+from alt_text_recipes.modeling import load_trained
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import run
+
 from conftest import DATASET, TINY_MODELS, run_recipe
 from hub_standin import LocalHub
-from core.alt_text import shorten
-from core.data import DatasetError
-from core.errors import RecipeError
-from core.evaluation import images_with_references
-from core.generation import generate_alt_text
-from core.metrics import caption_scores
-from core.modeling import load_trained
-from core.train import recipe_defaults, run
 
-EVAL_ARGS = ["--eval_strategy", "steps", "--eval_steps", "15", "--save_strategy", "steps", "--save_steps", "15",
-             "--max_eval_samples", "24", "--generation_max_new_tokens", "20"]
+EVAL_ARGS = [
+    "--eval_strategy",
+    "steps",
+    "--eval_steps",
+    "15",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "15",
+    "--max_eval_samples",
+    "24",
+    "--generation_max_new_tokens",
+    "20",
+]
 
 
 def test_caption_metrics_follow_the_coco_definitions():
-    references = ["A red bowl of soup on a wooden table.", "a plate of pasta", ["two green apples", "a pair of apples"]]
-    exact = caption_scores(["a red bowl of soup on a wooden table", "A plate of pasta.", "two green apples"], references)
+    references = [
+        "A red bowl of soup on a wooden table.",
+        "a plate of pasta",
+        ["two green apples", "a pair of apples"],
+    ]
+    exact = caption_scores(
+        ["a red bowl of soup on a wooden table", "A plate of pasta.", "two green apples"], references
+    )
     # The PTB tokenizer lower-cases and drops punctuation, so these match their references exactly.
     assert exact["bleu4"] == pytest.approx(1.0, abs=1e-6) and exact["rouge_l"] == pytest.approx(1.0)
     partial = caption_scores(["a blue bowl of rice", "a plate of pasta", "three red apples"], references)
@@ -59,9 +79,21 @@ def test_shortened_alt_text_keeps_whole_words_and_no_dangling_word():
 def trained_lora(tmp_path_factory):
     """A LoRA run that evaluates with generation every 15 steps and keeps the best checkpoint by CIDEr."""
     output_dir = tmp_path_factory.mktemp("lora")
-    result = run_recipe("lora", "--config", "recipes/configs/tiny/lora.yaml", "--output_dir", str(output_dir),
-                        "--max_steps", "45", *EVAL_ARGS, "--metric_for_best_model", "cider",
-                        "--load_best_model_at_end", "--save_total_limit", "5")
+    result = run_recipe(
+        "lora",
+        "--config",
+        "recipes/configs/tiny/lora.yaml",
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "45",
+        *EVAL_ARGS,
+        "--metric_for_best_model",
+        "cider",
+        "--load_best_model_at_end",
+        "--save_total_limit",
+        "5",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir, result
 
@@ -79,6 +111,7 @@ def test_training_logs_generated_caption_metrics_and_keeps_the_best(trained_lora
     assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}")
     # The saved adapter is the best checkpoint's.
     from safetensors.torch import load_file
+
     saved = load_file(output_dir / "adapter_model.safetensors")
     kept = load_file(Path(state["best_model_checkpoint"]) / "adapter_model.safetensors")
     assert saved.keys() == kept.keys() and all(torch.equal(saved[k], kept[k]) for k in saved)
@@ -91,24 +124,44 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
     """A QLoRA run with evaluation, pushed with --push_to_hub through the Trainer to a local stand-in."""
     hub = LocalHub(tmp_path / "hub")
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", hub)
-    run(recipe_defaults("qlora"), ["--config", "recipes/configs/tiny/qlora.yaml", "--output_dir", str(tmp_path / "out"),
-                                   "--max_steps", "15", *EVAL_ARGS, "--push_to_hub", "--hub_model_id",
-                                   "gourmetgram/alt-text-qlora"])
+    run(
+        recipe_defaults("qlora"),
+        [
+            "--config",
+            "recipes/configs/tiny/qlora.yaml",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "15",
+            *EVAL_ARGS,
+            "--push_to_hub",
+            "--hub_model_id",
+            "gourmetgram/alt-text-qlora",
+        ],
+    )
     pushed = tmp_path / "hub/gourmetgram/alt-text-qlora"
     names = {p.name for p in pushed.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "processor_config.json", "README.md"} <= names
     assert not any(name.startswith("checkpoint-") for name in names)
     card = (pushed / "README.md").read_text()
-    for expected in ("QLoRA", "data/models/tiny-blip2-opt", "data/gourmetgram-mini", "| learning rate | 0.003 |",
-                     "| quantization | 4-bit nf4 |", "| cider |", "Peak memory while training", "PeftModel.from_pretrained",
-                     '"gourmetgram/alt-text-qlora"'):
+    for expected in (
+        "QLoRA",
+        "data/models/tiny-blip2-opt",
+        "data/gourmetgram-mini",
+        "| learning rate | 0.003 |",
+        "| quantization | 4-bit nf4 |",
+        "| cider |",
+        "Peak memory while training",
+        "PeftModel.from_pretrained",
+        '"gourmetgram/alt-text-qlora"',
+    ):
         assert expected in card, expected
     model, processor = load_trained(pushed)  # what was uploaded reloads on its own
     assert generate_alt_text(model, processor, [_test_images(1)[0]], max_new_tokens=8)[0]
 
 
 def _test_images(count):
-    from core.data import load_caption_dataset
+    from alt_text_recipes.data import load_caption_dataset
 
     return list(load_caption_dataset(str(DATASET))["test"].select(range(count))["image"])
 
@@ -116,9 +169,20 @@ def _test_images(count):
 def test_evaluate_captions_scores_models_side_by_side(trained_lora, tmp_path):
     output_dir, _ = trained_lora
     report_file = tmp_path / "scores.json"
-    result = run_recipe("evaluate_captions", "--models", f"base={TINY_MODELS['opt']}", f"tuned={output_dir}",
-                        "--max_samples", "16", "--generation_max_new_tokens", "20", "--examples", "2",
-                        "--output_file", str(report_file))
+    result = run_recipe(
+        "evaluate_captions",
+        "--models",
+        f"base={TINY_MODELS['opt']}",
+        f"tuned={output_dir}",
+        "--max_samples",
+        "16",
+        "--generation_max_new_tokens",
+        "20",
+        "--examples",
+        "2",
+        "--output_file",
+        str(report_file),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| model | bleu4 | cider | rouge_l | embedding_distance |" in result.stdout
     assert "[1] reference: " in result.stdout and "    tuned: " in result.stdout
@@ -146,12 +210,27 @@ window.addEventListener("load", () => {
     assert chromium, "Debian chromium is missing: `make test` installs it (make browser)"
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", check.as_uri()],
-            capture_output=True, text=True, timeout=60).stdout
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                check.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     start = dom.index('<pre id="report">') + len('<pre id="report">')
-    return json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"').replace("&amp;", "&"))
+    return json.loads(dom[start : dom.index("</pre>", start)].replace("&quot;", '"').replace("&amp;", "&"))
 
 
 def test_alt_text_writes_jsonl_csv_and_a_page_every_browser_image_has_alt(trained_lora, tmp_path):
@@ -164,15 +243,27 @@ def test_alt_text_writes_jsonl_csv_and_a_page_every_browser_image_has_alt(traine
     shutil.copy(test_folder / "test_0003.jpg", photos / "nested" / "plate & bowl.jpg")
     (photos / "notes.jpg").write_text("not an image")
     out = tmp_path / "alt"
-    result = run_recipe("alt_text", "--model", str(output_dir), "--images", str(photos),
-                        str(test_folder / "test_001*.jpg"), "--output_dir", str(out), "--max_chars", "40",
-                        "--batch_size", "4")
+    result = run_recipe(
+        "alt_text",
+        "--model",
+        str(output_dir),
+        "--images",
+        str(photos),
+        str(test_folder / "test_001*.jpg"),
+        "--output_dir",
+        str(out),
+        "--max_chars",
+        "40",
+        "--batch_size",
+        "4",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "alt_text.jsonl").read_text().splitlines()]
     assert len(records) == 4 + 10  # the unreadable file is skipped, the glob adds test_0010..0019
     assert all(0 < len(r["alt_text"]) <= 40 and r["max_chars"] == 40 and r["num_beams"] == 1 for r in records)
-    assert [json.loads(line)["path"] for line in (out / "skipped.jsonl").read_text().splitlines()] \
-        == [str(photos / "notes.jpg")]
+    assert [json.loads(line)["path"] for line in (out / "skipped.jsonl").read_text().splitlines()] == [
+        str(photos / "notes.jpg")
+    ]
     assert "skipped 1 file(s)" in result.stdout
     with (out / "alt_text.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -195,8 +286,9 @@ def test_merged_adapter_reloads_and_writes_the_same_alt_text(trained_lora, tmp_p
     assert isinstance(merged, AutoModelForImageTextToText._model_mapping[type(merged.config)])
     adapter, _ = load_trained(output_dir)
     images = _test_images(8)
-    assert generate_alt_text(merged, processor, images, max_new_tokens=20) \
-        == generate_alt_text(adapter, processor, images, max_new_tokens=20)
+    assert generate_alt_text(merged, processor, images, max_new_tokens=20) == generate_alt_text(
+        adapter, processor, images, max_new_tokens=20
+    )
 
 
 def test_merge_refuses_a_folder_without_an_adapter(tmp_path):
@@ -218,11 +310,14 @@ def _caption_rows(images: list, texts: list) -> Dataset:
 
 def test_rows_of_one_image_are_grouped_with_all_their_references(tmp_path):
     red, green = _photo(tmp_path, "red.png", (255, 0, 0)), _photo(tmp_path, "green.png", (0, 255, 0))
-    images, references = images_with_references(_caption_rows([red, green, red, green, red],
-                                                               ["r1", "g1", "r2", "g2", "r3"]))
+    images, references = images_with_references(
+        _caption_rows([red, green, red, green, red], ["r1", "g1", "r2", "g2", "r3"])
+    )
     assert references == [["r1", "r2", "r3"], ["g1", "g2"]]  # in order of first appearance
-    assert [Path(image["path"]).name for image in images.cast_column("image", Image(decode=False))["image"]] \
-        == ["red.png", "green.png"]
+    assert [Path(image["path"]).name for image in images.cast_column("image", Image(decode=False))["image"]] == [
+        "red.png",
+        "green.png",
+    ]
     # Embedded images without a path: the same bytes are the same image.
     red_bytes, green_bytes = Path(red).read_bytes(), Path(green).read_bytes()
     embedded = [{"bytes": data, "path": None} for data in (green_bytes, red_bytes, green_bytes, bytes(red_bytes))]
@@ -235,19 +330,28 @@ def test_rows_of_one_image_are_grouped_with_all_their_references(tmp_path):
 
 # Three images with two to five references each; the alt text "generated" for each (by colour).
 MULTI_REFERENCE = {
-    (200, 30, 30): ("a red plate of pasta on a wooden table",
-                    ["a red plate of pasta on a wooden table", "pasta on a red plate", "a plate of pasta",
-                     "red plate with spaghetti on wood", "a wooden table with a plate of pasta"]),
+    (200, 30, 30): (
+        "a red plate of pasta on a wooden table",
+        [
+            "a red plate of pasta on a wooden table",
+            "pasta on a red plate",
+            "a plate of pasta",
+            "red plate with spaghetti on wood",
+            "a wooden table with a plate of pasta",
+        ],
+    ),
     (30, 200, 30): ("a bowl of green salad", ["a green salad in a white bowl", "a bowl of salad with lettuce"]),
-    (30, 30, 200): ("a blue cup of coffee on a saucer",
-                    ["a cup of coffee on a blue saucer", "coffee in a blue cup", "a blue mug of black coffee"]),
+    (30, 30, 200): (
+        "a blue cup of coffee on a saucer",
+        ["a cup of coffee on a blue saucer", "coffee in a blue cup", "a blue mug of black coffee"],
+    ),
 }
 
 
 @pytest.fixture
 def counted_generation(monkeypatch):
     """Generation replaced by MULTI_REFERENCE's caption for each image's colour; records every image asked for."""
-    import core.generation
+    import alt_text_recipes.generation
 
     asked = []
 
@@ -256,12 +360,12 @@ def counted_generation(monkeypatch):
         asked.extend(colours)
         return [MULTI_REFERENCE[colour][0] for colour in colours]
 
-    monkeypatch.setattr(core.generation, "generate_alt_text", generate)
+    monkeypatch.setattr(alt_text_recipes.generation, "generate_alt_text", generate)
     return asked
 
 
 def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path) -> dict[str, float]:
-    from core.evaluation import GenerationSettings, evaluate_captions
+    from alt_text_recipes.evaluation import GenerationSettings, evaluate_captions
 
     return evaluate_captions(None, None, rows, GenerationSettings(), batch_size=2, embedding_model=None).scores
 
@@ -269,15 +373,20 @@ def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path) -> dict[str, flo
 def _scored_by_the_trainer(rows: Dataset, tmp_path: Path) -> dict[str, float]:
     from transformers import TrainingArguments
 
-    from core.evaluation import GenerationSettings
-    from core.model_card import RunSummary
-    from core.trainer import AltTextTrainer
+    from alt_text_recipes.evaluation import GenerationSettings
+    from alt_text_recipes.model_card import RunSummary
+    from alt_text_recipes.trainer import AltTextTrainer
 
     model, processor = load_trained(TINY_MODELS["opt"])
-    trainer = AltTextTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none",
-                                                                 per_device_eval_batch_size=2),
-                             processing_class=processor, generation=GenerationSettings(), embedding_model=None,
-                             caption_metrics=True, run_summary=RunSummary("tiny", "rows", None, False))
+    trainer = AltTextTrainer(
+        model=model,
+        args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=2),
+        processing_class=processor,
+        generation=GenerationSettings(),
+        embedding_model=None,
+        caption_metrics=True,
+        run_summary=RunSummary("tiny", "rows", None, False),
+    )
     return trainer.generated_caption_scores(rows)
 
 
@@ -295,10 +404,15 @@ def test_each_image_is_captioned_once_and_scored_against_all_its_references(scor
 
     assert sorted(counted_generation) == sorted(MULTI_REFERENCE)  # once per image, not once per row
     tokenizer = PTBTokenizer()
-    ground_truth = tokenizer.tokenize({index: [{"caption": text} for text in references]
-                                       for index, (_, references) in enumerate(MULTI_REFERENCE.values())})
-    generated = tokenizer.tokenize({index: [{"caption": caption}]
-                                    for index, (caption, _) in enumerate(MULTI_REFERENCE.values())})
+    ground_truth = tokenizer.tokenize(
+        {
+            index: [{"caption": text} for text in references]
+            for index, (_, references) in enumerate(MULTI_REFERENCE.values())
+        }
+    )
+    generated = tokenizer.tokenize(
+        {index: [{"caption": caption}] for index, (caption, _) in enumerate(MULTI_REFERENCE.values())}
+    )
     bleu, _ = Bleu(4).compute_score(ground_truth, generated, verbose=0)
     cider, _ = Cider().compute_score(ground_truth, generated)
     assert scores["bleu4"] == pytest.approx(bleu[3]) and scores["cider"] == pytest.approx(cider)
@@ -316,10 +430,15 @@ def split_with_bad_rows(tmp_path) -> Path:
         shutil.copy(DATASET / "test" / name, folder / name)
     whole = (DATASET / "test" / "test_0003.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
-    rows = [("test_0000.jpg", "a plate of food"), ("truncated.jpg", "a bowl of soup"), ("test_0001.jpg", " "),
-            ("test_0002.jpg", "a tray of pizza")]
-    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name, "text": text}) + "\n"
-                                                   for name, text in rows))
+    rows = [
+        ("test_0000.jpg", "a plate of food"),
+        ("truncated.jpg", "a bowl of soup"),
+        ("test_0001.jpg", " "),
+        ("test_0002.jpg", "a tray of pizza"),
+    ]
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": name, "text": text}) + "\n" for name, text in rows)
+    )
     return folder.parent
 
 
@@ -328,8 +447,13 @@ def test_evaluate_captions_applies_the_data_checks_and_flags(split_with_bad_rows
 
     from evaluate_captions import EvaluationArguments, evaluate
 
-    args = EvaluationArguments(models=[f"opt={TINY_MODELS['opt']}"], dataset_name=str(split_with_bad_rows),
-                               generation_max_new_tokens=4, embedding_model="none", examples=0)
+    args = EvaluationArguments(
+        models=[f"opt={TINY_MODELS['opt']}"],
+        dataset_name=str(split_with_bad_rows),
+        generation_max_new_tokens=4,
+        embedding_model="none",
+        examples=0,
+    )
     report = evaluate(args)
     printed = capsys.readouterr().out
     assert "data check: 'test' 4 rows, 2 used, 2 skipped (1 unreadable image, 1 empty caption)" in printed

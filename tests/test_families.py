@@ -12,12 +12,20 @@ import torch
 import yaml
 from transformers import AutoModelForImageTextToText
 
+from alt_text_recipes.collator import IGNORE_INDEX, ChatCollator, make_collator
+from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.families import (
+    FAMILIES,
+    PARTS,
+    family_of,
+    freeze_all_but,
+    parse_train_modules,
+    trainable_by_part,
+)
+from alt_text_recipes.generation import generate_alt_text
+from alt_text_recipes.modeling import load_trained
+
 from conftest import ALL_TWINS, CHAT_TWINS, REPO_ROOT, TINY_MODELS, logged_losses, run_recipe
-from core.collator import IGNORE_INDEX, ChatCollator, make_collator
-from core.errors import RecipeError
-from core.families import FAMILIES, PARTS, family_of, freeze_all_but, parse_train_modules, trainable_by_part
-from core.generation import generate_alt_text
-from core.modeling import load_trained
 
 
 @pytest.fixture(scope="module", params=sorted(CHAT_TWINS))
@@ -52,10 +60,25 @@ def test_every_twin_is_recognised_and_its_parts_cover_every_parameter():
     # Idefics3 (no twin shipped) shares Idefics2's adapter: its module names must fall in the same parts.
     from transformers import Idefics3Config
 
-    config = Idefics3Config(vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                               num_attention_heads=4, image_size=64, patch_size=8),
-                            text_config=dict(model_type="llama", vocab_size=300, hidden_size=64, intermediate_size=128,
-                                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    config = Idefics3Config(
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+    )
     with torch.device("meta"):
         idefics3 = AutoModelForImageTextToText.from_config(config)
     assert set(trainable_by_part(idefics3, family_of(idefics3))) == set(PARTS)
@@ -72,8 +95,11 @@ def test_chat_labels_cover_the_answer_only(chat_twin, food_splits):
     examples = _examples(food_splits["train"], range(6))
     batch = collator(examples)
     prompt_ids = processor(images=[[examples[0]["image"]]], text=[collator.prompt])["input_ids"][0]
-    expected_image_tokens = prompt_ids.count(image_token_id) if isinstance(prompt_ids, list) else \
-        int((torch.as_tensor(prompt_ids) == image_token_id).sum())
+    expected_image_tokens = (
+        prompt_ids.count(image_token_id)
+        if isinstance(prompt_ids, list)
+        else int((torch.as_tensor(prompt_ids) == image_token_id).sum())
+    )
     assert expected_image_tokens >= 8  # the processor expanded the image into its feature positions
     stops = {tokenizer.eos_token_id, *collator.stop_token_ids()}
     for row, example in enumerate(examples):
@@ -116,20 +142,26 @@ def test_chat_loss_and_generated_text_change_when_only_the_image_changes(chat_tw
 def test_default_lora_targets_stay_off_the_vision_tower():
     from trl import ModelConfig
 
-    from core.modeling import add_lora
+    from alt_text_recipes.modeling import add_lora
 
     for name, folder in ALL_TWINS.items():
         model = AutoModelForImageTextToText.from_pretrained(folder)
         family = family_of(model)
         peft_model = add_lora(model, ModelConfig(use_peft=True, lora_r=4), gradient_checkpointing=False)
-        adapted = {family.part_of(module_name.removeprefix("base_model.model."))
-                   for module_name, _ in peft_model.named_modules() if module_name.endswith(".lora_A")}
+        adapted = {
+            family.part_of(module_name.removeprefix("base_model.model."))
+            for module_name, _ in peft_model.named_modules()
+            if module_name.endswith(".lora_A")
+        }
         assert "language" in adapted and "vision" not in adapted, f"{name}: adapters on {adapted}"
         # Beside a connector trained in full, no adapter sits inside it, and the connector is saved with them.
         model = AutoModelForImageTextToText.from_pretrained(folder)
         peft_model = add_lora(model, ModelConfig(use_peft=True, lora_r=4), False, full_parts=("connector",))
-        adapted = {family.part_of(module_name.removeprefix("base_model.model."))
-                   for module_name, _ in peft_model.named_modules() if module_name.endswith(".lora_A")}
+        adapted = {
+            family.part_of(module_name.removeprefix("base_model.model."))
+            for module_name, _ in peft_model.named_modules()
+            if module_name.endswith(".lora_A")
+        }
         assert adapted == {"language"}, f"{name}: adapters on {adapted}"
         assert any("modules_to_save" in n for n, _ in peft_model.named_parameters())
 
@@ -150,9 +182,21 @@ def test_train_modules_parse_and_freeze_by_part():
 
 def test_full_ft_trains_only_the_named_parts(tmp_path):
     output_dir = tmp_path / "out"
-    result = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml",
-                        "--model_name_or_path", str(CHAT_TWINS["idefics2"]), "--output_dir", str(output_dir),
-                        "--train_modules", "connector", "--max_steps", "6", "--logging_steps", "2")
+    result = run_recipe(
+        "full_ft",
+        "--config",
+        "recipes/configs/tiny/full_ft.yaml",
+        "--model_name_or_path",
+        str(CHAT_TWINS["idefics2"]),
+        "--output_dir",
+        str(output_dir),
+        "--train_modules",
+        "connector",
+        "--max_steps",
+        "6",
+        "--logging_steps",
+        "2",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     printed = re.search(r"trainable parameters by part .*?\n((?:  .*\n){3})", result.stdout).group(1)
     assert re.search(r"vision\s+0 of .* frozen", printed) and re.search(r"language\s+0 of .* frozen", printed)
@@ -163,15 +207,31 @@ def test_full_ft_trains_only_the_named_parts(tmp_path):
     assert _same(before["vision"], after["vision"]) and _same(before["language"], after["language"])
     assert not _same(before["connector"], after["connector"])
 
-    bad = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml", "--output_dir", str(tmp_path / "b"),
-                     "--train_modules", "projector")
+    bad = run_recipe(
+        "full_ft",
+        "--config",
+        "recipes/configs/tiny/full_ft.yaml",
+        "--output_dir",
+        str(tmp_path / "b"),
+        "--train_modules",
+        "projector",
+    )
     assert bad.returncode == 1 and "not a part; choose from vision, connector, language" in bad.stderr
 
 
 def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path):
     output_dir = tmp_path / "two"
-    result = run_recipe("two_stage", "--config", "recipes/configs/tiny/two_stage.yaml", "--output_dir", str(output_dir),
-                        "--stage1_max_steps", "10", "--max_steps", "20")
+    result = run_recipe(
+        "two_stage",
+        "--config",
+        "recipes/configs/tiny/two_stage.yaml",
+        "--output_dir",
+        str(output_dir),
+        "--stage1_max_steps",
+        "10",
+        "--max_steps",
+        "20",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stage 1 of 2" in result.stdout and f"starting from {output_dir / 'stage1'}" in result.stdout
     family = FAMILIES["llava"]
@@ -194,8 +254,15 @@ def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path):
         losses = logged_losses(output_dir / stage)
         assert losses[-1] < losses[0], f"{stage}: {losses}"
 
-    again = run_recipe("two_stage", "--config", "recipes/configs/tiny/two_stage.yaml", "--output_dir",
-                       str(output_dir), "--max_steps", "2")
+    again = run_recipe(
+        "two_stage",
+        "--config",
+        "recipes/configs/tiny/two_stage.yaml",
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "2",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds a finished stage 1 model" in again.stdout and "stage 1 of 2" not in again.stdout
 
@@ -203,8 +270,21 @@ def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path):
 def test_evaluation_scores_every_family(tmp_path):
     output_file = tmp_path / "scores.json"
     models = [f"{name}={folder}" for name, folder in ALL_TWINS.items()]
-    result = run_recipe("evaluate_captions", "--models", *models, "--split", "test", "--max_samples", "8",
-                        "--embedding_model", "none", "--examples", "0", "--output_file", str(output_file))
+    result = run_recipe(
+        "evaluate_captions",
+        "--models",
+        *models,
+        "--split",
+        "test",
+        "--max_samples",
+        "8",
+        "--embedding_model",
+        "none",
+        "--examples",
+        "0",
+        "--output_file",
+        str(output_file),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(output_file.read_text())
     scored = report["models"]
@@ -225,5 +305,7 @@ def test_fsdp_wrap_classes_cover_each_family_s_layers():
         assert decoder_layers and decoder_layers <= wrapped, f"{name}: {decoder_layers - wrapped} not wrapped"
     settings = yaml.safe_load((REPO_ROOT / "accelerate_configs/fsdp4_idefics2.yaml").read_text())
     listed = set(settings["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(","))
-    idefics2 = {type(m).__name__ for m in AutoModelForImageTextToText.from_pretrained(CHAT_TWINS["idefics2"]).modules()}
+    idefics2 = {
+        type(m).__name__ for m in AutoModelForImageTextToText.from_pretrained(CHAT_TWINS["idefics2"]).modules()
+    }
     assert listed <= idefics2 and "MistralDecoderLayer" in listed

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from alt_text_recipes.collator import AltTextCollator
+from alt_text_recipes.data import load_caption_dataset
+from alt_text_recipes.inputs import prepare_for_training
+from alt_text_recipes.modeling import load_processor
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import run
+from alt_text_recipes.validation import check_split
+
 from bad_inputs import USABLE, write_corpus
 from conftest import REPO_ROOT, TINY_MODELS
-from core.collator import AltTextCollator
-from core.data import load_caption_dataset
-from core.inputs import prepare_for_training
-from core.modeling import load_processor
-from core.train import recipe_defaults, run
-from core.validation import check_split
 
-BF16_RELATIVE_STEP = 2 ** -7  # the spacing of bf16 numbers near 1, relative
+BF16_RELATIVE_STEP = 2**-7  # the spacing of bf16 numbers near 1, relative
 
 
 def _batches(split, processor, is_encoder_decoder):
@@ -64,10 +66,27 @@ def test_fast_and_plain_loss_curves_match_within_bf16(tmp_path):
     losses to within the spacing of bf16 numbers."""
     curves = {}
     for fast in ("false", "true"):
-        result = run(recipe_defaults("full_ft"), [
-            "--config", "recipes/configs/tiny/full_ft.yaml", "--dtype", "bfloat16", "--bf16", "true",
-            "--max_steps", "20", "--logging_steps", "1", "--memory_report_steps", "0",
-            "--fast_inputs", fast, "--output_dir", str(tmp_path / fast)])
+        result = run(
+            recipe_defaults("full_ft"),
+            [
+                "--config",
+                "recipes/configs/tiny/full_ft.yaml",
+                "--dtype",
+                "bfloat16",
+                "--bf16",
+                "true",
+                "--max_steps",
+                "20",
+                "--logging_steps",
+                "1",
+                "--memory_report_steps",
+                "0",
+                "--fast_inputs",
+                fast,
+                "--output_dir",
+                str(tmp_path / fast),
+            ],
+        )
         curves[fast] = np.array(result.losses)
     assert len(curves["true"]) == 20
     relative = np.abs(curves["true"] - curves["false"]) / np.abs(curves["false"])
@@ -79,9 +98,27 @@ def test_throughput_benchmark_reports_ratios(tmp_path):
     """A short run of the benchmark on random weights built from a config, as on a GPU: table and JSON."""
     out = tmp_path / "throughput.json"
     finished = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "--model_config", str(TINY_MODELS["opt"]), "--images", "48",
-         "--steps", "3", "--warmup_steps", "2", "--batch_size", "8", "--out", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "benchmarks/throughput.py",
+            "--model_config",
+            str(TINY_MODELS["opt"]),
+            "--images",
+            "48",
+            "--steps",
+            "3",
+            "--warmup_steps",
+            "2",
+            "--batch_size",
+            "8",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert "input_pipeline_speedup = " in finished.stdout and "train_speedup = " in finished.stdout
     result = json.loads(out.read_text())

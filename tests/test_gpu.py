@@ -17,11 +17,12 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
+from alt_text_recipes.config import parse_recipe_args
+from alt_text_recipes.estimator import estimate
+from alt_text_recipes.random_weights import build_random_model
+from alt_text_recipes.registry import recipe_defaults
+
 from conftest import TINY_MODELS, logged_losses, run_recipe
-from core.config import parse_recipe_args
-from core.estimator import estimate
-from core.random_weights import build_random_model
-from core.train import recipe_defaults
 
 pytestmark = pytest.mark.gpu
 
@@ -31,10 +32,31 @@ DEVICE_FLAGS = ["--use_cpu", "false"]
 PEAK_SOURCE = "GPU max allocated"
 BATCH = "4"
 # bf16 weights and compute, activation checkpointing, a short run on a slice of the embedded photos.
-COMMON = ["--dataset_name", "data/gourmetgram-mini", "--max_train_samples", "64", "--max_steps", "6",
-          "--per_device_train_batch_size", BATCH, "--logging_steps", "1", "--memory_report_steps", "0",
-          "--save_strategy", "no", "--dtype", "bfloat16", "--bf16", "true", "--gradient_checkpointing", "true",
-          "--report_to", "none", *DEVICE_FLAGS]
+COMMON = [
+    "--dataset_name",
+    "data/gourmetgram-mini",
+    "--max_train_samples",
+    "64",
+    "--max_steps",
+    "6",
+    "--per_device_train_batch_size",
+    BATCH,
+    "--logging_steps",
+    "1",
+    "--memory_report_steps",
+    "0",
+    "--save_strategy",
+    "no",
+    "--dtype",
+    "bfloat16",
+    "--bf16",
+    "true",
+    "--gradient_checkpointing",
+    "true",
+    "--report_to",
+    "none",
+    *DEVICE_FLAGS,
+]
 RECIPE_FLAGS = {
     "full_ft": ["--optim", "adamw_bnb_8bit", "--learning_rate", "1e-4"],  # every weight, 8-bit AdamW
     "lora": ["--optim", "adamw_bnb_8bit"],  # bf16 base + LoRA
@@ -74,11 +96,15 @@ def _check_run(result, output_dir: Path, recipe: str, model: Path, args: list[st
     measured = _memory_logs(output_dir)[-1]  # the report after the first optimizer step
     assert measured["memory/grads_gb"] > 0 and measured["memory/optimizer_gb"] > 0, measured
     script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults(recipe), [*args, "--model_name_or_path", str(model), "--output_dir", str(output_dir)])
+        recipe_defaults(recipe), [*args, "--model_name_or_path", str(model), "--output_dir", str(output_dir)]
+    )
     predicted = estimate(script_args, training_args, model_args, caption_tokens=20)
     for part in ("params", "grads", "optimizer"):
-        assert getattr(predicted, f"{part}_gb") == pytest.approx(measured[f"memory/{part}_gb"], rel=0.10), \
-            (part, predicted, measured)
+        assert getattr(predicted, f"{part}_gb") == pytest.approx(measured[f"memory/{part}_gb"], rel=0.10), (
+            part,
+            predicted,
+            measured,
+        )
     return losses
 
 
@@ -86,8 +112,9 @@ def _check_run(result, output_dir: Path, recipe: str, model: Path, args: list[st
 def test_recipe_at_real_width_trains_and_memory_matches_the_estimate(recipe, real_width_model, tmp_path):
     output_dir = tmp_path / "out"
     args = [*COMMON, *RECIPE_FLAGS[recipe]]
-    result = run_recipe(recipe, *args, "--model_name_or_path", str(real_width_model), "--output_dir", str(output_dir),
-                        timeout=600)
+    result = run_recipe(
+        recipe, *args, "--model_name_or_path", str(real_width_model), "--output_dir", str(output_dir), timeout=600
+    )
     losses = _check_run(result, output_dir, recipe, real_width_model, args)
     if recipe == "full_ft":  # every weight at 1e-4 moves the loss of random weights within a few steps
         assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"loss did not fall: {losses}"
@@ -99,19 +126,39 @@ def test_full_depth_model_trains_with_eight_bit_adam(tmp_path_factory, tmp_path)
     """blip2-opt-2.7b at its real depth (3.7 B parameters): full fine-tuning, bf16, 8-bit AdamW, checkpointing."""
     model = _build(tmp_path_factory.mktemp("random-weights") / f"{MODEL}-full", None)
     output_dir = tmp_path / "out"
-    args = [*COMMON, *RECIPE_FLAGS["full_ft"], "--max_steps", "3", "--max_train_samples", "16",
-            "--per_device_train_batch_size", "2"]
-    result = run_recipe("full_ft", *args, "--model_name_or_path", str(model), "--output_dir", str(output_dir),
-                        timeout=900)
+    args = [
+        *COMMON,
+        *RECIPE_FLAGS["full_ft"],
+        "--max_steps",
+        "3",
+        "--max_train_samples",
+        "16",
+        "--per_device_train_batch_size",
+        "2",
+    ]
+    result = run_recipe(
+        "full_ft", *args, "--model_name_or_path", str(model), "--output_dir", str(output_dir), timeout=900
+    )
     _check_run(result, output_dir, "full_ft", model, args)
 
 
 def test_memory_report_runs_on_cuda_with_telemetry(tmp_path):
     """The tiny model on the GPU: the report measures the allocator and carries the GPU's telemetry."""
     output_dir = tmp_path / "out"
-    result = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml", *DEVICE_FLAGS,
-                        "--max_steps", "2", "--per_device_train_batch_size", "8", "--memory_report_steps", "1",
-                        "--output_dir", str(output_dir))
+    result = run_recipe(
+        "full_ft",
+        "--config",
+        "recipes/configs/tiny/full_ft.yaml",
+        *DEVICE_FLAGS,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--memory_report_steps",
+        "1",
+        "--output_dir",
+        str(output_dir),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("[memory] step ")]
     assert len(lines) >= 2 and all(f"({PEAK_SOURCE})" in line for line in lines), lines
@@ -132,7 +179,7 @@ def test_memory_report_runs_on_cuda_with_telemetry(tmp_path):
 
 def test_nvml_telemetry_reads_real_values():
     pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed (requirements.txt)")
-    from core.telemetry import Telemetry, describe
+    from alt_text_recipes.telemetry import Telemetry, describe
 
     telemetry = Telemetry()
     device = torch.device("cuda", torch.cuda.current_device())
@@ -143,6 +190,9 @@ def test_nvml_telemetry_reads_real_values():
     values = telemetry.sample(device)
     assert 0 <= values["gpu_util_pct"] <= 100
     assert 10 < values["gpu_power_w"] < 2000  # an idle H100 draws ~70 W, its limit is 700 W
-    assert values["gpu_allocated_gb"] >= 4096 * 4096 * 4 / 2**30 and values["gpu_reserved_gb"] >= values["gpu_allocated_gb"]
+    assert (
+        values["gpu_allocated_gb"] >= 4096 * 4096 * 4 / 2**30
+        and values["gpu_reserved_gb"] >= values["gpu_allocated_gb"]
+    )
     text = describe(values)
     assert "GPU util" in text and " W" in text and "reserved" in text

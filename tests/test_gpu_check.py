@@ -11,21 +11,31 @@ import tarfile
 
 import pytest
 
+from alt_text_recipes.experiments import RunResult, load_preset
+
+import gpu_check
 from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import gpu_check  # noqa: E402
-from core.experiments import RunResult, load_preset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     """One dry run (about 2-3 minutes on 2 cores): its results folder and its output."""
     root = tmp_path_factory.mktemp("gpu-check")
-    finished = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry", "--out", str(root / "out"),
-                               "--work_dir", str(root / "work")], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=900)
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--dry",
+            "--out",
+            str(root / "out"),
+            "--work_dir",
+            str(root / "work"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert finished.returncode == 0, finished.stdout[-4000:] + finished.stderr[-4000:]
     return root / "out", finished.stdout
 
@@ -57,19 +67,35 @@ def test_dry_run_measures_every_step_and_writes_the_report(dry_run):
         assert entry["verdict"] in ("correct", "WRONG") and entry["observed"] in ("fit", "over capacity")
     # The simulated capacity lies between the two estimates: one predicted to fit, one not.
     assert {entry["predicted"] for entry in matrix.values()} == {"fits", "OOM"}
-    assert min(e["estimate"]["total_gb"] for e in matrix.values()) <= report["capacity_gb"] \
+    assert (
+        min(e["estimate"]["total_gb"] for e in matrix.values())
+        <= report["capacity_gb"]
         < max(e["estimate"]["total_gb"] for e in matrix.values())
+    )
 
     assert report["pytest"]["returncode"] in (0, 5), report["pytest"]  # 5: no test marked gpu
 
     markdown = (out / "results.md").read_text()
-    for heading in ("## Matmul probe", "## Technique matrix", "## Throughput", "## accelerate launch",
-                    "## pytest -m gpu", "## Time per step", "## Commands"):
+    for heading in (
+        "## Matmul probe",
+        "## Technique matrix",
+        "## Throughput",
+        "## accelerate launch",
+        "## pytest -m gpu",
+        "## Time per step",
+        "## Commands",
+    ):
         assert heading in markdown
     commands = (out / "commands.sh").read_text()
-    for command in ("benchmarks/matmul_probe.py", "benchmarks/throughput.py", "accelerate_configs/fsdp4.yaml",
-                    "accelerate_configs/ds_zero2_offload.yaml --num_processes 1", "recipes/qlora.py",
-                    "recipes/full_ft.py --config recipes/configs/matrix/baseline.yaml", "-m pytest tests/test_gpu.py"):
+    for command in (
+        "benchmarks/matmul_probe.py",
+        "benchmarks/throughput.py",
+        "accelerate_configs/fsdp4.yaml",
+        "accelerate_configs/ds_zero2_offload.yaml --num_processes 1",
+        "recipes/qlora.py",
+        "recipes/full_ft.py --config recipes/configs/matrix/baseline.yaml",
+        "-m pytest tests/test_gpu.py",
+    ):
         assert command in commands, command
     assert (out / "memory.png").stat().st_size > 10_000
     with tarfile.open(out / "logs.tar.gz") as archive:
@@ -80,16 +106,30 @@ def test_dry_run_measures_every_step_and_writes_the_report(dry_run):
 
 # ---------------------------------------------------------------- the GPU-only decisions, on made-up runs
 def _estimate(total: float, fits: bool, host: float = 0.0) -> dict:
-    return {"params_gb": 1.0, "grads_gb": 1.0, "optimizer_gb": 2.0, "activations_gb": total - 4.0, "other_gb": 0.0,
-            "total_gb": total, "host_gb": host, "fits": fits}
+    return {
+        "params_gb": 1.0,
+        "grads_gb": 1.0,
+        "optimizer_gb": 2.0,
+        "activations_gb": total - 4.0,
+        "other_gb": 0.0,
+        "total_gb": total,
+        "host_gb": host,
+        "fits": fits,
+    }
 
 
 def test_matrix_runs_the_verdicts_most_in_doubt_first_and_repeated_estimates_last():
     names = ("baseline", "bf16_true", "qlora", "lora", "reduced_batch", "grad_accumulation", "adam_8bit")
     presets = [load_preset(name) for name in names]
-    estimates = {"baseline": _estimate(145, False), "bf16_true": _estimate(41, True), "qlora": _estimate(25, True),
-                 "lora": _estimate(60, True), "reduced_batch": _estimate(82, False),
-                 "grad_accumulation": _estimate(82, False), "adam_8bit": _estimate(77, True)}
+    estimates = {
+        "baseline": _estimate(145, False),
+        "bf16_true": _estimate(41, True),
+        "qlora": _estimate(25, True),
+        "lora": _estimate(60, True),
+        "reduced_batch": _estimate(82, False),
+        "grad_accumulation": _estimate(82, False),
+        "adam_8bit": _estimate(77, True),
+    }
     order = [p.name for p in gpu_check.matrix_order(presets, estimates, 79.6, 0.5)]
     assert order == ["adam_8bit", "grad_accumulation", "lora", "bf16_true", "qlora", "baseline", "reduced_batch"]
 
@@ -124,24 +164,42 @@ def test_matrix_skips_host_memory_overflows_and_presets_past_the_budget(tmp_path
     launched = []
 
     def fake_run_preset(preset, tiny, out_dir, timeout, gpu_memory, extra_args, prediction, device):
-        launched.append((preset.name, extra_args[extra_args.index("--model_name_or_path") + 1],
-                         extra_args[extra_args.index("--max_steps") + 1], timeout))
+        launched.append(
+            (
+                preset.name,
+                extra_args[extra_args.index("--model_name_or_path") + 1],
+                extra_args[extra_args.index("--max_steps") + 1],
+                timeout,
+            )
+        )
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         (out_dir / "logs" / f"{preset.name}.log").write_text("")
-        return RunResult(preset.name, preset.title, "ok", measured={"peak": 10.0}, estimate=prediction,
-                         command=f"python recipes/{preset.recipe}.py")
+        return RunResult(
+            preset.name,
+            preset.title,
+            "ok",
+            measured={"peak": 10.0},
+            estimate=prediction,
+            command=f"python recipes/{preset.recipe}.py",
+        )
 
     monkeypatch.setattr(experiments, "run_preset", fake_run_preset)
     args = argparse.Namespace(dry=False, budget=1000.0, work_dir=str(tmp_path))
     check = gpu_check.Check(args)
     presets = [load_preset(name) for name in ("cpu_offload", "qlora", "bf16_true", "baseline")]
     check.set_presets(presets)
-    estimates = {"cpu_offload": _estimate(47, True, host=203), "qlora": _estimate(25, True),
-                 "bf16_true": _estimate(41, True), "baseline": "RecipeError: no config"}
+    estimates = {
+        "cpu_offload": _estimate(47, True, host=203),
+        "qlora": _estimate(25, True),
+        "bf16_true": _estimate(41, True),
+        "baseline": "RecipeError: no config",
+    }
     builds = {"blip2-flan-t5-xxl": (_Finished(), tmp_path / "models/blip2-flan-t5-xxl-weights", tmp_path / "b.log")}
     entries = {e["preset"]: e for e in check.matrix(presets, estimates, 79.6, 125.0, builds, reserve=0)}
     assert [name for name, *_ in launched] == ["bf16_true", "qlora"]
-    assert launched[0][1].endswith("blip2-opt-2.7b-skeleton") and launched[0][2] == "2"  # fits: 2 steps, no weights on disk
+    assert (
+        launched[0][1].endswith("blip2-opt-2.7b-skeleton") and launched[0][2] == "2"
+    )  # fits: 2 steps, no weights on disk
     assert launched[1][1].endswith("blip2-flan-t5-xxl-weights")  # quantized: the folder written in the background
     assert entries["cpu_offload"]["status"] == "not run" and "203 GB of host memory" in entries["cpu_offload"]["note"]
     assert entries["baseline"]["status"] == "failed" and "no estimate" in entries["baseline"]["note"]
@@ -152,12 +210,24 @@ def test_matrix_skips_host_memory_overflows_and_presets_past_the_budget(tmp_path
 
 
 def test_merge_keeps_what_a_later_call_did_not_run():
-    earlier = {"gpu": "H100", "throughput": {"status": "ok"}, "launches": [{"name": "fsdp4"}], "pytest": {"status": "ok"},
-               "matrix": [{"preset": "lora", "status": "ok"}, {"preset": "qlora", "status": "ok"}],
-               "steps": [{"step": "a"}], "commands": [{"step": "a", "command": "x"}]}
-    later = {"gpu": "H100", "throughput": {}, "launches": [], "pytest": {},
-             "matrix": [{"preset": "qlora", "status": "not run"}, {"preset": "sgd", "status": "ok"}],
-             "steps": [{"step": "b"}], "commands": [{"step": "b", "command": "y"}]}
+    earlier = {
+        "gpu": "H100",
+        "throughput": {"status": "ok"},
+        "launches": [{"name": "fsdp4"}],
+        "pytest": {"status": "ok"},
+        "matrix": [{"preset": "lora", "status": "ok"}, {"preset": "qlora", "status": "ok"}],
+        "steps": [{"step": "a"}],
+        "commands": [{"step": "a", "command": "x"}],
+    }
+    later = {
+        "gpu": "H100",
+        "throughput": {},
+        "launches": [],
+        "pytest": {},
+        "matrix": [{"preset": "qlora", "status": "not run"}, {"preset": "sgd", "status": "ok"}],
+        "steps": [{"step": "b"}],
+        "commands": [{"step": "b", "command": "y"}],
+    }
     merged = gpu_check.merge(earlier, later, {"matrix"})
     assert merged["throughput"] == {"status": "ok"} and merged["launches"] == [{"name": "fsdp4"}]
     assert {e["preset"]: e["status"] for e in merged["matrix"]} == {"lora": "ok", "qlora": "ok", "sgd": "ok"}
@@ -165,7 +235,6 @@ def test_merge_keeps_what_a_later_call_did_not_run():
 
 
 def test_throughput_reports_no_mfu_without_a_measured_peak():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     import throughput
 
     assert throughput.peak_tflops(None, None)[0] is None

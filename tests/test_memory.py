@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY_MODELS
-from core.train import run
+from alt_text_recipes.train import run
 
-BASE_ARGS = ["--config", "recipes/configs/tiny/full_ft.yaml", "--max_steps", "1", "--per_device_train_batch_size", "8",
-             "--model_name_or_path", str(TINY_MODELS["opt"])]
+from conftest import TINY_MODELS
+
+BASE_ARGS = [
+    "--config",
+    "recipes/configs/tiny/full_ft.yaml",
+    "--max_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "8",
+    "--model_name_or_path",
+    str(TINY_MODELS["opt"]),
+]
 
 
 def _train_one_step(tmp_path, *extra: str, defaults=None):
@@ -50,7 +59,7 @@ def test_activations_grow_with_batch_size(tmp_path):
     assert large.activations > 3 * small.activations
 
 
-# --- Telemetry: how busy the hardware was at each report (recipes/core/telemetry.py) ---------------------------
+# --- Telemetry: how busy the hardware was at each report (recipes/alt_text_recipes/telemetry.py) ---------------
 
 
 def test_cpu_run_reports_cpu_utilisation_in_the_line_and_the_logs(tmp_path, capsys):
@@ -112,14 +121,21 @@ def test_gpu_telemetry_fills_the_report_with_nvml(fake_cuda, capsys):
 
     import torch
 
-    from core.memory import MemoryBreakdown, MemoryBreakdownCallback
+    from alt_text_recipes.memory import MemoryBreakdown, MemoryBreakdownCallback
 
     logged = []
     callback = MemoryBreakdownCallback()
     callback.trainer = SimpleNamespace(log=logged.append)
     callback._device = torch.device("cuda", 0)  # what on_train_begin takes from the Trainer's arguments
-    report = MemoryBreakdown(1, params=2**30, grads=2**30, optimizer=2**31, activations=2**28, peak=5 * 2**30,
-                             peak_source="GPU max allocated")
+    report = MemoryBreakdown(
+        1,
+        params=2**30,
+        grads=2**30,
+        optimizer=2**31,
+        activations=2**28,
+        peak=5 * 2**30,
+        peak_source="GPU max allocated",
+    )
     callback._report(SimpleNamespace(is_world_process_zero=True), report)
     telemetry = callback.reports[0].telemetry
     assert telemetry["gpu_util_pct"] == 73 and telemetry["gpu_power_w"] == pytest.approx(251.4)
@@ -127,7 +143,8 @@ def test_gpu_telemetry_fills_the_report_with_nvml(fake_cuda, capsys):
     assert "cpu_util_pct" in telemetry and fake_cuda.indices == [0]
     line = capsys.readouterr().out.strip()
     assert line.startswith("[memory] step 1 |") and line.endswith(
-        "(GPU max allocated) | GPU util 73% | allocated 1.00 / reserved 1.50 GB | 251 W"), line
+        "(GPU max allocated) | GPU util 73% | allocated 1.00 / reserved 1.50 GB | 251 W"
+    ), line
     assert logged[0]["memory/gpu_util_pct"] == 73 and logged[0]["memory/gpu_reserved_gb"] == 1.5
     assert logged[0]["memory/gpu_power_w"] == pytest.approx(251.4) and logged[0]["memory/params_gb"] == 1.0
 
@@ -137,7 +154,7 @@ def test_gpu_telemetry_without_nvml_keeps_the_allocator_figures(fake_cuda, monke
 
     import torch
 
-    from core.telemetry import Telemetry, describe
+    from alt_text_recipes.telemetry import Telemetry, describe
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
     values = Telemetry().sample(torch.device("cuda", 0))
@@ -149,7 +166,7 @@ def test_gpu_telemetry_without_nvml_keeps_the_allocator_figures(fake_cuda, monke
 def test_nvml_numbers_the_device_as_cuda_visible_devices_maps_it(fake_cuda, monkeypatch):
     import torch
 
-    from core.telemetry import Telemetry
+    from alt_text_recipes.telemetry import Telemetry
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     Telemetry().sample(torch.device("cuda", 1))
@@ -160,7 +177,7 @@ def test_peak_memory_follows_the_training_device(monkeypatch):
     """A CPU run on a GPU machine (CUDA initialised by something else) measures the process, not the GPU."""
     import torch
 
-    from core.memory import peak_memory
+    from alt_text_recipes.memory import peak_memory
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)

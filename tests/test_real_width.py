@@ -2,17 +2,18 @@
 
 The tiny twins cannot test the estimator (their memory is mostly the Python process), so each family's
 shipped real config is built with its real widths, vocabulary and sequence lengths but one layer per stack,
-and one optimizer step runs through the recipe (recipes/core/real_width.py). Parameters, gradients and
+and one optimizer step runs through the recipe (recipes/alt_text_recipes/real_width.py). Parameters, gradients and
 optimizer state are the tensors' storages; activations are what autograd saves while each stack runs.
 These cases cover full fine-tuning with AdamW and 8-bit AdamW and LoRA, in fp32, with activation
-checkpointing on and off, over three families; `python benchmarks/real_width.py` runs more cases, Idefics2 and the bf16 twins (benchmarks/results/real-width-cpu).
+checkpointing on and off, over three families; `python benchmarks/real_width.py` runs more cases, Idefics2 and
+the bf16 twins (benchmarks/results/real-width-cpu).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from core.real_width import Case, measure_cases, table
+from alt_text_recipes.real_width import Case, measure_cases, table
 
 TOLERANCE = 0.10
 # fp32 at real width (one layer per stack keeps each case to seconds; the first layer of a LoRA stack, where
@@ -22,9 +23,11 @@ TOLERANCE = 0.10
 # vision tower's input embeddings then, and unless the recipe undoes it (NoGradientsIntoFrozenInputs) the tower
 # saves 13× what is estimated. Idefics2-8B (the same behaviour) is measured by the benchmark, not here, for time.
 CASES = {
-    "Salesforce/blip2-opt-2.7b": [Case("full_ft", "float32", False, False, "adamw_torch"),
-                                  Case("full_ft", "float32", False, True),
-                                  Case("lora", "float32", False, False)],
+    "Salesforce/blip2-opt-2.7b": [
+        Case("full_ft", "float32", False, False, "adamw_torch"),
+        Case("full_ft", "float32", False, True),
+        Case("lora", "float32", False, False),
+    ],
     "Salesforce/blip2-flan-t5-xl": [Case("lora", "float32", False, True)],
     "llava-hf/llava-1.5-7b-hf": [Case("lora", "float32", False, True)],
 }
@@ -41,14 +44,19 @@ def test_estimate_matches_one_real_width_step(model, tmp_path_factory):
             if comparison.estimated[part] == 0:  # nothing expected: at most a trace
                 assert comparison.measured[part] <= 0.01 * activations, f"{comparison.case}: {part}"
             else:
-                assert ratio == pytest.approx(1.0, abs=TOLERANCE), \
+                assert ratio == pytest.approx(1.0, abs=TOLERANCE), (
                     f"{comparison.case}: {part} measured ÷ estimated {ratio:.3f}"
+                )
 
 
 # bf16 (weights, autocast, QLoRA's compute) at real width needs a GPU: `pytest -m gpu`.
 GPU_CASES = {
-    "Salesforce/blip2-opt-2.7b": [Case("full_ft", "bfloat16", True, True), Case("full_ft", "float32", True, False),
-                                  Case("lora", "bfloat16", True, True), Case("qlora", "bfloat16", True, False)],
+    "Salesforce/blip2-opt-2.7b": [
+        Case("full_ft", "bfloat16", True, True),
+        Case("full_ft", "float32", True, False),
+        Case("lora", "bfloat16", True, True),
+        Case("qlora", "bfloat16", True, False),
+    ],
     "Salesforce/blip2-flan-t5-xl": [Case("lora", "bfloat16", True, True)],
     "llava-hf/llava-1.5-7b-hf": [Case("qlora", "bfloat16", True, True)],
     "HuggingFaceM4/idefics2-8b": [Case("lora", "bfloat16", True, False)],
@@ -58,11 +66,13 @@ GPU_CASES = {
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", sorted(GPU_CASES))
 def test_estimate_matches_one_real_width_bf16_step_on_a_gpu(model, tmp_path_factory):
-    comparisons = measure_cases(model, GPU_CASES[model], tmp_path_factory.mktemp("real-width-gpu"), layers=2,
-                                device="cuda")
+    comparisons = measure_cases(
+        model, GPU_CASES[model], tmp_path_factory.mktemp("real-width-gpu"), layers=2, device="cuda"
+    )
     print("\n" + table(comparisons))
     for comparison in comparisons:
         for part, ratio in comparison.ratios().items():
             if comparison.estimated[part] > 0:
-                assert ratio == pytest.approx(1.0, abs=TOLERANCE), \
+                assert ratio == pytest.approx(1.0, abs=TOLERANCE), (
                     f"{comparison.case}: {part} measured ÷ estimated {ratio:.3f}"
+                )

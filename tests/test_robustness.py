@@ -19,19 +19,27 @@ import transformers.utils.hub
 from safetensors.torch import load_file
 from transformers.utils import is_torch_tf32_available
 
+from alt_text_recipes.config import _has_accelerator, parse_recipe_args
+from alt_text_recipes.data import load_caption_dataset
+from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.images import open_checked
+from alt_text_recipes.modeling import load_processor
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train import run
+from alt_text_recipes.validation import check_split
+
 from bad_inputs import BAD, USABLE, write_corpus
 from conftest import REPO_ROOT, TINY_MODELS
-from core.config import _has_accelerator, parse_recipe_args
-from core.data import load_caption_dataset
-from core.errors import RecipeError
-from core.images import open_checked
-from core.modeling import load_processor
-from core.train import recipe_defaults, run
-from core.validation import check_split
 from hub_standin import LocalHub
 
-TINY_TRAIN = ["--config", "recipes/configs/tiny/full_ft.yaml", "--per_device_train_batch_size", "4",
-              "--memory_report_steps", "0"]
+TINY_TRAIN = [
+    "--config",
+    "recipes/configs/tiny/full_ft.yaml",
+    "--per_device_train_batch_size",
+    "4",
+    "--memory_report_steps",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +57,9 @@ def test_every_bad_input_has_its_outcome_and_no_valid_example_is_dropped(corpus)
         assert reason in skipped[name], (name, skipped[name])
     assert report.kept == len(kept) == len(USABLE) and set(kept["text"]) == set(USABLE.values())
     assert report.truncated_captions == 1  # the overlong caption is used, truncated, and counted
-    images = {caption: image for caption, image in zip(kept["text"], kept["image"])}
-    from core.images import to_rgb
+    images = {caption: image for caption, image in zip(kept["text"], kept["image"], strict=False)}
+    from alt_text_recipes.images import to_rgb
+
     assert all(to_rgb(image).mode == "RGB" for image in images.values())
 
 
@@ -68,22 +77,24 @@ def test_colour_modes_are_converted_faithfully(corpus):
 
 def test_training_on_a_messy_collection_skips_reports_and_trains(corpus, tmp_path, capsys):
     output_dir = tmp_path / "out"
-    trained = run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--dataset_name", str(corpus),
-                                               "--output_dir", str(output_dir), "--max_steps", "4"])
+    trained = run(
+        recipe_defaults("full_ft"),
+        [*TINY_TRAIN, "--dataset_name", str(corpus), "--output_dir", str(output_dir), "--max_steps", "4"],
+    )
     assert trained.train_seconds > 0 and (output_dir / "model.safetensors").exists()
     stdout = capsys.readouterr().out
-    assert f"data check: 'train' {len(USABLE) + len(BAD)} rows, {len(USABLE)} used, {len(BAD)} skipped" \
-        in stdout
+    assert f"data check: 'train' {len(USABLE) + len(BAD)} rows, {len(USABLE)} used, {len(BAD)} skipped" in stdout
     assert "1 captions longer than 64 tokens will be truncated" in stdout
     report = json.loads((output_dir / "data_report.json").read_text())[0]
     assert report["kept"] == len(USABLE) and {Path(p["path"]).name for p in report["problems"]} == set(BAD)
 
 
-
 def test_bad_examples_stop_the_run_when_asked_to(corpus, tmp_path):
     with pytest.raises(RecipeError, match=rf"^{len(BAD)} bad example\(s\) .*--on_bad_example skip"):
-        run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--dataset_name", str(corpus), "--output_dir", str(tmp_path),
-                                         "--on_bad_example", "error"])
+        run(
+            recipe_defaults("full_ft"),
+            [*TINY_TRAIN, "--dataset_name", str(corpus), "--output_dir", str(tmp_path), "--on_bad_example", "error"],
+        )
 
 
 def test_a_split_with_no_usable_example_is_a_clear_error(tmp_path):
@@ -92,15 +103,23 @@ def test_a_split_with_no_usable_example_is_a_clear_error(tmp_path):
     (split / "broken.jpg").write_text("no image")
     (split / "metadata.jsonl").write_text(json.dumps({"file_name": "broken.jpg", "text": "a plate"}) + "\n")
     with pytest.raises(RecipeError, match="split 'train' has no usable example"):
-        run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--dataset_name", str(tmp_path / "data"),
-                                         "--output_dir", str(tmp_path / "out")])
+        run(
+            recipe_defaults("full_ft"),
+            [*TINY_TRAIN, "--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")],
+        )
 
 
 def test_alt_text_skips_unusable_files_with_reasons(corpus, tmp_path):
     from alt_text import AltTextArguments, write_alt_text
 
-    records = write_alt_text(AltTextArguments(images=[str(corpus / "train")], model=str(TINY_MODELS["opt"]),
-                                              output_dir=str(tmp_path), generation_max_new_tokens=8))
+    records = write_alt_text(
+        AltTextArguments(
+            images=[str(corpus / "train")],
+            model=str(TINY_MODELS["opt"]),
+            output_dir=str(tmp_path),
+            generation_max_new_tokens=8,
+        )
+    )
     skipped = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
     unreadable = {"truncated.jpg", "corrupt.png", "not_an_image.jpg", "panorama.png", "bomb.png"}
     assert {Path(entry["path"]).name for entry in skipped} == unreadable
@@ -120,16 +139,34 @@ def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, capsys):
-    args = ["--config", f"recipes/configs/tiny/{recipe}.yaml", "--max_steps", "16", "--per_device_train_batch_size", "8",
-            "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "4", "--memory_report_steps", "0",
-            "--warmup_steps", "2"]
+    args = [
+        "--config",
+        f"recipes/configs/tiny/{recipe}.yaml",
+        "--max_steps",
+        "16",
+        "--per_device_train_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "4",
+        "--memory_report_steps",
+        "0",
+        "--warmup_steps",
+        "2",
+    ]
     reference = tmp_path / "reference"
     run(recipe_defaults(recipe), [*args, "--output_dir", str(reference)])
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args,
-                                "--output_dir", str(interrupted)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args, "--output_dir", str(interrupted)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     marker = interrupted / "checkpoint-8" / "checkpoint-complete.json"
     deadline = time.time() + 240
     while not marker.exists() and process.poll() is None and time.time() < deadline:
@@ -150,7 +187,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
 
 
 def test_incomplete_checkpoints_are_never_resumed(tmp_path):
-    from core.train import _resume_checkpoint
+    from alt_text_recipes.train import _resume_checkpoint
 
     for step, complete in ((5, True), (10, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -166,7 +203,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
 
 
 def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_path, monkeypatch):
-    from core.trainer import AltTextTrainer
+    from alt_text_recipes.trainer import AltTextTrainer
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -176,8 +213,14 @@ def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_pat
         run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--output_dir", str(tmp_path)])
     message = str(error.value)
     assert "out of memory" in message and "Estimated for these settings" in message
-    for technique in ("--per_device_train_batch_size 2 --gradient_accumulation_steps 2", "--gradient_checkpointing",
-                      "--dtype bfloat16 --bf16", "--optim adamw_bnb_8bit", "recipes/lora.py", "recipes/qlora.py"):
+    for technique in (
+        "--per_device_train_batch_size 2 --gradient_accumulation_steps 2",
+        "--gradient_checkpointing",
+        "--dtype bfloat16 --bf16",
+        "--optim adamw_bnb_8bit",
+        "recipes/lora.py",
+        "recipes/qlora.py",
+    ):
         assert technique in message
     assert message.count(" GB") >= 7
 
@@ -206,7 +249,7 @@ def test_gpu_only_options_follow_the_hardware(flags, refusal, supported):
 def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
     """Both branches on any machine: CUDA's presence simulated (parse_recipe_args itself is not called with
     it faked, since TrainingArguments would then set up a device that is not there)."""
-    from core.config import check_hardware, make_parser
+    from alt_text_recipes.config import check_hardware, make_parser
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -215,7 +258,10 @@ def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
     assert _has_accelerator() is cuda
     parser = make_parser(recipe_defaults("full_ft"))
     assert parser.get_default("use_cpu") is (not cuda)  # no --use_cpu: the GPU where there is one
-    for use_cpu, fp16, refusal in ((False, False, "--use_cpu false asks for a GPU"), (True, True, "--fp16 needs a GPU")):
+    for use_cpu, fp16, refusal in (
+        (False, False, "--use_cpu false asks for a GPU"),
+        (True, True, "--fp16 needs a GPU"),
+    ):
         settings = SimpleNamespace(use_cpu=use_cpu, fp16=fp16)
         if cuda:
             check_hardware(settings)  # accepted
@@ -227,8 +273,10 @@ def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
 
 def test_an_unreachable_model_id_names_itself_and_the_local_folder_option(tmp_path):
     with pytest.raises(RecipeError) as error:
-        run(recipe_defaults("full_ft"), ["--model_name_or_path", "Salesforce/blip2-opt-2.7b",
-                                         "--output_dir", str(tmp_path), "--max_steps", "1"])
+        run(
+            recipe_defaults("full_ft"),
+            ["--model_name_or_path", "Salesforce/blip2-opt-2.7b", "--output_dir", str(tmp_path), "--max_steps", "1"],
+        )
     assert "cannot load 'Salesforce/blip2-opt-2.7b'" in str(error.value)
     assert "--model_name_or_path models/" in str(error.value)
 
@@ -238,10 +286,28 @@ def test_hub_token_never_reaches_files_or_logs_and_weights_are_safetensors(tmp_p
     monkeypatch.setenv("HF_TOKEN", planted_env)
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", LocalHub(tmp_path / "hub"))
     output_dir = tmp_path / "out"
-    run(recipe_defaults("lora"), ["--config", "recipes/configs/tiny/lora.yaml", "--output_dir", str(output_dir),
-                                  "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
-                                  "--push_to_hub", "--hub_model_id", "gourmetgram/secret-test",
-                                  "--hub_token", planted_flag, "--logging_steps", "1"])
+    run(
+        recipe_defaults("lora"),
+        [
+            "--config",
+            "recipes/configs/tiny/lora.yaml",
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            "--push_to_hub",
+            "--hub_model_id",
+            "gourmetgram/secret-test",
+            "--hub_token",
+            planted_flag,
+            "--logging_steps",
+            "1",
+        ],
+    )
     captured = capfd.readouterr()
     files = [p for folder in (output_dir, tmp_path / "hub") for p in folder.rglob("*") if p.is_file()]
     assert any(p.name == "training_args.bin" for p in files) and any(p.name == "README.md" for p in files)

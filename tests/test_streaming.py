@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import full_ft
+from alt_text_recipes.config import parse_recipe_args
+from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.streaming import BadStreamExample, StreamCheck, checked_stream, load_caption_stream
+
 from conftest import DATASET, REPO_ROOT, free_port, logged_losses, run_recipe
-from core.config import parse_recipe_args
-from core.errors import RecipeError
-from core.streaming import BadStreamExample, StreamCheck, checked_stream, load_caption_stream
 
 BROKEN_IMAGE = b"this is not a PNG"
 
@@ -36,8 +37,16 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(folder: Path, split: str, examples: int, shards: int, start: int = 0, as_json: bool = False,
-                 broken_image: int | None = None, empty_caption: int | None = None) -> list[str]:
+def write_shards(
+    folder: Path,
+    split: str,
+    examples: int,
+    shards: int,
+    start: int = 0,
+    as_json: bool = False,
+    broken_image: int | None = None,
+    empty_caption: int | None = None,
+) -> list[str]:
     """WebDataset shards `<split>-NNN.tar` of 32×32 PNGs captioned "photo N"; returns the captions written."""
     folder.mkdir(parents=True, exist_ok=True)
     captions = []
@@ -58,10 +67,26 @@ def test_two_ranks_read_disjoint_parts_that_together_cover_every_example(tmp_pat
     shards = tmp_path / "shards"
     written = write_shards(shards, "train", examples=300, shards=6, broken_image=123)
     out = tmp_path / "seen"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), "tests/stream_worker.py", str(shards), str(out)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # gloo on the CPU
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "tests/stream_worker.py",
+        str(shards),
+        str(out),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # gloo on the CPU
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     ranks = [json.loads(Path(f"{out}.rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [rank["world_size"] for rank in ranks] == [2, 2]
@@ -82,16 +107,40 @@ def test_streaming_recipe_trains_from_shards_and_reports_the_skipped_examples(tm
     write_shards(shards, "train", examples=40, shards=2, as_json=True, broken_image=5, empty_caption=30)
     write_shards(shards, "validation", examples=8, shards=1, start=1000, as_json=True)
     output = tmp_path / "run"
-    result = run_recipe("full_ft", "--config", "recipes/configs/tiny/full_ft.yaml", "--dataset_name", str(shards),
-                        "--streaming", "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                        "--eval_strategy", "steps", "--eval_steps", "3", "--max_eval_samples", "4",
-                        "--caption_metrics", "false", "--save_final_model", "false", "--output_dir", str(output))
+    result = run_recipe(
+        "full_ft",
+        "--config",
+        "recipes/configs/tiny/full_ft.yaml",
+        "--dataset_name",
+        str(shards),
+        "--streaming",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "3",
+        "--max_eval_samples",
+        "4",
+        "--caption_metrics",
+        "false",
+        "--save_final_model",
+        "false",
+        "--output_dir",
+        str(output),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(logged_losses(output)) == 3
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]
     assert any("eval_loss" in entry for entry in history)
     train, validation = json.loads((output / "data_report.json").read_text())
-    assert train["split"] == "train" and train["rows"] - train["kept"] == 2  # read as far as training (and prefetch) went
+    assert (
+        train["split"] == "train" and train["rows"] - train["kept"] == 2
+    )  # read as far as training (and prefetch) went
     assert train["kept"] >= 12  # 3 steps of 4
     assert train["reasons"] == {"not an image": 1, "empty caption": 1}
     assert {p["path"] for p in train["problems"]} == {"000005.png", "000030.png"}
@@ -101,7 +150,7 @@ def test_streaming_recipe_trains_from_shards_and_reports_the_skipped_examples(tm
 
 def test_streaming_without_max_steps_is_refused_with_the_reason():
     with pytest.raises(RecipeError, match="--streaming needs --max_steps: a streamed data set has no length"):
-        parse_recipe_args(full_ft.DEFAULTS, ["--streaming", "--output_dir", "unused"])
+        parse_recipe_args(recipe_defaults("full_ft"), ["--streaming", "--output_dir", "unused"])
 
 
 def test_a_bad_example_stops_the_stream_with_one_clear_error_under_the_error_policy(tmp_path):
@@ -111,8 +160,10 @@ def test_a_bad_example_stops_the_stream_with_one_clear_error_under_the_error_pol
     with pytest.raises(BadStreamExample) as raised:  # raised in a DataLoader worker, re-raised here
         list(DataLoader(stream, batch_size=2, num_workers=1, collate_fn=list))
     check.close()
-    assert str(raised.value) == ("bad example in the 'train' stream (000002.png: not an image (unrecognised file "
-                                 "format)). Fix it, or pass --on_bad_example skip to leave it out.")
+    assert str(raised.value) == (
+        "bad example in the 'train' stream (000002.png: not an image (unrecognised file "
+        "format)). Fix it, or pass --on_bad_example skip to leave it out."
+    )
 
 
 def test_a_glob_of_train_shards_finds_the_validation_shards_named_alike(tmp_path):

@@ -1,0 +1,327 @@
+"""Command-line and YAML configuration shared by every recipe.
+
+A recipe is parsed into three dataclasses, as TRL's example scripts do: `ScriptArguments` (data,
+prompt, reporting), `transformers.TrainingArguments` (every Trainer flag) and `trl.ModelConfig`
+(model, dtype, LoRA, quantization). `--config preset.yaml` sets any of their fields; flags on the
+command line override the file; recipe defaults sit underneath both.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from transformers import TrainingArguments
+from trl import ModelConfig, TrlParser
+
+from .data import load_caption_dataset
+from .errors import RecipeError
+from .evaluation import GenerationSettings
+from .images import MAX_ASPECT_RATIO, MAX_PIXELS
+from .inputs import default_num_workers
+from .metrics import BUNDLED_EMBEDDING_MODEL
+from .paths import EMBEDDED_DATASET
+
+
+@dataclass
+class DataArguments:
+    """Where the captioned images come from (training, evaluation and the quality table alike)."""
+
+    dataset_name: str = field(
+        default=EMBEDDED_DATASET,
+        metadata={
+            "help": "The captioned photos, in any layout detected from what is there: a CSV/JSON/JSONL/Parquet "
+            "file or glob (image paths or bytes + captions), a folder of photos holding such a file, "
+            "COCO captions or Karpathy split JSON, chat rows (messages/conversations + images), an "
+            "imagefolder or save_to_disk folder, or a Hub dataset id."
+        },
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training split from this file or glob (any layout of --dataset_name); with "
+            "--validation_file / --test_file, replaces --dataset_name."
+        },
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation split from this file or glob."})
+    test_file: str | None = field(default=None, metadata={"help": "Test split from this file or glob."})
+    validation_split_percentage: float = field(
+        default=0,
+        metadata={
+            "help": "Data without a validation split: hold out this percentage of the training "
+            "images for one (seeded by --seed; each image with all its captions in one split)."
+        },
+    )
+    test_split_percentage: float = field(
+        default=0,
+        metadata={"help": "Data without a test split: hold out this percentage of the training images for one."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    caption_column: str = field(default="text", metadata={"help": "Column holding the alt text / captions."})
+    on_bad_example: str = field(
+        default="skip",
+        metadata={
+            "help": "An unreadable, missing, oversized or uncaptioned example: 'skip' it (counted, listed in "
+            "data_report.json) or stop with an 'error'.",
+            "choices": ["skip", "error"],
+        },
+    )
+    max_image_pixels: int = field(default=MAX_PIXELS, metadata={"help": "Larger images are refused (memory)."})
+    max_aspect_ratio: float = field(default=MAX_ASPECT_RATIO, metadata={"help": "Longer/narrower images are refused."})
+    fast_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode (JPEG draft mode), EXIF-fix and resize training images in the DataLoader workers "
+            "(--dataloader_num_workers, default: this process's CPU cores, at most 8) so the training "
+            "step gets ready tensors. false: the plain path, the processor does it all per batch."
+        },
+    )
+    cache_images: bool = field(
+        default=True,
+        metadata={
+            "help": "With --fast_inputs: decode and resize the training images once per data set into the "
+            "datasets cache (uint8 at the model's input size: 150 KB a photo at 224², reused by later "
+            "runs) instead of every epoch. false for data sets whose cache would not fit on disk. "
+            "Off with --streaming: a stream cannot be cached, its images are decoded and resized "
+            "in the DataLoader workers as they are read."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training split as a stream (datasets IterableDataset): memory stays flat however "
+            "large the collection. Sources: WebDataset .tar shards (a folder, or a glob such as "
+            "'shards/train-*.tar'; KEY.jpg/png/webp with KEY.txt or KEY.json holding a caption), an "
+            "imagefolder folder, a Hub id. Needs --max_steps (a stream has no length). Each process "
+            "reads its own part; bad examples are checked as they are read and counted in "
+            "data_report.json (all processes merged) when training ends. The evaluation split is read "
+            "into memory: its first --max_eval_samples rows (all without it)."
+        },
+    )
+
+    def data_source(self) -> str:
+        """What the splits are read from, as the model card names it."""
+        return ", ".join(filter(None, (self.train_file, self.validation_file, self.test_file))) or self.dataset_name
+
+    def load_splits(self, seed: int) -> DatasetDict:
+        """Every split, with `seed` choosing the images held out by the split percentages."""
+        return load_caption_dataset(
+            self.dataset_name,
+            self.image_column,
+            self.caption_column,
+            self.dataset_config,
+            split_files={"train": self.train_file, "validation": self.validation_file, "test": self.test_file},
+            validation_split_percentage=self.validation_split_percentage,
+            test_split_percentage=self.test_split_percentage,
+            seed=seed,
+        )
+
+
+@dataclass
+class GenerationArguments:
+    """How alt text is generated and scored: in evaluation during training, evaluate_captions.py and alt_text.py."""
+
+    prompt: str = field(
+        default="",
+        metadata={
+            "help": "BLIP-2: text before the caption (its captions need none). Chat families (Idefics, LLaVA): "
+            "the instruction in the user turn, default 'Write alt text for this image.'. Never a "
+            "training target."
+        },
+    )
+    generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
+    num_beams: int = field(default=1, metadata={"help": "Beams for generating alt text (1: greedy)."})
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(self.prompt, self.generation_max_new_tokens, self.num_beams)
+
+
+@dataclass
+class ScoringArguments:
+    embedding_model: str = field(
+        default=BUNDLED_EMBEDDING_MODEL,
+        metadata={
+            "help": "Sentence-embedding model for the embedding distance: the bundled all-MiniLM-L6-v2 "
+            f"('{BUNDLED_EMBEDDING_MODEL}'), a local sentence-transformers folder, or 'none'."
+        },
+    )
+
+
+@dataclass
+class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (optional)."})
+    test_split: str = field(default="test", metadata={"help": "Split the closing examples come from."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_caption_tokens: int = field(default=64, metadata={"help": "Captions are truncated to this many tokens."})
+    memory_report_steps: int = field(
+        default=50, metadata={"help": "Print the memory breakdown at steps 0, 1 and every N steps (0: only 0 and 1)."}
+    )
+    show_examples: int = field(
+        default=0, metadata={"help": "After training, print alt text for this many test images beside the reference."}
+    )
+    caption_metrics: bool = field(
+        default=True,
+        metadata={
+            "help": "At each evaluation (--eval_strategy), generate alt text for the eval split and log "
+            "BLEU-4, CIDEr, ROUGE-L and embedding distance (eval_cider, ...) beside the eval loss."
+        },
+    )
+    save_final_model: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end, save the model (or adapter) with its processor and model card to --output_dir. "
+            "false: keep only trainer_state.json (the loss curve and memory reports), for memory and "
+            "speed checks that need no weights."
+        },
+    )
+    scale_lr: str = field(
+        default="none",
+        metadata={
+            "help": "Scale --learning_rate with the number of processes: linear (x N), sqrt (x sqrt N) or none. "
+            "The given rate is the one tuned for one process.",
+            "choices": ["linear", "sqrt", "none"],
+        },
+    )
+    train_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Parts trained in full: any of vision, connector (BLIP-2: Q-Former, query tokens and "
+            "projection; Idefics2: perceiver resampler and projection; LLaVA: projector), language. "
+            "Everything else is frozen. Default: all three for full_ft.py; none for lora.py/qlora.py, "
+            "where the adapters train and a part named here trains in full beside them (stored in "
+            "the adapter folder). Space- or comma-separated."
+        },
+    )
+    device_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model parallel on one machine: split the layers over its GPUs with 'auto', 'balanced', "
+            "'sequential', or a JSON map {module: device}. No data parallelism; launch with python."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run Python code from the model's repository. Off unless you ask: it runs with your permissions."
+        },
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."},
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "The accelerate config a preset is meant to be launched with (read by the runner)."},
+    )
+
+
+# Defaults every recipe starts from: what a single-GPU user of a real BLIP-2 wants.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "model_name_or_path": "Salesforce/blip2-opt-2.7b",
+    "dtype": "bfloat16",
+    "bf16": True,
+    "gradient_checkpointing": True,
+    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "num_train_epochs": 2,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "logging_steps": 10,
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "report_to": "none",
+    # The input pipeline runs in DataLoader worker processes (recipes/alt_text_recipes/inputs.py), started once per
+    # run rather than once per epoch. Left to the interpreter's exit, persistent workers stall 5 s each
+    # (torch 2.13, accelerate 1.15); AltTextTrainer.train shuts them down when training ends (0.1 s).
+    # Off when there are no workers (--dataloader_num_workers 0), where torch refuses it.
+    "dataloader_num_workers": default_num_workers(),
+    "dataloader_persistent_workers": True,
+    # The filter tests every step's loss for NaN on the host, a device sync per step; a NaN loss is
+    # better seen in the log than averaged away.
+    "logging_nan_inf_filter": False,
+}
+
+
+# We keep the conventional `--gradient_checkpointing` flag (a deprecated alias of
+# `--activation_checkpointing` in recent transformers; both work and the newer one wins).
+warnings.filterwarnings(
+    "ignore", message="`(is_)?gradient_checkpointing(_kwargs)?` is deprecated", category=FutureWarning
+)
+
+
+def _has_accelerator() -> bool:
+    return (
+        torch.cuda.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        or torch.backends.mps.is_available()
+    )
+
+
+def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlParser:
+    parser = TrlParser((ScriptArguments, TrainingArguments, ModelConfig, *extra))
+    # Without a GPU the same command still runs, on the CPU (bf16 there is CPU autocast).
+    parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
+    return parser
+
+
+def check_hardware(training_args: TrainingArguments) -> None:
+    """Options that need a GPU fail here, before any weights load, when none is visible."""
+    if _has_accelerator():
+        return
+    if not training_args.use_cpu:
+        raise RecipeError(
+            "--use_cpu false asks for a GPU, and this machine has none visible (CUDA_VISIBLE_DEVICES, "
+            "drivers?). Drop it to train on the CPU."
+        )
+    if training_args.fp16:
+        raise RecipeError(
+            "--fp16 needs a GPU, and this machine has none visible; on the CPU use --bf16 (or neither, for fp32)."
+        )
+
+
+def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
+    """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for the recipe with these defaults."""
+    try:
+        parsed = make_parser(defaults, extra).parse_args_and_config(args)
+    except RecipeError:
+        raise
+    except ValueError as error:  # TrainingArguments / ModelConfig checks: one line, not their traceback
+        hint = " This machine has no GPU." if not _has_accelerator() and "gpu" in str(error).lower() else ""
+        raise RecipeError(f"invalid settings: {error}{hint}") from None
+    script_args, training_args, model_args = parsed[:3]
+    check_hardware(training_args)
+    recipe = defaults.get("recipe")
+    if script_args.recipe and recipe and script_args.recipe != recipe:
+        raise RecipeError(f"this preset is for recipes/{script_args.recipe}.py, not recipes/{recipe}.py.")
+    if script_args.streaming and training_args.max_steps <= 0:
+        raise RecipeError(
+            "--streaming needs --max_steps: a streamed data set has no length, so epochs cannot be "
+            "counted. Set the number of optimizer steps to train, e.g. --max_steps 1000."
+        )
+    if training_args.dataloader_num_workers == 0:
+        training_args.dataloader_persistent_workers = False
+    # The collator reads raw image/text columns; the Trainer must not drop them.
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+    if (training_args.metric_for_best_model or "").endswith("distance"):
+        training_args.greater_is_better = False  # the embedding distance: 0 is best
+    if training_args.hub_token:
+        # The Hub client reads it from the environment; kept out of the arguments, it is never written
+        # (training_args.bin, checkpoints) or printed.
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        if not model_args.use_peft:
+            raise RecipeError(
+                "a quantized base (--load_in_4bit / --load_in_8bit) can only be trained with LoRA "
+                "(--use_peft); use recipes/qlora.py."
+            )
+    return parsed

@@ -1,0 +1,114 @@
+"""The model card written beside every trained model (README.md), and pushed with it to the Hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .layouts import is_hub_id
+from .paths import is_local
+
+TECHNIQUES = {
+    "full_ft": "full fine-tuning (every weight trained)",
+    "lora": "LoRA (low-rank adapters on a frozen base)",
+    "qlora": "QLoRA (LoRA adapters on a frozen 4-bit NF4 base)",
+}
+
+
+@dataclass
+class RunSummary:
+    """What a card says about a run beyond the Trainer's own arguments; filled in as the run goes."""
+
+    base_model: str
+    dataset: str
+    recipe: str | None
+    is_adapter: bool
+    generation: dict = field(default_factory=dict)
+    hyperparameters: dict = field(default_factory=dict)
+    peak_memory: str | None = None
+    train_seconds: float | None = None
+
+
+def _latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:
+    evaluations = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]
+    if not evaluations:
+        return {}
+    skip = ("_runtime", "_per_second", "_steps_per_second")
+    return {
+        key[len("eval_") :]: value
+        for key, value in evaluations[-1].items()
+        if key.startswith("eval_") and not key.endswith(skip)
+    }
+
+
+def _how_to_load(summary: RunSummary, repo_id: str) -> str:
+    if summary.is_adapter:
+        return (
+            "```python\nfrom peft import PeftModel\n"
+            "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+            f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
+            f'base = AutoModelForImageTextToText.from_pretrained("{summary.base_model}")\n'
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")\n```\n'
+            "`recipes/merge_adapter.py` merges the adapter into a standalone model folder."
+        )
+    return (
+        "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+        f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
+        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}")\n```'
+    )
+
+
+def model_card_text(summary: RunSummary, repo_id: str, log_history: list[dict], best: str | None = None) -> str:
+    """The card: metadata header, what was trained how, results, and how to load it."""
+    metadata = ModelCardData(
+        base_model=None if is_local(summary.base_model) else summary.base_model,
+        datasets=[summary.dataset] if is_hub_id(summary.dataset) else None,
+        library_name="peft" if summary.is_adapter else "transformers",
+        pipeline_tag="image-to-text",
+        tags=["alt-text", "image-captioning", "accessibility", *([summary.recipe] if summary.recipe else [])],
+    )
+    technique = TECHNIQUES.get(summary.recipe or "", summary.recipe or "fine-tuning")
+    lines = [
+        f"---\n{metadata.to_yaml()}\n---",
+        f"# {repo_id.split('/')[-1]}\n",
+        f"An alt-text writer: `{summary.base_model}` fine-tuned on `{summary.dataset}` with {technique}.",
+        "It writes the short description a screen reader speaks for an image.\n",
+        "## How to load\n",
+        _how_to_load(summary, repo_id),
+        "",
+        "## Training\n",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {name} | {getattr(value, 'value', value)} |" for name, value in summary.hyperparameters.items()),
+        "",
+    ]
+    metrics = _latest_eval_metrics(log_history)
+    lines += ["## Results\n"]
+    if metrics:
+        lines += [
+            "Last evaluation on the validation split, captions generated "
+            f"({', '.join(f'{k}={v}' for k, v in summary.generation.items())}):\n",
+            "| metric | value |",
+            "| --- | --- |",
+            *(f"| {k} | {v:.4g} |" for k, v in metrics.items()),
+            "",
+        ]
+    else:
+        lines += ["No evaluation was run (`--eval_strategy no`).\n"]
+    if best:
+        lines += [f"Weights saved: {best}.\n"]
+    if summary.peak_memory:
+        lines += [f"Peak memory while training: {summary.peak_memory}."]
+    if summary.train_seconds is not None:
+        lines += [f"Training time: {summary.train_seconds:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(
+    folder: str | Path, summary: RunSummary, repo_id: str, log_history: list[dict], best: str | None = None
+) -> Path:
+    path = Path(folder) / "README.md"
+    ModelCard(model_card_text(summary, repo_id, log_history, best)).save(path)
+    return path

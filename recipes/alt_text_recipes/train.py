@@ -1,0 +1,358 @@
+"""The one training loop every recipe runs: load, wrap, train with `transformers.Trainer`, save, report."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType
+from datasets import Dataset
+from huggingface_hub import try_to_load_from_cache
+from transformers import TrainingArguments, set_seed
+from trl import ModelConfig
+
+from .collator import make_collator
+from .config import ScriptArguments, parse_recipe_args
+from .data import select_split
+from .errors import RecipeError, exit_on_user_error
+from .families import trained_parts
+from .generation import generate_alt_text
+from .inputs import prepare_for_training
+from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
+from .model_card import RunSummary
+from .modeling import add_lora, choose_trainable_parts, load_model, load_processor
+from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
+from .paths import is_local, shipped_config
+from .resources import out_of_memory_advice
+from .streaming import first_examples, load_caption_stream, streamed_splits
+from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
+from .validation import apply_policy, check_split, write_report
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    train_seconds: float
+    peak_bytes: int
+    peak_source: str
+    losses: list[float]
+    memory_reports: list
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> RunSummary:
+    """The model card's account of the run: the settings that decide what was learnt and what it cost."""
+    hyperparameters = {
+        "learning rate": training_args.learning_rate,
+        "batch size per device": training_args.per_device_train_batch_size,
+        "gradient accumulation": training_args.gradient_accumulation_steps,
+        "processes": training_args.world_size,
+        "epochs" if training_args.max_steps <= 0 else "steps": training_args.num_train_epochs
+        if training_args.max_steps <= 0
+        else training_args.max_steps,
+        "optimizer": training_args.optim,
+        "scheduler": training_args.lr_scheduler_type,
+        "weights dtype": model_args.dtype,
+        "mixed precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "activation checkpointing": training_args.gradient_checkpointing,
+        "seed": training_args.seed,
+        "parts trained in full": ", ".join(trained_parts(script_args.train_modules, model_args.use_peft)) or "none",
+    }
+    if model_args.use_peft:
+        hyperparameters.update(
+            {
+                "LoRA r": model_args.lora_r,
+                "LoRA alpha": model_args.lora_alpha,
+                "LoRA dropout": model_args.lora_dropout,
+                "LoRA targets": model_args.lora_target_modules or "default for the language model",
+            }
+        )
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        hyperparameters["quantization"] = (
+            "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "8-bit"
+        )
+    return RunSummary(
+        base_model=model_args.model_name_or_path,
+        dataset=script_args.data_source(),
+        recipe=script_args.recipe,
+        is_adapter=bool(model_args.use_peft),
+        generation={"max_new_tokens": script_args.generation_max_new_tokens, "num_beams": script_args.num_beams},
+        hyperparameters=hyperparameters,
+    )
+
+
+def build_trainer(
+    script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
+) -> AltTextTrainer:
+    parts = trained_parts(script_args.train_modules, model_args.use_peft)
+    processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
+    model = load_model(
+        model_args,
+        parse_device_map(script_args.device_map),
+        script_args.trust_remote_code,
+        full_parts=parts if model_args.use_peft else (),
+        use_cpu=training_args.use_cpu,
+    )
+    if model_args.use_peft:
+        model = add_lora(model, model_args, training_args.gradient_checkpointing, parts)
+    choose_trainable_parts(model, parts, adapters=model_args.use_peft)
+    if PartialState().distributed_type == DistributedType.FSDP:
+        align_query_tokens_for_fsdp(model)
+    trainable, total = count_parameters(model)
+    print(
+        f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
+        f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention",
+        flush=True,
+    )
+
+    if script_args.streaming:
+        train_split, eval_split, data_callbacks = streamed_splits(script_args, training_args, processor)
+    else:
+        (train_split, eval_split), data_callbacks = loaded_splits(script_args, training_args, processor), []
+
+    collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
+    memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
+    trainer = AltTextTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_split,
+        eval_dataset=eval_split,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[memory_callback, *data_callbacks],
+        generation=script_args.generation_settings(),
+        embedding_model=script_args.embedding_model,
+        caption_metrics=script_args.caption_metrics,
+        run_summary=run_summary(script_args, training_args, model_args),
+    )
+    memory_callback.trainer = trainer
+    return trainer
+
+
+def loaded_splits(
+    script_args: ScriptArguments, training_args: TrainingArguments, processor
+) -> tuple[Dataset, Dataset | None]:
+    """The training and evaluation splits, loaded, checked (the report printed and written) and prepared."""
+    splits = script_args.load_splits(training_args.seed)
+    wanted = {script_args.train_split: script_args.max_train_samples}
+    if training_args.eval_strategy != "no":
+        wanted[script_args.eval_split] = script_args.max_eval_samples
+    checked, reports = {}, []
+    for name, max_samples in wanted.items():
+        checked[name], report = check_split(
+            select_split(splits, name, max_samples),
+            name,
+            processor.tokenizer,
+            script_args.max_caption_tokens,
+            script_args.max_image_pixels,
+            script_args.max_aspect_ratio,
+        )
+        reports.append(report)
+    is_main = training_args.process_index == 0  # the report is printed and written once
+    apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=not is_main)
+    if is_main:
+        write_report(reports, training_args.output_dir)
+    train_split = checked[script_args.train_split]
+    if script_args.fast_inputs:
+        with training_args.main_process_first(desc="image cache"):  # the first process fills the cache
+            train_split = prepare_for_training(
+                train_split, processor, script_args.cache_images, training_args.dataloader_num_workers
+            )
+    eval_split = checked.get(script_args.eval_split) if training_args.eval_strategy != "no" else None
+    return train_split, eval_split
+
+
+def gather_peaks(trainer: AltTextTrainer, peak_bytes: int) -> list[int]:
+    """Every rank's peak, collected on all ranks (a collective: every rank must call it)."""
+    if trainer.accelerator.num_processes == 1:
+        return [peak_bytes]
+    peaks = trainer.accelerator.gather(
+        torch.tensor([peak_bytes], dtype=torch.int64, device=trainer.accelerator.device)
+    )
+    return peaks.tolist()
+
+
+def apply_lr_scaling(script_args: ScriptArguments, training_args: TrainingArguments) -> None:
+    """Scale the learning rate with the number of data-parallel processes, and say so."""
+    processes = training_args.world_size
+    if script_args.scale_lr == "none" and processes == 1:
+        return
+    scaled = scaled_learning_rate(training_args.learning_rate, processes, script_args.scale_lr)
+    if training_args.process_index == 0:
+        global_batch = (
+            training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+        )
+        print(
+            f"learning rate: {training_args.learning_rate:g} -> {scaled:g} ({script_args.scale_lr} scaling, "
+            f"{processes} processes, global batch {global_batch})",
+            flush=True,
+        )
+    training_args.learning_rate = scaled
+
+
+def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """`--resume_from_checkpoint auto`: the newest complete checkpoint in output_dir (none: start fresh)."""
+    requested = training_args.resume_from_checkpoint
+    if requested in (None, ""):
+        return None
+    if requested == "auto":
+        checkpoint, incomplete = latest_complete_checkpoint(training_args.output_dir)
+        if training_args.process_index == 0:
+            for folder in incomplete:
+                print(f"resume: {folder} is incomplete (the run stopped while saving it); not used", flush=True)
+            print(
+                f"resume: {'from ' + checkpoint if checkpoint else 'no complete checkpoint, starting fresh'}",
+                flush=True,
+            )
+        return checkpoint
+    if not Path(requested).is_dir():
+        raise RecipeError(f"--resume_from_checkpoint {requested}: no such folder.")
+    if not is_complete_checkpoint(requested):
+        raise RecipeError(
+            f"--resume_from_checkpoint {requested}: this checkpoint is incomplete (the run stopped while "
+            "saving it). Use an earlier one, or --resume_from_checkpoint auto."
+        )
+    return requested
+
+
+def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
+    if script_args.streaming:
+        splits = load_caption_stream(
+            script_args.dataset_name, script_args.image_column, script_args.caption_column, script_args.dataset_config
+        )
+    else:
+        splits = script_args.load_splits(trainer.args.seed)
+    split_name = script_args.test_split if script_args.test_split in splits else script_args.train_split
+    first = (
+        first_examples(splits[split_name], script_args.show_examples)
+        if script_args.streaming
+        else select_split(splits, split_name, script_args.show_examples)
+    )
+    examples, _ = check_split(first, split_name)
+    alt_texts = generate_alt_text(
+        trainer.model,
+        trainer.processing_class,
+        list(examples["image"]),
+        **script_args.generation_settings().as_kwargs(),
+    )
+    print(f"\nAlt text for {len(examples)} {split_name} images:")
+    for index, (reference, alt_text) in enumerate(zip(examples["text"], alt_texts, strict=False)):
+        print(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
+
+
+def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
+    """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
+    result = train(*parse_recipe_args(defaults, args))
+    leave_process_group()
+    return result
+
+
+def leave_process_group() -> None:
+    """After the last training run of a process: leave the process group together. A rank exiting while
+    gloo threads still run aborts with SIGABRT after a successful run (seen with two launchers on two
+    "machines")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
+    """Train with parsed arguments, save the model (or adapter) with its processor and card, report."""
+    apply_lr_scaling(script_args, training_args)
+    set_seed(training_args.seed)
+    trainer = build_trainer(script_args, training_args, model_args)
+    if trainer.is_world_process_zero():  # what accelerate made of the launch (FSDP on a CPU falls back to DDP)
+        state = PartialState()
+        print(
+            f"strategy: {state.distributed_type.value} over {state.num_processes} process(es) on "
+            f"{training_args.device}",
+            flush=True,
+        )
+
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise RecipeError(
+            out_of_memory_advice(
+                script_args,
+                training_args,
+                model_args,
+                caption_token_count(script_args, model_args, training_args.seed, trainer.processing_class.tokenizer),
+            )
+        ) from None
+    train_seconds = time.perf_counter() - start
+
+    peak_bytes, peak_source = peak_memory(training_args.device)
+    rank_peaks = gather_peaks(trainer, peak_bytes)
+    trainer.run_summary.peak_memory = f"{format_bytes(max(rank_peaks))} ({peak_source}, highest process)"
+    trainer.run_summary.train_seconds = train_seconds
+    trainer.save_state()  # trainer_state.json: the logged loss curve, memory reports and evaluations
+    if script_args.save_final_model:
+        # Saves the full model or only the adapter, the processor beside it (so the folder reloads alone) and
+        # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
+    if trainer.is_world_process_zero():
+        print(
+            f"saved to {training_args.output_dir}"
+            if script_args.save_final_model
+            else "not saved (--save_final_model false); "
+            f"{training_args.output_dir}/trainer_state.json holds the run's log"
+        )
+        print(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})", flush=True)
+        if len(rank_peaks) > 1:
+            print(
+                "peak memory per rank: "
+                + ", ".join(f"rank {rank} {peak / GB:.2f} GB" for rank, peak in enumerate(rank_peaks)),
+                flush=True,
+            )
+        if script_args.show_examples > 0:
+            show_examples(trainer, script_args)
+
+    memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainResult(
+        training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports
+    )
+
+
+def caption_token_count(
+    script_args: ScriptArguments, model_args: ModelConfig, seed: int, tokenizer: Any = None
+) -> int:
+    """Tokens of the longest training caption plus EOS, as the collator will build them (with `tokenizer`,
+    or the model's own when it can be loaded); `seed` is the run's, which chooses the held-out images."""
+    splits = script_args.load_splits(seed)
+    captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
+    # A Hub id with a config shipped in data/model_configs (an estimate before anything is downloaded): its
+    # tokenizer only from a copy already in the Hub cache, found on disk without the Hub client (which makes
+    # requests, and retries them offline, even to look in its cache); none there: the words x 1.3 count below.
+    name = model_args.model_name_or_path
+    if not is_local(name) and shipped_config(name) is not None:
+        cached = try_to_load_from_cache(name, "tokenizer_config.json")
+        name = str(Path(cached).parent) if isinstance(cached, str) else None
+    if tokenizer is None and name is not None:
+        try:
+            tokenizer = load_processor(name).tokenizer
+        except RecipeError:  # not reachable offline
+            tokenizer = None
+    if tokenizer is None:  # BPE vocabularies spend about 1.3 tokens a word
+        longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
+    else:
+        longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
+    return min(longest, script_args.max_caption_tokens) + 1
+
+
+def main(defaults: dict[str, Any]) -> None:
+    """Entry point of a recipe file: a bad input ends with one readable line, not a traceback."""
+    exit_on_user_error(run, defaults)
