@@ -22,7 +22,8 @@ from pathlib import Path
 
 from alt_text_recipes.data import load_caption_dataset, select_split
 from alt_text_recipes.evaluation import GenerationSettings, examples_text, score_models, scores_table
-from alt_text_recipes.paths import EMBEDDED_DATASET, TINY_OPT
+from alt_text_recipes.families import TWINS
+from alt_text_recipes.paths import EMBEDDED_DATASET
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def main() -> None:
     test_split = select_split(load_caption_dataset(EMBEDDED_DATASET), "test")
     generation = GenerationSettings(max_new_tokens=40, num_beams=1)
     results = score_models(
-        {"base (untuned)": TINY_OPT, **{name: str(models_dir / name) for name in RUNS}},
+        {"base (untuned)": TWINS["blip2-opt"].folder, **{name: str(models_dir / name) for name in RUNS}},
         test_split,
         generation,
         batch_size=25,

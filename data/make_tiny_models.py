@@ -51,6 +51,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
 from alt_text_recipes.collator import make_collator
+from alt_text_recipes.families import TWINS
 from alt_text_recipes.generation import generate_alt_text
 
 from make_gourmetgram_mini import random_scene
@@ -75,8 +76,9 @@ LLAVA_CHAT_TEMPLATE = (
     "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
     "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-MODELS = ("opt", "t5", "idefics2", "llava")
-FOLDERS = {"opt": "tiny-blip2-opt", "t5": "tiny-blip2-t5", "idefics2": "tiny-idefics2", "llava": "tiny-llava"}
+# Which twins there are and where they live: each family declares its own (recipes/alt_text_recipes/families/).
+MODELS = tuple(twin.builds for twin in TWINS.values())
+FOLDERS = {twin.builds: Path(twin.folder).name for twin in TWINS.values()}
 
 SHAPE_COLOURS = {
     "red": (220, 40, 40),

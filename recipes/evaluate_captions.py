@@ -19,14 +19,14 @@ from alt_text_recipes.config import DataArguments, GenerationArguments, ScoringA
 from alt_text_recipes.data import select_split
 from alt_text_recipes.errors import exit_on_user_error
 from alt_text_recipes.evaluation import examples_text, parse_named_models, score_models, scores_table
-from alt_text_recipes.paths import TINY_OPT
+from alt_text_recipes.families import TWINS
 from alt_text_recipes.validation import apply_policy, check_split
 
 
 @dataclass
 class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
     models: list[str] = field(
-        default_factory=lambda: [TINY_OPT],
+        default_factory=lambda: [TWINS["blip2-opt"].folder],
         metadata={"help": "Model or adapter folders (or Hub ids) to score, each as PATH or NAME=PATH."},
     )
     split: str = field(default="test", metadata={"help": "Split to score on."})

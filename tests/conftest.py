@@ -18,10 +18,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY_MODELS = {"opt": REPO_ROOT / "data/models/tiny-blip2-opt", "t5": REPO_ROOT / "data/models/tiny-blip2-t5"}
-# The chat-template families' twins (recipes/alt_text_recipes/families.py).
-CHAT_TWINS = {"idefics2": REPO_ROOT / "data/models/tiny-idefics2", "llava": REPO_ROOT / "data/models/tiny-llava"}
-ALL_TWINS = {"blip2-opt": TINY_MODELS["opt"], "blip2-t5": TINY_MODELS["t5"], **CHAT_TWINS}
+from alt_text_recipes.families import FAMILIES  # noqa: E402  (after the offline settings above)
+
+# Every family's tiny twins, as its module declares them (recipes/alt_text_recipes/families/).
+ALL_TWINS = {twin.name: REPO_ROOT / twin.folder for family in FAMILIES.values() for twin in family.twins}
+TINY_MODELS = {twin.builds: REPO_ROOT / twin.folder for twin in FAMILIES["blip2"].twins}  # "opt", "t5"
+CHAT_TWINS = {
+    twin.name: REPO_ROOT / twin.folder
+    for family in FAMILIES.values()
+    if family.uses_chat_template
+    for twin in family.twins
+}
 DATASET = REPO_ROOT / "data/gourmetgram-mini"
 
 

@@ -187,7 +187,8 @@ def test_multi_gpu_presets_are_estimated_per_gpu_as_their_strategy_divides():
 
 IDEFICS2 = "HuggingFaceM4/idefics2-8b"
 LLAVA = "llava-hf/llava-1.5-7b-hf"
-# Idefics2-8B's parameters per part (families.py): SigLIP tower; perceiver resampler + projection; Mistral + lm_head.
+# Idefics2-8B's parameters per part (families/idefics2.py): SigLIP tower; perceiver resampler + projection;
+# Mistral + lm_head.
 IDEFICS2_PART_COUNTS = {"vision": 417_792_240, "connector": 743_219_200, "language": 7_241_756_672}
 IDEFICS2_PRESETS = {
     "lora": ("single", 1),

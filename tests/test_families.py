@@ -1,9 +1,13 @@
 """The other model families (Idefics2, LLaVA) on their tiny twins: labels, image sensitivity, trainable
-parts, LoRA targets, the two-stage recipe and evaluation (every recipe on every twin: test_recipes.py)."""
+parts, LoRA targets, the two-stage recipe and evaluation (every recipe on every twin: test_recipes.py); every
+family module complete, and the FSDP accelerate configs naming only their family's wrap classes."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+import pkgutil
 import random
 import re
 
@@ -12,8 +16,10 @@ import torch
 import yaml
 from transformers import AutoModelForImageTextToText
 
+import alt_text_recipes.families
 from alt_text_recipes.collator import IGNORE_INDEX, ChatCollator, make_collator
 from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.estimator import image_processor_settings, layer_stacks, load_config, meta_model
 from alt_text_recipes.families import (
     FAMILIES,
     PARTS,
@@ -24,6 +30,8 @@ from alt_text_recipes.families import (
 )
 from alt_text_recipes.generation import generate_alt_text
 from alt_text_recipes.modeling import load_trained
+from alt_text_recipes.paths import SHIPPED_CONFIGS, shipped_config
+from alt_text_recipes.random_weights import twin_of, with_layers
 
 from conftest import ALL_TWINS, CHAT_TWINS, REPO_ROOT, TINY_MODELS, logged_losses, run_recipe
 
@@ -309,3 +317,85 @@ def test_fsdp_wrap_classes_cover_each_family_s_layers():
         type(m).__name__ for m in AutoModelForImageTextToText.from_pretrained(CHAT_TWINS["idefics2"]).modules()
     }
     assert listed <= idefics2 and "MistralDecoderLayer" in listed
+
+
+# --- Every family module is complete --------------------------------------------------------------------------
+
+FAMILY_MODULES = sorted(info.name for info in pkgutil.iter_modules(alt_text_recipes.families.__path__))
+
+
+@functools.cache
+def _held_classes(family_name: str) -> frozenset[str]:
+    """The module classes of a family's twins and of its shipped configs (built on the meta device, one layer
+    per stack: the classes, not the size)."""
+    family = FAMILIES[family_name]
+    models = [load_trained(REPO_ROOT / twin.folder)[0] for twin in family.twins]
+    models += [meta_model(with_layers(load_config(name), 1)) for name in family.shipped_configs]
+    return frozenset(type(module).__name__ for model in models for module in model.modules())
+
+
+def test_every_accelerate_fsdp_config_names_only_its_family_s_wrap_classes():
+    owners = {path: family for family in FAMILIES.values() for path in family.accelerate_configs}
+    fsdp_configs = []
+    for path in sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")):
+        settings = yaml.safe_load(path.read_text())
+        if settings.get("distributed_type") != "FSDP":
+            continue
+        relative = str(path.relative_to(REPO_ROOT))
+        fsdp_configs.append(relative)
+        assert relative in owners, f"{relative}: no family module lists it in accelerate_configs"
+        listed = set(settings["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(","))
+        undeclared = listed - set(owners[relative].fsdp_wrap)
+        assert not undeclared, f"{relative} wraps {undeclared}, which {owners[relative].name} does not declare"
+    assert sorted(owners) == fsdp_configs  # and every config a family claims is an FSDP config that exists
+
+
+def test_every_shipped_config_belongs_to_a_family():
+    declared = {shipped_config(name) for family in FAMILIES.values() for name in family.shipped_configs}
+    assert None not in declared, "a family declares a shipped config that data/model_configs/ lacks"
+    assert declared == {folder for folder in SHIPPED_CONFIGS.iterdir() if (folder / "config.json").is_file()}
+
+
+@pytest.mark.parametrize("module_name", FAMILY_MODULES)
+def test_family_module_is_complete(module_name, tmp_path):
+    """What a new family module must declare works end to end: its twins load and are recognised, its shipped
+    configs are recognised and estimated, its FSDP wrap classes are real layer classes, a recipe trains it."""
+    family = importlib.import_module(f"alt_text_recipes.families.{module_name}").FAMILY
+    assert FAMILIES[family.name] is family
+    assert family.twins and family.shipped_configs, f"{family.name}: a family needs a tiny twin and a real config"
+
+    for twin in family.twins:
+        model, _ = load_trained(REPO_ROOT / twin.folder)
+        assert family_of(model) is family, twin.name
+        assert twin_of(model.config) == twin.folder  # the twin stands in for real models of its own kind
+    for name in family.shipped_configs:
+        config = load_config(name)
+        assert family_of(config) is family, name
+        assert config.model_type in family.layer_stacks, f"{name}: the estimator has no layer arithmetic for it"
+        stacks, loss_seq = layer_stacks(config, 20, 1, image_processor_settings(name))
+        assert stacks and loss_seq > 0 and {stack.part for stack in stacks} <= set(PARTS)
+    # Each wrap class is a layer class of the family's twins or real models; one that none of them holds (LLaVA's
+    # Mistral variant) must at least be a layer class another family's model holds: a misspelt or renamed class
+    # would leave FSDP silently wrapping nothing.
+    missing = set(family.fsdp_wrap) - _held_classes(family.name)
+    elsewhere = frozenset().union(*(_held_classes(name) for name in FAMILIES))
+    assert missing <= elsewhere, f"{family.name}: {missing - elsewhere} are no layer classes of any model here"
+
+    output_dir = tmp_path / "out"
+    result = run_recipe(
+        "lora",
+        "--config",
+        "recipes/configs/tiny/lora.yaml",
+        "--model_name_or_path",
+        str(REPO_ROOT / family.twins[0].folder),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--max_train_samples",
+        "16",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(logged_losses(output_dir)) == 1

@@ -87,6 +87,45 @@ class Stack:
     lora_dropout: bool = False
 
 
+def kv_width_of(config) -> int:
+    """Keys' and values' width in a decoder config: kv heads × head dim (grouped-query attention)."""
+    heads = config.num_attention_heads
+    return (getattr(config, "num_key_value_heads", None) or heads) * (
+        getattr(config, "head_dim", None) or config.hidden_size // heads
+    )
+
+
+def layers_of(name: str, config, seq: int, kind: str, part: str, modules: str, **shape) -> Stack:
+    """A stack of a sub-model's layers, its depth and widths read from the usual config fields (ViT, SigLIP, CLIP,
+    the Q-Former, Llama/Mistral); `shape` sets the other Stack fields."""
+    return Stack(
+        name,
+        config.num_hidden_layers,
+        seq,
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        kind=kind,
+        part=part,
+        modules=modules,
+        **shape,
+    )
+
+
+def llama_decoder(text, seq: int, modules: str) -> Stack:
+    """A Llama/Mistral language model's decoder layers over `seq` tokens (grouped-query attention)."""
+    return layers_of("language_model", text, seq, "llama", "language", modules, kv_width=kv_width_of(text))
+
+
+def connector_projection(
+    name: str, seq: int, width_in: int, width_out: int, kind: str, modules: str, **shape
+) -> Stack:
+    """A connector's projection (one MLP or linear layer, which transformers does not checkpoint) over `seq` tokens."""
+    return Stack(
+        name, 1, seq, width_in, width_out, 0, kind=kind, part="connector", modules=modules, checkpointed=False, **shape
+    )
+
+
 def layer_bytes(stack: Stack, mode: str, p: Precision, eager: bool = False) -> float:
     """Bytes one layer saves for one sequence."""
     if mode == "frozen" or stack.layers == 0:

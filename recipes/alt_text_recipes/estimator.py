@@ -3,7 +3,7 @@
 The model is built from its configuration on the meta device (no memory, no download: the configs
 of the four BLIP-2 variants, Idefics2-8B, Idefics3-8B-Llama3 and LLaVA-1.5-7B ship in
 `data/model_configs/`), so parameter counts are exact. What trains follows the recipe, per model family
-(recipes/alt_text_recipes/families.py):
+(recipes/alt_text_recipes/families/):
 
   full_ft     the parts named in `--train_modules` (vision, connector, language; default all three)
               train; every other parameter is frozen (no gradient, no optimizer state).
@@ -47,7 +47,7 @@ Then, per GPU, in bytes:
                 (Python, torch and the libraries, measured in this process) is added, since a
                 CPU run's peak is the whole process.
 
-The layer stacks per family:
+The layer stacks per family (each family module builds its own):
 
   BLIP-2      ViT over its patches + 1; the Q-Former over its query tokens (cross-attending to the
               patches); OPT over query tokens + prompt + caption, or T5's encoder over query tokens +
@@ -109,7 +109,15 @@ from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConf
 from .activations import Precision, Stack, precision, rms_norm_bytes
 from .activations import stack_bytes as layers_bytes
 from .errors import RecipeError
-from .families import DEFAULT_INSTRUCTION, ModelFamily, family_of, part_module_names, trained_parts, within
+from .families import (
+    DEFAULT_INSTRUCTION,
+    FAMILIES,
+    ModelFamily,
+    family_of,
+    part_module_names,
+    trained_parts,
+    within,
+)
 from .modeling import lora_targets
 from .parallel import parse_device_map, plan_device_map
 from .paths import SHIPPED_CONFIGS, resolve_local, shipped_config
@@ -121,7 +129,6 @@ EIGHT_BIT_OPTIMIZERS = {"adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "ada
 STATELESS_OPTIMIZERS = {"sgd"}
 CUDA_CONTEXT_GB = 0.5  # what the CUDA context and kernels take outside the allocator's count
 CHAT_TEMPLATE_TOKENS = 16  # turn markers, end of utterance, the tokens around the image
-IDEFICS2_SPLIT_IMAGES = 5  # do_image_splitting: 4 crops + the whole image
 
 
 @dataclass
@@ -373,282 +380,9 @@ def embedding_weight_names(model) -> set[str]:
 # --- Activations ----------------------------------------------------------------------------------------
 
 
-def blip2_stacks(
-    config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
-) -> tuple[list[Stack], int]:
-    """The layer stacks of a BLIP-2 model and the length the loss runs over."""
-    vision, qformer, text = config.vision_config, config.qformer_config, config.get_text_config()
-    patches = (vision.image_size // vision.patch_size) ** 2 + 1
-    queries = config.num_query_tokens
-    stacks = [
-        Stack(
-            "vision",
-            vision.num_hidden_layers,
-            patches,
-            vision.hidden_size,
-            vision.intermediate_size,
-            vision.num_attention_heads,
-            kind="vit",
-            part="vision",
-            modules="vision_model.encoder.layers",
-        ),
-        Stack(
-            "qformer",
-            qformer.num_hidden_layers,
-            queries,
-            qformer.hidden_size,
-            qformer.intermediate_size,
-            qformer.num_attention_heads,
-            kind="qformer",
-            part="connector",
-            modules="qformer.encoder.layer",
-            kv_seq=patches,
-            kv_input=qformer.encoder_hidden_size,
-            cross_every=qformer.cross_attention_frequency,
-            dropout=qformer.hidden_dropout_prob > 0,
-        ),
-    ]
-    if text.is_encoder_decoder:  # T5: image tokens + prompt into the encoder, caption out of the decoder
-        encoder_seq, decoder_seq = queries + prompt_tokens, caption_tokens
-        dropout = text.dropout_rate > 0
-        stacks.append(
-            Stack(
-                "language_encoder",
-                text.num_layers,
-                encoder_seq,
-                text.d_model,
-                text.d_ff,
-                text.num_heads,
-                kind="t5",
-                modules="language_model.encoder.block",
-                dropout=dropout,
-            )
-        )
-        stacks.append(
-            Stack(
-                "language_decoder",
-                text.num_decoder_layers,
-                decoder_seq,
-                text.d_model,
-                text.d_ff,
-                text.num_heads,
-                kind="t5",
-                modules="language_model.decoder.block",
-                kv_seq=encoder_seq,
-                dropout=dropout,
-            )
-        )
-        return stacks, decoder_seq
-    seq = queries + prompt_tokens + caption_tokens
-    stacks.append(
-        Stack(
-            "language_model",
-            text.num_hidden_layers,
-            seq,
-            text.hidden_size,
-            getattr(text, "ffn_dim", None) or text.intermediate_size,
-            text.num_attention_heads,
-            kind="opt",
-            modules="language_model.model.decoder.layers",
-            dropout=text.dropout > 0,
-        )
-    )
-    return stacks, seq
-
-
-def _kv_width(config) -> int:
-    heads = config.num_attention_heads
-    return (getattr(config, "num_key_value_heads", None) or heads) * (
-        getattr(config, "head_dim", None) or config.hidden_size // heads
-    )
-
-
-def idefics2_stacks(
-    config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
-) -> tuple[list[Stack], int]:
-    """Idefics2: per image the vision tower, the projection MLP and the perceiver; then the language model."""
-    vision, perceiver, text = config.vision_config, config.perceiver_config, config.get_text_config()
-    image_processor = image_processor or {}
-    images = IDEFICS2_SPLIT_IMAGES if image_processor.get("do_image_splitting", False) else 1
-    side = min((image_processor.get("size") or {}).get("shortest_edge", 378), vision.image_size)
-    patches = (side // vision.patch_size) ** 2
-    latents = perceiver.resampler_n_latents
-    seq = images * latents + prompt_tokens + caption_tokens
-    stacks = [
-        Stack(
-            "vision",
-            vision.num_hidden_layers,
-            patches,
-            vision.hidden_size,
-            vision.intermediate_size,
-            vision.num_attention_heads,
-            kind="siglip",
-            part="vision",
-            modules="model.vision_model.encoder.layers",
-            per_example=images,
-        ),
-        Stack(
-            "connector_projection",
-            1,
-            patches,
-            vision.hidden_size,
-            text.intermediate_size,
-            0,
-            kind="gated_projection",
-            part="connector",
-            modules="model.connector.modality_projection",
-            per_example=images,
-            checkpointed=False,
-        ),
-        Stack(
-            "connector_perceiver",
-            perceiver.resampler_depth,
-            latents,
-            perceiver.hidden_size,
-            4 * perceiver.hidden_size,
-            perceiver.resampler_n_heads,
-            kind="perceiver",
-            part="connector",
-            modules="model.connector.perceiver_resampler.layers",
-            per_example=images,
-            checkpointed=False,
-            kv_seq=patches + latents,
-            context_seq=patches,
-            attention_width=perceiver.resampler_n_heads * perceiver.resampler_head_dim,
-            kv_width=perceiver.num_key_value_heads * perceiver.resampler_head_dim,
-        ),
-        Stack(
-            "language_model",
-            text.num_hidden_layers,
-            seq,
-            text.hidden_size,
-            text.intermediate_size,
-            text.num_attention_heads,
-            kind="llama",
-            modules="model.text_model.layers",
-            kv_width=_kv_width(text),
-        ),
-    ]
-    return stacks, seq
-
-
-def llava_stacks(
-    config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
-) -> tuple[list[Stack], int]:
-    """LLaVA: CLIP over the patches and the class token; the projector and the language model over the image tokens."""
-    vision, text = config.vision_config, config.get_text_config()
-    patches = (vision.image_size // vision.patch_size) ** 2
-    image_tokens = patches + (1 if config.vision_feature_select_strategy == "full" else 0)
-    seq = image_tokens + prompt_tokens + caption_tokens
-    stacks = [
-        Stack(
-            "vision",
-            vision.num_hidden_layers,
-            patches + 1,
-            vision.hidden_size,
-            vision.intermediate_size,
-            vision.num_attention_heads,
-            kind="clip",
-            part="vision",
-            modules="model.vision_tower.encoder.layers",
-        ),
-        Stack(
-            "connector",
-            1,
-            image_tokens,
-            vision.hidden_size,
-            text.hidden_size,
-            0,
-            kind="gelu_projection",
-            part="connector",
-            modules="model.multi_modal_projector",
-            checkpointed=False,
-        ),
-        Stack(
-            "language_model",
-            text.num_hidden_layers,
-            seq,
-            text.hidden_size,
-            text.intermediate_size,
-            text.num_attention_heads,
-            kind="llama",
-            modules="model.language_model.layers",
-            kv_width=_kv_width(text),
-        ),
-    ]
-    return stacks, seq
-
-
-def idefics3_images(config, image_processor: dict) -> tuple[int, int]:
-    """(sub-images per example, rows of tiles) as the Idefics3 processor cuts a square photo: resized to
-    size.longest_edge (1456 px), cut into tiles of max_image_size.longest_edge (the encoder's 364 px), plus the
-    whole image at tile size when it splits; one tile-sized image when it does not split."""
-    tile = (image_processor.get("max_image_size") or {}).get("longest_edge", config.vision_config.image_size)
-    if not image_processor.get("do_image_splitting", False):
-        return 1, 0
-    side = (image_processor.get("size") or {}).get("longest_edge", 4 * tile)
-    rows = math.ceil(side / tile)
-    return (rows * rows + 1, rows) if rows > 1 else (1, 0)
-
-
-def idefics3_stacks(
-    config, caption_tokens: int, prompt_tokens: int, image_processor: dict | None = None
-) -> tuple[list[Stack], int]:
-    """Idefics3: per sub-image the SigLIP tower over its patches and the connector (pixel shuffle, then one
-    linear projection over the shuffled tokens); the language model over image_seq_len tokens per sub-image,
-    the tile tags (two per sub-image and a newline per row) + prompt + caption."""
-    vision, text = config.vision_config, config.get_text_config()
-    images, rows = idefics3_images(config, image_processor or {})
-    patches = (vision.image_size // vision.patch_size) ** 2
-    image_tokens = patches // config.scale_factor**2  # 169 for 364 px, patch 14, scale 2
-    seq = images * image_tokens + 2 * images + rows + prompt_tokens + caption_tokens
-    stacks = [
-        Stack(
-            "vision",
-            vision.num_hidden_layers,
-            patches,
-            vision.hidden_size,
-            vision.intermediate_size,
-            vision.num_attention_heads,
-            kind="siglip",
-            part="vision",
-            modules="model.vision_model.encoder.layers",
-            per_example=images,
-        ),
-        # pixel shuffle only reshapes: the projection's input (scale² x the vision width) is what is saved
-        Stack(
-            "connector",
-            1,
-            image_tokens,
-            vision.hidden_size * config.scale_factor**2,
-            0,
-            0,
-            kind="linear_projection",
-            part="connector",
-            modules="model.connector.modality_projection",
-            per_example=images,
-            checkpointed=False,
-        ),
-        Stack(
-            "language_model",
-            text.num_hidden_layers,
-            seq,
-            text.hidden_size,
-            text.intermediate_size,
-            text.num_attention_heads,
-            kind="llama",
-            modules="model.text_model.layers",
-            kv_width=_kv_width(text),
-        ),
-    ]
-    return stacks, seq
-
-
+# Each family's layer arithmetic lives in its module (recipes/alt_text_recipes/families/<family>.py).
 STACK_BUILDERS = {
-    "blip-2": blip2_stacks,
-    "idefics2": idefics2_stacks,
-    "idefics3": idefics3_stacks,
-    "llava": llava_stacks,
+    model_type: builder for family in FAMILIES.values() for model_type, builder in family.layer_stacks.items()
 }
 
 

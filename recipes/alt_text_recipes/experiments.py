@@ -15,7 +15,8 @@ from typing import Sequence
 import yaml
 
 from .errors import RecipeError
-from .paths import REPO_ROOT, TINY_OPT, TINY_T5
+from .families import TWINS
+from .paths import REPO_ROOT, shipped_config
 
 MATRIX_DIR = REPO_ROOT / "recipes" / "configs" / "matrix"
 # What the tiny twin changes: the model (same family, same technique) and a short CPU run.
@@ -74,7 +75,13 @@ def all_presets() -> list[Preset]:
 
 
 def tiny_model_for(model_name: str) -> str:
-    return TINY_T5 if "t5" in model_name.lower() else TINY_OPT
+    """The tiny twin a preset's model is rehearsed on: the one its family declares for its shipped config;
+    for a model without one, BLIP-2's twin by the name (Flan-T5 or OPT)."""
+    if shipped_config(model_name):
+        from .random_weights import real_config, twin_of  # loads the processors' code: only when asked
+
+        return twin_of(real_config(model_name))
+    return TWINS["blip2-t5" if "t5" in model_name.lower() else "blip2-opt"].folder
 
 
 def recipe_args(preset: Preset, tiny: bool, output_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:

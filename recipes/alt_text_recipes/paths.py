@@ -6,8 +6,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_DATASET = "data/gourmetgram-mini"
-TINY_OPT = "data/models/tiny-blip2-opt"
-TINY_T5 = "data/models/tiny-blip2-t5"
 SHIPPED_CONFIGS = REPO_ROOT / "data" / "model_configs"  # configs of real models, for estimates without the Hub
 
 

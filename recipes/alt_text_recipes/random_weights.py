@@ -29,12 +29,6 @@ from .modeling import load_processor
 from .paths import SHIPPED_CONFIGS, shipped_config
 
 MARKER = "random_weights.json"
-TWINS = {
-    "blip2-opt": "data/models/tiny-blip2-opt",
-    "blip2-t5": "data/models/tiny-blip2-t5",
-    "idefics2": "data/models/tiny-idefics2",
-    "llava": "data/models/tiny-llava",
-}
 
 
 def real_config(name: str) -> PretrainedConfig:
@@ -47,13 +41,12 @@ def real_config(name: str) -> PretrainedConfig:
 
 
 def twin_of(config: PretrainedConfig) -> str:
-    """The tiny twin whose tokenizer and processor stand in for the real model's."""
-    if config.model_type == "blip-2":
-        return TWINS["blip2-t5" if config.get_text_config().is_encoder_decoder else "blip2-opt"]
-    twin = TWINS.get(family_of(config).name)
-    if twin is None or config.model_type not in ("idefics2", "llava"):
-        raise RecipeError(f"no tiny twin stands in for '{config.model_type}' models.")
-    return twin
+    """The tiny twin (its folder) whose tokenizer and processor stand in for the real model's: one its family
+    declares for this model type and kind of language model."""
+    for twin in family_of(config).twins:
+        if twin.stands_in_for(config):
+            return twin.folder
+    raise RecipeError(f"no tiny twin stands in for '{config.model_type}' models.")
 
 
 def with_layers(config: PretrainedConfig, layers: int | None) -> PretrainedConfig:

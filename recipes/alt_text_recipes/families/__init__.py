@@ -1,4 +1,5 @@
-"""What differs between vision-language model families, declared once per family.
+"""What differs between vision-language model families, declared once per family: one module of this
+package per family (blip2.py, idefics2.py, llava.py), each declaring `FAMILY = ModelFamily(...)`.
 
 Every recipe loads any model that `AutoModelForImageTextToText` + `AutoProcessor` support; a family says
 only what the shared code cannot guess:
@@ -14,27 +15,55 @@ only what the shared code cannot guess:
                 module names, kept off the vision tower.
   fsdp_wrap     the layer classes FSDP wraps as units (accelerate_configs/ lists them per family).
   end_of_turn   a token that ends the assistant's answer (and stops generation) besides EOS.
+  layer_stacks  per model type, the estimator's layer arithmetic (estimator.layer_stacks calls it).
+  twins         its tiny twins in data/models/ (data/make_tiny_models.py builds them; tests, the experiment
+                runner's CPU rehearsals and random-weights models stand on them).
+  shipped_configs  real models whose configs ship in data/model_configs/<last part of the id>.
+  accelerate_configs  the FSDP accelerate configs written for it (they list its fsdp_wrap classes).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 PARTS = ("vision", "connector", "language")
 DEFAULT_INSTRUCTION = "Write alt text for this image."
 
 # Attention and MLP projections of Llama/Mistral-style decoders (and of Idefics2's perceiver).
-_DECODER_PROJECTIONS = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+DECODER_PROJECTIONS = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
 
 
 def within(name: str, prefixes) -> bool:
     """Whether a parameter or module name is one of `prefixes` or lies inside one."""
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A tiny model of a family's architecture, embedded in the repository."""
+
+    name: str  # how tests, benchmarks and evaluations call it: "blip2-opt"
+    folder: str  # relative to the repository root: "data/models/tiny-blip2-opt"
+    builds: str  # data/make_tiny_models.py's name for it (`--only opt`)
+    model_type: str  # the config's model_type: which real models it stands in for...
+    encoder_decoder: bool = False  # ...and whether their language model is an encoder-decoder (BLIP-2 + T5)
+
+    def stands_in_for(self, config) -> bool:
+        """Whether its tokenizer and processor fit a real model of this config (random_weights)."""
+        text = config.get_text_config()
+        return config.model_type == self.model_type and bool(text.is_encoder_decoder) == self.encoder_decoder
+
+
+# (config, caption tokens, prompt tokens, image processor settings) -> (layer stacks, loss length)
+StackBuilder = Callable[..., tuple[list, int]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,10 @@ class ModelFamily:
     lora_targets: dict[str, list[str] | str]  # keyed by the language model's model_type ("*": any)
     fsdp_wrap: tuple[str, ...]
     end_of_turn: str | None = None
+    layer_stacks: dict[str, StackBuilder] = field(default_factory=dict)  # keyed by model_type
+    twins: tuple[Twin, ...] = ()
+    shipped_configs: tuple[str, ...] = ()  # Hub ids
+    accelerate_configs: tuple[str, ...] = ()  # relative to the repository root
 
     @property
     def uses_chat_template(self) -> bool:
@@ -68,53 +101,15 @@ class ModelFamily:
         return targets
 
 
-FAMILIES = {
-    "blip2": ModelFamily(
-        name="blip2",
-        model_types=("blip-2",),
-        prompt="bare",
-        parts={
-            "vision": ("vision_model",),
-            "connector": ("query_tokens", "qformer", "language_projection"),
-            "language": ("language_model",),
-        },
-        # The language model's attention query and value projections (the BLIP-2 names are unique to it).
-        lora_targets={"opt": ["q_proj", "v_proj"], "t5": ["q", "v"]},
-        fsdp_wrap=("Blip2EncoderLayer", "Blip2QFormerModel", "Blip2QFormerLayer", "OPTDecoderLayer", "T5Block"),
-    ),
-    "idefics2": ModelFamily(
-        name="idefics2",
-        model_types=("idefics2", "idefics3"),
-        prompt="chat",
-        parts={
-            "vision": ("model.vision_model",),
-            "connector": ("model.connector",),
-            "language": ("model.text_model", "lm_head"),
-        },
-        # As in the Idefics2 fine-tuning notebooks: the language model's and the connector's projections.
-        lora_targets={"*": rf".*(text_model|connector).*\.({_DECODER_PROJECTIONS})"},
-        fsdp_wrap=(
-            "Idefics2EncoderLayer",
-            "Idefics2PerceiverLayer",
-            "Idefics3EncoderLayer",
-            "MistralDecoderLayer",
-            "LlamaDecoderLayer",
-        ),
-        end_of_turn="<end_of_utterance>",
-    ),
-    "llava": ModelFamily(
-        name="llava",
-        model_types=("llava",),
-        prompt="chat",
-        parts={
-            "vision": ("model.vision_tower",),
-            "connector": ("model.multi_modal_projector",),
-            "language": ("model.language_model", "lm_head"),
-        },
-        lora_targets={"*": rf".*(language_model\..*\.({_DECODER_PROJECTIONS})|multi_modal_projector\.linear_\d+)"},
-        fsdp_wrap=("CLIPEncoderLayer", "LlamaDecoderLayer", "MistralDecoderLayer"),
-    ),
-}
+def _declared_families() -> dict[str, ModelFamily]:
+    """The `FAMILY` of every module in this package: adding a family is adding a module. Imported here, after
+    ModelFamily and the helpers they use are defined, since the family modules import them from this package."""
+    modules = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)]
+    return {module.FAMILY.name: module.FAMILY for module in modules}
+
+
+FAMILIES = _declared_families()
+TWINS = {twin.name: twin for family in FAMILIES.values() for twin in family.twins}
 
 
 def family_of(model_or_config) -> ModelFamily:
@@ -126,8 +121,8 @@ def family_of(model_or_config) -> ModelFamily:
             return family
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
     raise RecipeError(
-        f"model type '{model_type}' has no family adapter (supported: {known}); add one to "
-        "recipes/alt_text_recipes/families.py."
+        f"model type '{model_type}' has no family adapter (supported: {known}); add one as a "
+        "module of recipes/alt_text_recipes/families/."
     )
 
 
