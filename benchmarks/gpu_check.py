@@ -61,6 +61,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from alt_text_recipes.registry import MEASURED_RUN_FLAGS  # no heavy imports: the package's torch-free corner
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,24 +116,9 @@ LAUNCHES = (
     ("ds_zero2_offload", "accelerate_configs/ds_zero2_offload.yaml", "recipes/configs/matrix/cpu_offload.yaml"),
 )
 LAUNCH_FLAGS = [
-    "--max_steps",
-    "2",
-    "--per_device_train_batch_size",
-    "4",
-    "--gradient_accumulation_steps",
-    "1",
-    "--max_train_samples",
-    "64",
-    "--logging_steps",
-    "1",
-    "--memory_report_steps",
-    "1",
-    "--report_to",
-    "none",
-    "--save_strategy",
-    "no",
-    "--disable_tqdm",
-    "true",
+    *"--max_steps 2 --per_device_train_batch_size 4 --gradient_accumulation_steps 1 --max_train_samples 64".split(),
+    *MEASURED_RUN_FLAGS,
+    *"--save_strategy no --disable_tqdm true".split(),
 ]
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "bitsandbytes", "deepspeed")
 GB = 1024**3

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from alt_text_recipes import families
 from alt_text_recipes.real_width import Case, measure_cases, table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +39,7 @@ CASES = [
     Case("lora", "float32", False, False),
     Case("lora", "float32", False, True),
 ]
-TWINS = [
-    "data/models/tiny-blip2-opt",
-    "data/models/tiny-blip2-t5",
-    "data/models/tiny-llava",
-    "data/models/tiny-idefics2",
-]
+TWINS = [twin.folder for twin in families.TWINS.values()]  # every family's twin
 TWIN_CASES = [
     Case("full_ft", "float32", True, False, "adamw_torch"),
     Case("full_ft", "bfloat16", True, True),

@@ -59,6 +59,10 @@ from make_gourmetgram_mini import random_scene
 IMAGE_SIZE = 64
 NUM_QUERY_TOKENS = 8
 HIDDEN = 128
+# Every tiny transformer stack: two layers of width HIDDEN, four heads, an MLP twice as wide.
+TINY_STACK = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=4)
+# Every tiny ViT: 8×8 patches of the IMAGE_SIZE² input; a sane init (the vision configs default to 1e-10).
+TINY_VISION = dict(TINY_STACK, image_size=IMAGE_SIZE, patch_size=8, initializer_range=0.02)
 
 # The chat templates of HuggingFaceM4/idefics2-8b and llava-hf/llava-1.5-7b-hf.
 IDEFICS2_CHAT_TEMPLATE = (
@@ -168,20 +172,9 @@ def make_processor(tokenizer) -> Blip2Processor:
 
 def make_config(tokenizer, language_model: str) -> Blip2Config:
     vocab_size = len(tokenizer)
-    vision = Blip2VisionConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        initializer_range=0.02,
-    )
+    vision = Blip2VisionConfig(**TINY_VISION)
     qformer = Blip2QFormerConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_STACK,
         encoder_hidden_size=HIDDEN,
         cross_attention_frequency=1,
         vocab_size=vocab_size,
@@ -233,10 +226,7 @@ def _decoder_config(tokenizer) -> dict:
     """A Llama/Mistral-style decoder at toy size (grouped-query attention, gated MLP)."""
     return dict(
         vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_STACK,
         num_key_value_heads=2,
         max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id,
@@ -257,15 +247,7 @@ def make_idefics2(tokenizer) -> tuple[Idefics2Processor, Idefics2Config]:
         image_seq_len=NUM_QUERY_TOKENS,
         chat_template=IDEFICS2_CHAT_TEMPLATE,
     )
-    vision = dict(
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        initializer_range=0.02,
-    )
+    vision = dict(TINY_VISION)
     perceiver = dict(
         hidden_size=HIDDEN,
         hidden_act="silu",
@@ -301,12 +283,11 @@ def make_llava(tokenizer) -> tuple[LlavaProcessor, LlavaConfig]:
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
+    # CLIP's own initialiser (no initializer_range override), three layers: the features come from the second.
     vision = dict(
+        TINY_STACK,
         model_type="clip_vision_model",
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
         num_hidden_layers=3,
-        num_attention_heads=4,
         image_size=IMAGE_SIZE,
         patch_size=8,
         projection_dim=HIDDEN,

@@ -74,6 +74,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun(script: str, *args: str, processes: int = 2) -> list[str]:
+    """The command that runs a test worker script on `processes` CPU processes (gloo), on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_port", str(free_port()), script, *args]  # fmt: skip
+
+
 def _cuda_available() -> bool:
     import torch
 

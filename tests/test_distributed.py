@@ -26,7 +26,7 @@ from alt_text_recipes.parallel import (
     scaled_learning_rate,
 )
 
-from conftest import REPO_ROOT, TINY_MODELS, free_port, logged_losses, run_recipe
+from conftest import REPO_ROOT, TINY_MODELS, free_port, logged_losses, run_recipe, torchrun
 
 CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 TINY_FLAGS = [
@@ -262,18 +262,7 @@ def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_fsdp2_shards_the_configured_layers_with_mixed_dtypes_and_gathers_a_reloadable_state_dict(tmp_path, lora):
     out = tmp_path / "fsdp.json"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "tests/fsdp2_worker.py",
-        str(out),
-        *(["--lora"] if lora else []),
-    ]
+    command = torchrun("tests/fsdp2_worker.py", str(out), *(["--lora"] if lora else []))
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rank0 = json.loads(out.read_text())

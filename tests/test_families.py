@@ -68,24 +68,10 @@ def test_every_twin_is_recognised_and_its_parts_cover_every_parameter():
     # Idefics3 (no twin shipped) shares Idefics2's adapter: its module names must fall in the same parts.
     from transformers import Idefics3Config
 
+    one_layer = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4)
     config = Idefics3Config(
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=64,
-            patch_size=8,
-        ),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=300,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        ),
+        vision_config=dict(one_layer, image_size=64, patch_size=8),
+        text_config=dict(one_layer, model_type="llama", vocab_size=300, num_key_value_heads=2),
     )
     with torch.device("meta"):
         idefics3 = AutoModelForImageTextToText.from_config(config)

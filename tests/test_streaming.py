@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from alt_text_recipes.errors import RecipeError
 from alt_text_recipes.registry import recipe_defaults
 from alt_text_recipes.streaming import BadStreamExample, StreamCheck, checked_stream, load_caption_stream
 
-from conftest import DATASET, REPO_ROOT, free_port, logged_losses, run_recipe
+from conftest import DATASET, REPO_ROOT, logged_losses, run_recipe, torchrun
 
 BROKEN_IMAGE = b"this is not a PNG"
 
@@ -67,18 +66,7 @@ def test_two_ranks_read_disjoint_parts_that_together_cover_every_example(tmp_pat
     shards = tmp_path / "shards"
     written = write_shards(shards, "train", examples=300, shards=6, broken_image=123)
     out = tmp_path / "seen"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "tests/stream_worker.py",
-        str(shards),
-        str(out),
-    ]
+    command = torchrun("tests/stream_worker.py", str(shards), str(out))
     result = subprocess.run(
         command,
         cwd=REPO_ROOT,

@@ -17,23 +17,11 @@ import yaml
 from .errors import RecipeError
 from .families import TWINS
 from .paths import REPO_ROOT, shipped_config
+from .registry import MEASURED_RUN_FLAGS
 
 MATRIX_DIR = REPO_ROOT / "recipes" / "configs" / "matrix"
 # What the tiny twin changes: the model (same family, same technique) and a short CPU run.
-TINY_TWIN_FLAGS = [
-    "--use_cpu",
-    "true",
-    "--max_steps",
-    "1",
-    "--logging_steps",
-    "1",
-    "--memory_report_steps",
-    "1",
-    "--max_train_samples",
-    "128",
-    "--report_to",
-    "none",
-]
+TINY_TWIN_FLAGS = ["--use_cpu", "true", "--max_steps", "1", *MEASURED_RUN_FLAGS, "--max_train_samples", "128"]
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .estimator import GB, Stack, estimate, layer_stacks, load_config
 from .families import base_model_of
 from .memory import MemoryBreakdownCallback, SavedActivationMeter
 from .paths import REPO_ROOT
-from .registry import recipe_defaults
+from .registry import MEASURED_RUN_FLAGS, recipe_defaults
 from .train import build_trainer
 
 PARTS = ("params", "grads", "optimizer")
@@ -39,26 +39,9 @@ CAPTION = "a white plate of pasta with basil and tomatoes on a wooden table"
 STEP_FLAGS = [
     "--max_steps",
     "1",
-    "--logging_steps",
-    "1",
-    "--memory_report_steps",
-    "1",
-    "--report_to",
-    "none",
-    "--save_strategy",
-    "no",
-    "--eval_strategy",
-    "no",
-    "--dataloader_num_workers",
-    "0",
-    "--fast_inputs",
-    "false",
-    "--caption_metrics",
-    "false",
-    "--lr_scheduler_type",
-    "constant",
-    "--warmup_steps",
-    "0",
+    *MEASURED_RUN_FLAGS,
+    *"--save_strategy no --eval_strategy no --dataloader_num_workers 0 --fast_inputs false".split(),
+    *"--caption_metrics false --lr_scheduler_type constant --warmup_steps 0".split(),
 ]
 
 

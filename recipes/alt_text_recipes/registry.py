@@ -55,6 +55,9 @@ RECIPES = {
     )
 }
 SINGLE_RUN_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.single_run)
+# What a run made to be measured (benchmarks, the experiment matrix, gpu-check) adds to a recipe's arguments:
+# the loss and the memory breakdown at every step, nothing reported to a tracker.
+MEASURED_RUN_FLAGS = ["--logging_steps", "1", "--memory_report_steps", "1", "--report_to", "none"]
 
 
 def recipe_defaults(name: str) -> dict[str, Any]:
