@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from alt_text_recipes.config import parse_recipe_args
 from alt_text_recipes.errors import RecipeError
@@ -20,10 +21,10 @@ PRESETS = sorted((REPO_ROOT / "recipes" / "configs").rglob("*.yaml"))
 
 
 def _recipe_of(preset) -> str:
-    """The recipe a preset names in its usage comment (`python recipes/<recipe>.py --config ...`)."""
-    match = re.search(r"recipes/(\w+)\.py --config", preset.read_text())
-    assert match, f"{preset} has no usage line"
-    return match.group(1)
+    """The recipe a preset names in its `recipe:` key."""
+    recipe = yaml.safe_load(preset.read_text()).get("recipe")
+    assert recipe, f"{preset} has no recipe key"
+    return recipe
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -36,6 +37,27 @@ def test_every_preset_parses_for_its_recipe(preset):
     )[:3]
     assert training_args.remove_unused_columns is False
     assert model_args.model_name_or_path
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_preset_describes_itself_in_keys(preset):
+    """title, recipe and launch are data: the launch command runs this preset, under its accelerate config."""
+    settings = yaml.safe_load(preset.read_text())
+    assert settings["title"] and "\n" not in settings["title"]
+    launch = settings["launch"]
+    assert f"--config {preset.relative_to(REPO_ROOT)}" in launch
+    if not launch.startswith("python benchmarks/"):  # a benchmark's own command names no recipe script
+        assert f"recipes/{settings['recipe']}.py --config" in launch
+    accelerate_config = settings.get("accelerate_config")
+    assert ("accelerate launch" in launch) == bool(accelerate_config)
+    if accelerate_config:
+        assert f"accelerate launch --config_file {accelerate_config} " in launch
+
+
+def test_matrix_titles_are_read_from_the_presets():
+    from alt_text_recipes.experiments import load_preset
+
+    assert load_preset("baseline").title == "baseline: OPT-2.7B, batch 64, fp32, AdamW"
 
 
 def test_precedence_recipe_defaults_then_yaml_then_cli():

@@ -1,30 +1,28 @@
 """Command-line and YAML configuration shared by every recipe.
 
 A recipe is parsed into three dataclasses, as TRL's example scripts do: `ScriptArguments` (data,
-prompt, reporting), `transformers.TrainingArguments` (every Trainer flag) and `trl.ModelConfig`
-(model, dtype, LoRA, quantization). `--config preset.yaml` sets any of their fields; flags on the
-command line override the file; recipe defaults sit underneath both.
+prompt, reporting, the preset's own title/recipe/launch), `AltTextTrainingArguments` (every Trainer flag,
+with the project's defaults) and `trl.ModelConfig` (model, dtype, LoRA, quantization). `--config preset.yaml`
+sets any of their fields; flags on the command line override the file; recipe defaults sit underneath both,
+over the dataclasses' own defaults.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from datasets import DatasetDict
-from transformers import TrainingArguments
 from trl import ModelConfig, TrlParser
 
 from .data import load_caption_dataset
 from .errors import RecipeError
 from .evaluation import GenerationSettings
 from .images import MAX_ASPECT_RATIO, MAX_PIXELS
-from .inputs import default_num_workers
 from .metrics import BUNDLED_EMBEDDING_MODEL
 from .paths import EMBEDDED_DATASET
+from .training_arguments import AltTextTrainingArguments, _has_accelerator
+from .training_arguments import check_hardware as check_hardware  # where the tests and tools have found it
 
 
 @dataclass
@@ -153,7 +151,23 @@ class ScoringArguments:
 
 
 @dataclass
-class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
+class PresetArguments:
+    """What a YAML preset says about itself: data for the tools that list and launch presets, not settings."""
+
+    title: str | None = field(default=None, metadata={"help": "A preset's one-line description."})
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."},
+    )
+    launch: str | None = field(default=None, metadata={"help": "The command a preset is meant to be run with."})
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "The accelerate config a preset is meant to be launched with (read by the runner)."},
+    )
+
+
+@dataclass
+class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments, PresetArguments):
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (optional)."})
     test_split: str = field(default="test", metadata={"help": "Split the closing examples come from."})
@@ -212,79 +226,18 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
             "help": "Run Python code from the model's repository. Off unless you ask: it runs with your permissions."
         },
     )
-    recipe: str | None = field(
-        default=None,
-        metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."},
-    )
-    accelerate_config: str | None = field(
-        default=None,
-        metadata={"help": "The accelerate config a preset is meant to be launched with (read by the runner)."},
-    )
 
 
-# Defaults every recipe starts from: what a single-GPU user of a real BLIP-2 wants.
-COMMON_DEFAULTS: dict[str, Any] = {
-    "model_name_or_path": "Salesforce/blip2-opt-2.7b",
-    "dtype": "bfloat16",
-    "bf16": True,
-    "gradient_checkpointing": True,
-    "gradient_checkpointing_kwargs": {"use_reentrant": False},
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "num_train_epochs": 2,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "logging_steps": 10,
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "report_to": "none",
-    # The input pipeline runs in DataLoader worker processes (recipes/alt_text_recipes/inputs.py), started once per
-    # run rather than once per epoch. Left to the interpreter's exit, persistent workers stall 5 s each
-    # (torch 2.13, accelerate 1.15); AltTextTrainer.train shuts them down when training ends (0.1 s).
-    # Off when there are no workers (--dataloader_num_workers 0), where torch refuses it.
-    "dataloader_num_workers": default_num_workers(),
-    "dataloader_persistent_workers": True,
-    # The filter tests every step's loss for NaN on the host, a device sync per step; a NaN loss is
-    # better seen in the log than averaged away.
-    "logging_nan_inf_filter": False,
-}
-
-
-# We keep the conventional `--gradient_checkpointing` flag (a deprecated alias of
-# `--activation_checkpointing` in recent transformers; both work and the newer one wins).
-warnings.filterwarnings(
-    "ignore", message="`(is_)?gradient_checkpointing(_kwargs)?` is deprecated", category=FutureWarning
-)
-
-
-def _has_accelerator() -> bool:
-    return (
-        torch.cuda.is_available()
-        or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        or torch.backends.mps.is_available()
-    )
+# The model defaults every recipe starts from (trl.ModelConfig's fields); the Trainer's are the field defaults of
+# AltTextTrainingArguments.
+COMMON_DEFAULTS: dict[str, Any] = {"model_name_or_path": "Salesforce/blip2-opt-2.7b", "dtype": "bfloat16"}
 
 
 def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlParser:
-    parser = TrlParser((ScriptArguments, TrainingArguments, ModelConfig, *extra))
-    # Without a GPU the same command still runs, on the CPU (bf16 there is CPU autocast).
+    parser = TrlParser((ScriptArguments, AltTextTrainingArguments, ModelConfig, *extra))
+    # The parser takes no default_factory for a bool field: the CPU-or-GPU default is given to it here.
     parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
     return parser
-
-
-def check_hardware(training_args: TrainingArguments) -> None:
-    """Options that need a GPU fail here, before any weights load, when none is visible."""
-    if _has_accelerator():
-        return
-    if not training_args.use_cpu:
-        raise RecipeError(
-            "--use_cpu false asks for a GPU, and this machine has none visible (CUDA_VISIBLE_DEVICES, "
-            "drivers?). Drop it to train on the CPU."
-        )
-    if training_args.fp16:
-        raise RecipeError(
-            "--fp16 needs a GPU, and this machine has none visible; on the CPU use --bf16 (or neither, for fp32)."
-        )
 
 
 def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
@@ -297,7 +250,6 @@ def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, e
         hint = " This machine has no GPU." if not _has_accelerator() and "gpu" in str(error).lower() else ""
         raise RecipeError(f"invalid settings: {error}{hint}") from None
     script_args, training_args, model_args = parsed[:3]
-    check_hardware(training_args)
     recipe = defaults.get("recipe")
     if script_args.recipe and recipe and script_args.recipe != recipe:
         raise RecipeError(f"this preset is for recipes/{script_args.recipe}.py, not recipes/{recipe}.py.")
@@ -306,18 +258,6 @@ def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, e
             "--streaming needs --max_steps: a streamed data set has no length, so epochs cannot be "
             "counted. Set the number of optimizer steps to train, e.g. --max_steps 1000."
         )
-    if training_args.dataloader_num_workers == 0:
-        training_args.dataloader_persistent_workers = False
-    # The collator reads raw image/text columns; the Trainer must not drop them.
-    training_args.remove_unused_columns = False
-    training_args.label_names = ["labels"]
-    if (training_args.metric_for_best_model or "").endswith("distance"):
-        training_args.greater_is_better = False  # the embedding distance: 0 is best
-    if training_args.hub_token:
-        # The Hub client reads it from the environment; kept out of the arguments, it is never written
-        # (training_args.bin, checkpoints) or printed.
-        os.environ["HF_TOKEN"] = training_args.hub_token
-        training_args.hub_token = None
     if model_args.load_in_4bit or model_args.load_in_8bit:
         if not model_args.use_peft:
             raise RecipeError(

@@ -40,8 +40,12 @@ class Preset:
 
     @property
     def title(self) -> str:
-        match = re.match(r"# Technique matrix: (.*)", self.path.read_text())
-        return match.group(1) if match else self.name
+        return self.settings.get("title") or self.name
+
+    @property
+    def launch(self) -> str | None:
+        """The command the preset says it is run with (its `launch:` key)."""
+        return self.settings.get("launch")
 
 
 def load_preset(name_or_path: str) -> Preset:

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
-from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from .logs import get_logger
 from .telemetry import Telemetry, describe
+
+logger = get_logger(__name__)
 
 GB = 1024**3
 
@@ -300,7 +302,6 @@ class MemoryBreakdownCallback(TrainerCallback):
         if not report.telemetry:
             report.telemetry = self._telemetry.sample(self._device)
         self.reports.append(report)
-        if state.is_world_process_zero:
-            tqdm.write(report.line())  # above the progress bar, not through it
+        logger.info(report.line())
         if self.trainer is not None:
             self.trainer.log(report.as_log())

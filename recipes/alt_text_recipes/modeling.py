@@ -23,8 +23,11 @@ from .families import (
     part_module_names,
     targets_within,
 )
+from .logs import get_logger
 from .parallel import describe_device_map
 from .paths import resolve_local
+
+logger = get_logger(__name__)
 
 # Output layers stay unquantized (what transformers skips by default when no skip list is given).
 OUTPUT_LAYERS = ["lm_head"]
@@ -96,7 +99,7 @@ def load_model(
     except OSError as error:
         raise unreachable(model_args.model_name_or_path, error) from None
     if isinstance(getattr(model, "hf_device_map", None), dict) and len(set(model.hf_device_map.values())) > 1:
-        print(describe_device_map(model.hf_device_map), flush=True)
+        logger.info(describe_device_map(model.hf_device_map))
     return model
 
 
@@ -140,8 +143,7 @@ def choose_trainable_parts(model: PreTrainedModel, parts: tuple[str, ...], adapt
     family = family_of(model)
     if not adapters:
         freeze_all_but(model, family, parts)
-    if PartialState().is_main_process:
-        print(describe_trainable(model, family, parts, adapters), flush=True)
+    logger.info(describe_trainable(model, family, parts, adapters))
 
 
 def _linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -183,7 +185,9 @@ def add_lora(
             *part_module_names(model, family, full_parts),
         ]
         for name in bare_parameters(model, family, full_parts):
-            print(f"note: {name} is a bare parameter, which peft cannot train beside LoRA adapters; it stays frozen.")
+            logger.info(
+                f"note: {name} is a bare parameter, which peft cannot train beside LoRA adapters; it stays frozen."
+            )
     peft_config.target_modules = set(targets) if isinstance(targets, list) else targets
     # The models take pixel_values and build their own language-model inputs, so the generic PeftModel
     # wrapper is the right one, not the CAUSAL_LM / SEQ_2_SEQ_LM ones that rewrite the text inputs.

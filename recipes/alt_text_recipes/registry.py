@@ -1,6 +1,7 @@
 """The recipes, in one place: each one's name, technique and the defaults it sets.
 
-A recipe's defaults sit over the project's common ones (`config.COMMON_DEFAULTS`); a YAML preset and then
+A recipe's defaults sit over the project's common ones (the field defaults of
+`training_arguments.AltTextTrainingArguments`, and `config.COMMON_DEFAULTS` for the model); a YAML preset and then
 the command line override both. The entry scripts (`recipes/full_ft.py`, ...) and the tools that parse a
 recipe's arguments without running it (the estimator, the experiment runner, the tests) read them here.
 """

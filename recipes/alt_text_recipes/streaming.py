@@ -225,10 +225,9 @@ class StreamReportCallback(TrainerCallback):
         reports = gather_object([self.check.report()]) if args.world_size > 1 else [self.check.report()]
         self.check.close()
         merged = [merge_reports(reports), *self.other_reports]
-        is_main = args.process_index == 0
-        if is_main:
+        if args.process_index == 0:  # one report file
             write_report(merged, args.output_dir)
-        apply_policy(merged, self.check.policy, self.max_caption_tokens, quiet=not is_main)
+        apply_policy(merged, self.check.policy, self.max_caption_tokens)
 
 
 def streamed_splits(
@@ -265,7 +264,5 @@ def streamed_splits(
             script_args.max_aspect_ratio,
         )
         reports.append(report)
-        apply_policy(
-            reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=training_args.process_index != 0
-        )
+        apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens)
     return train_stream, eval_split, [StreamReportCallback(check, reports, script_args.max_caption_tokens)]

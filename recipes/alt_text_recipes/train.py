@@ -23,6 +23,7 @@ from .errors import RecipeError, exit_on_user_error
 from .families import trained_parts
 from .generation import generate_alt_text
 from .inputs import prepare_for_training
+from .logs import get_logger
 from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
 from .model_card import RunSummary
 from .modeling import add_lora, choose_trainable_parts, load_model, load_processor
@@ -32,6 +33,8 @@ from .resources import out_of_memory_advice
 from .streaming import first_examples, load_caption_stream, streamed_splits
 from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
 from .validation import apply_policy, check_split, write_report
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -108,10 +111,9 @@ def build_trainer(
     if PartialState().distributed_type == DistributedType.FSDP:
         align_query_tokens_for_fsdp(model)
     trainable, total = count_parameters(model)
-    print(
+    logger.info(
         f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
-        f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention",
-        flush=True,
+        f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention"
     )
 
     if script_args.streaming:
@@ -157,9 +159,8 @@ def loaded_splits(
             script_args.max_aspect_ratio,
         )
         reports.append(report)
-    is_main = training_args.process_index == 0  # the report is printed and written once
-    apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens, quiet=not is_main)
-    if is_main:
+    apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens)
+    if training_args.process_index == 0:  # one report file
         write_report(reports, training_args.output_dir)
     train_split = checked[script_args.train_split]
     if script_args.fast_inputs:
@@ -187,15 +188,11 @@ def apply_lr_scaling(script_args: ScriptArguments, training_args: TrainingArgume
     if script_args.scale_lr == "none" and processes == 1:
         return
     scaled = scaled_learning_rate(training_args.learning_rate, processes, script_args.scale_lr)
-    if training_args.process_index == 0:
-        global_batch = (
-            training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
-        )
-        print(
-            f"learning rate: {training_args.learning_rate:g} -> {scaled:g} ({script_args.scale_lr} scaling, "
-            f"{processes} processes, global batch {global_batch})",
-            flush=True,
-        )
+    global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+    logger.info(
+        f"learning rate: {training_args.learning_rate:g} -> {scaled:g} ({script_args.scale_lr} scaling, "
+        f"{processes} processes, global batch {global_batch})"
+    )
     training_args.learning_rate = scaled
 
 
@@ -206,13 +203,9 @@ def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
         return None
     if requested == "auto":
         checkpoint, incomplete = latest_complete_checkpoint(training_args.output_dir)
-        if training_args.process_index == 0:
-            for folder in incomplete:
-                print(f"resume: {folder} is incomplete (the run stopped while saving it); not used", flush=True)
-            print(
-                f"resume: {'from ' + checkpoint if checkpoint else 'no complete checkpoint, starting fresh'}",
-                flush=True,
-            )
+        for folder in incomplete:
+            logger.info(f"resume: {folder} is incomplete (the run stopped while saving it); not used")
+        logger.info(f"resume: {'from ' + checkpoint if checkpoint else 'no complete checkpoint, starting fresh'}")
         return checkpoint
     if not Path(requested).is_dir():
         raise RecipeError(f"--resume_from_checkpoint {requested}: no such folder.")
@@ -244,9 +237,9 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
         list(examples["image"]),
         **script_args.generation_settings().as_kwargs(),
     )
-    print(f"\nAlt text for {len(examples)} {split_name} images:")
+    logger.info(f"\nAlt text for {len(examples)} {split_name} images:")
     for index, (reference, alt_text) in enumerate(zip(examples["text"], alt_texts, strict=False)):
-        print(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
+        logger.info(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
 
 
 def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
@@ -270,13 +263,10 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
     apply_lr_scaling(script_args, training_args)
     set_seed(training_args.seed)
     trainer = build_trainer(script_args, training_args, model_args)
-    if trainer.is_world_process_zero():  # what accelerate made of the launch (FSDP on a CPU falls back to DDP)
-        state = PartialState()
-        print(
-            f"strategy: {state.distributed_type.value} over {state.num_processes} process(es) on "
-            f"{training_args.device}",
-            flush=True,
-        )
+    state = PartialState()  # what accelerate made of the launch (FSDP on a CPU falls back to DDP)
+    logger.info(
+        f"strategy: {state.distributed_type.value} over {state.num_processes} process(es) on {training_args.device}"
+    )
 
     start = time.perf_counter()
     try:
@@ -303,22 +293,19 @@ def train(script_args: ScriptArguments, training_args: TrainingArguments, model_
         # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
         trainer.save_model(training_args.output_dir)
         trainer.create_model_card()
-    if trainer.is_world_process_zero():
-        print(
-            f"saved to {training_args.output_dir}"
-            if script_args.save_final_model
-            else "not saved (--save_final_model false); "
-            f"{training_args.output_dir}/trainer_state.json holds the run's log"
+    logger.info(
+        f"saved to {training_args.output_dir}"
+        if script_args.save_final_model
+        else f"not saved (--save_final_model false); {training_args.output_dir}/trainer_state.json holds the run's log"
+    )
+    logger.info(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})")
+    if len(rank_peaks) > 1:
+        logger.info(
+            "peak memory per rank: "
+            + ", ".join(f"rank {rank} {peak / GB:.2f} GB" for rank, peak in enumerate(rank_peaks))
         )
-        print(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})", flush=True)
-        if len(rank_peaks) > 1:
-            print(
-                "peak memory per rank: "
-                + ", ".join(f"rank {rank} {peak / GB:.2f} GB" for rank, peak in enumerate(rank_peaks)),
-                flush=True,
-            )
-        if script_args.show_examples > 0:
-            show_examples(trainer, script_args)
+    if script_args.show_examples > 0 and trainer.is_world_process_zero():  # generated once, by the main process
+        show_examples(trainer, script_args)
 
     memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -17,14 +17,16 @@ from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import GenerationSettings, images_with_references
 from .generation import generate_for_dataset
+from .logs import get_logger
 from .metrics import caption_scores
 from .model_card import RunSummary, write_model_card
+
+logger = get_logger(__name__)
 
 EXAMPLES_IN_LOG = 2
 # Written into a checkpoint folder once everything in it is saved: a run killed while saving leaves a
@@ -189,7 +191,7 @@ class AltTextTrainer(Trainer):
         if self.is_world_process_zero():
             scores = caption_scores(captions, references, self.embedding_model)
             for caption, reference in list(zip(captions, references, strict=False))[:EXAMPLES_IN_LOG]:
-                tqdm.write(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")
+                logger.info(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")
         if self.args.world_size > 1:
             shared = [scores]
             torch.distributed.broadcast_object_list(shared, src=0)

@@ -21,7 +21,10 @@ from trl import ModelConfig
 
 from .config import ScriptArguments, parse_recipe_args
 from .errors import RecipeError
+from .logs import get_logger
 from .train import TrainResult, leave_process_group, train
+
+logger = get_logger(__name__)
 
 STAGE1_PARTS = ["connector"]
 STAGE2_PARTS = ["connector"]  # + LoRA adapters on the language model
@@ -106,21 +109,18 @@ def run_two_stage(defaults: dict[str, Any], args: list[str] | None = None) -> tu
         )
     output_dir = Path(training_args.output_dir)
     stage1_dir = output_dir / "stage1"
-    say = print if PartialState().is_main_process else (lambda *args, **kwargs: None)
     stage1 = None
     if options.reuse_stage1 and is_finished_stage(stage1_dir):
-        say(
+        logger.info(
             f"stage 1: {stage1_dir} holds a finished stage 1 model; starting stage 2 from it "
-            "(--reuse_stage1 false to train it again)",
-            flush=True,
+            "(--reuse_stage1 false to train it again)"
         )
     else:
-        say(f"stage 1 of 2: the connector aligns; vision tower and language model frozen -> {stage1_dir}", flush=True)
+        logger.info(f"stage 1 of 2: the connector aligns; vision tower and language model frozen -> {stage1_dir}")
         stage1 = train(*stage1_arguments(script_args, training_args, model_args, options, output_dir))
         PartialState().wait_for_everyone()  # the first process writes stage 1; the others load it next
-    say(
-        f"stage 2 of 2: connector + LoRA on the language model, starting from {stage1_dir} -> {output_dir / 'stage2'}",
-        flush=True,
+    logger.info(
+        f"stage 2 of 2: connector + LoRA on the language model, starting from {stage1_dir} -> {output_dir / 'stage2'}"
     )
     stage2 = train(*stage2_arguments(script_args, training_args, model_args, stage1_dir, output_dir))
     leave_process_group()  # after both stages: they share the process group

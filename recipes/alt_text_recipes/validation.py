@@ -17,7 +17,10 @@ from tqdm.auto import tqdm
 
 from .data import DatasetError
 from .images import BadImage, open_checked
+from .logs import get_logger
 from .metrics import as_reference_list
+
+logger = get_logger(__name__)
 
 SHOWN_PROBLEMS = 5
 
@@ -123,13 +126,10 @@ def check_split(
     return split.select(good_rows) if report.problems else split, report
 
 
-def apply_policy(
-    reports: list[SplitReport], policy: str, max_caption_tokens: int | None = None, quiet: bool = False
-) -> None:
-    """Print each split's report; with policy 'error' any problem stops the run, and a split left empty always does."""
+def apply_policy(reports: list[SplitReport], policy: str, max_caption_tokens: int | None = None) -> None:
+    """Log each split's report; with policy 'error' any problem stops the run, and a split left empty always does."""
     for report in reports:
-        if not quiet:
-            print(report.summary(max_caption_tokens), flush=True)
+        logger.info(report.summary(max_caption_tokens))
     problems = [report for report in reports if report.problems]
     if policy == "error" and problems:
         first = problems[0]
