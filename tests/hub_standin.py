@@ -20,19 +20,8 @@ class LocalHub:
         (self.root / repo_id).mkdir(parents=True, exist_ok=True)
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(
-        self,
-        repo_id,
-        folder_path,
-        commit_message=None,
-        token=None,
-        run_as_future=False,
-        ignore_patterns=None,
-        allow_patterns=None,
-        path_in_repo=None,
-        revision=None,
-        **kwargs,
-    ):
+    def upload_folder(self, repo_id, folder_path, commit_message=None, run_as_future=False, ignore_patterns=None,
+                      allow_patterns=None, path_in_repo=None, **kwargs):  # fmt: skip
         files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
         target = self.root / repo_id / (path_in_repo or "")
         for name in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):

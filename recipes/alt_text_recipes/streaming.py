@@ -34,7 +34,15 @@ from .errors import DatasetError
 from .inputs import prepare_for_training
 from .layouts import is_saved_to_disk, standardise
 from .paths import is_local, resolve_local
-from .validation import Problem, SplitReport, apply_policy, check_split, example_problem, image_limits, write_report
+from .validation import (
+    Problem,
+    SplitReport,
+    apply_policy,
+    check_training_split,
+    example_problem,
+    image_limits,
+    write_report,
+)
 
 # Examples held to shuffle the stream (as undecoded bytes): bounded memory, some mixing across shards.
 SHUFFLE_BUFFER = 1000
@@ -255,14 +263,8 @@ def streamed_splits(
     eval_split, reports = None, []
     if training_args.eval_strategy != "no":
         name = script_args.eval_split
-        eval_split, report = check_split(
-            first_examples(select_stream(streams, name), script_args.max_eval_samples),
-            name,
-            processor.tokenizer,
-            script_args.max_caption_tokens,
-            script_args.max_image_pixels,
-            script_args.max_aspect_ratio,
-        )
+        first = first_examples(select_stream(streams, name), script_args.max_eval_samples)
+        eval_split, report = check_training_split(first, name, processor.tokenizer, script_args)
         reports.append(report)
         apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens)
     return train_stream, eval_split, [StreamReportCallback(check, reports, script_args.max_caption_tokens)]

@@ -32,7 +32,7 @@ from .paths import is_local, shipped_config
 from .resources import out_of_memory_advice
 from .streaming import first_examples, load_caption_stream, streamed_splits
 from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
-from .validation import apply_policy, check_split, write_report
+from .validation import apply_policy, check_split, check_training_split, write_report
 
 logger = get_logger(__name__)
 
@@ -150,14 +150,8 @@ def loaded_splits(
         wanted[script_args.eval_split] = script_args.max_eval_samples
     checked, reports = {}, []
     for name, max_samples in wanted.items():
-        checked[name], report = check_split(
-            select_split(splits, name, max_samples),
-            name,
-            processor.tokenizer,
-            script_args.max_caption_tokens,
-            script_args.max_image_pixels,
-            script_args.max_aspect_ratio,
-        )
+        selected = select_split(splits, name, max_samples)
+        checked[name], report = check_training_split(selected, name, processor.tokenizer, script_args)
         reports.append(report)
     apply_policy(reports, script_args.on_bad_example, script_args.max_caption_tokens)
     if training_args.process_index == 0:  # one report file

@@ -126,6 +126,12 @@ def check_split(
     return split.select(good_rows) if report.problems else split, report
 
 
+def check_training_split(split: Dataset, name: str, tokenizer, data_args) -> tuple[Dataset, SplitReport]:
+    """`check_split` with the limits the run's data arguments set (--max_caption_tokens, image limits)."""
+    return check_split(split, name, tokenizer, data_args.max_caption_tokens, data_args.max_image_pixels,
+                       data_args.max_aspect_ratio)  # fmt: skip
+
+
 def apply_policy(reports: list[SplitReport], policy: str, max_caption_tokens: int | None = None) -> None:
     """Log each split's report; with policy 'error' any problem stops the run, and a split left empty always does."""
     for report in reports:
