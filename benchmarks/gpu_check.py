@@ -61,7 +61,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from alt_text_recipes.registry import MEASURED_RUN_FLAGS  # no heavy imports: the package's torch-free corner
+from alt_text_recipes.breakdown import MemoryParts  # no heavy imports: the package's torch-free corner
+from alt_text_recipes.registry import MEASURED_RUN_FLAGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -579,9 +580,10 @@ def _gb(value) -> str:
 
 def matrix_table(entries: list[dict], dry: bool = False) -> str:
     lines = [
-        "| preset | model | predicted | observed | verdict | estimate total | measured peak | measured ÷ estimate "
-        "| params m / e | grads m / e | optimizer m / e | activations m / e | other m / e | note |",
-        "|" + "---|" * 14,
+        "| preset | model | predicted | observed | verdict | estimate total | measured peak | measured ÷ estimate | "
+        + " | ".join(f"{part} m / e" for part in MemoryParts.names())
+        + " | note |",
+        "|" + "---|" * (9 + len(MemoryParts.names())),
     ]
     for entry in entries:
         m, e = entry["measured"], entry["estimate"]
@@ -595,9 +597,9 @@ def matrix_table(entries: list[dict], dry: bool = False) -> str:
         model = ("twin of " if dry else "") + entry["model"].split("/")[-1]
         lines.append(
             f"| {entry['preset']} | {model} | {entry['predicted']} | {entry['observed']} "
-            f"| {entry['verdict']} | {_gb(e.get('total_gb'))} | {peak_text} | {ratio} | {pair('params')} "
-            f"| {pair('grads')} | {pair('optimizer')} | {pair('activations')} | {pair('other')} "
-            f"| {entry.get('note', '')[:160]} |"
+            f"| {entry['verdict']} | {_gb(e.get('total_gb'))} | {peak_text} | {ratio} | "
+            + " | ".join(pair(part) for part in MemoryParts.names())
+            + f" | {entry.get('note', '')[:160]} |"
         )
     return "\n".join(lines)
 

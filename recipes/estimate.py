@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 from alt_text_recipes.errors import exit_on_user_error
 from alt_text_recipes.estimator import __doc__ as ARITHMETIC
-from alt_text_recipes.estimator import estimate
+from alt_text_recipes.estimator import caption_token_count, estimate
 from alt_text_recipes.registry import SINGLE_RUN_RECIPES, recipe_defaults
 from alt_text_recipes.strategies import STRATEGY_NAMES
-from alt_text_recipes.train import caption_token_count
 
 __doc__ += ARITHMETIC
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from alt_text_recipes.errors import exit_on_user_error
-from alt_text_recipes.estimator import estimate
+from alt_text_recipes.estimator import caption_token_count, estimate
 from alt_text_recipes.experiments import (
     RunResult,
     all_presets,
@@ -39,7 +39,6 @@ from alt_text_recipes.experiments import (
 )
 from alt_text_recipes.paths import REPO_ROOT
 from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import caption_token_count
 
 
 def predict(

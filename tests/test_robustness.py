@@ -187,7 +187,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
 
 
 def test_incomplete_checkpoints_are_never_resumed(tmp_path):
-    from alt_text_recipes.train import _resume_checkpoint
+    from alt_text_recipes.trainer import resume_checkpoint
 
     for step, complete in ((5, True), (10, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -196,10 +196,10 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
         if complete:
             (folder / "checkpoint-complete.json").write_text("{}")
     _, training_args, _ = parse_recipe_args({}, ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "auto"])
-    assert _resume_checkpoint(training_args) == str(tmp_path / "checkpoint-5")
+    assert resume_checkpoint(training_args) == str(tmp_path / "checkpoint-5")
     training_args.resume_from_checkpoint = str(tmp_path / "checkpoint-10")
     with pytest.raises(RecipeError, match="incomplete"):
-        _resume_checkpoint(training_args)
+        resume_checkpoint(training_args)
 
 
 def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_path, monkeypatch):

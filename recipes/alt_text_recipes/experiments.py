@@ -14,6 +14,7 @@ from typing import Sequence
 
 import yaml
 
+from .breakdown import MemoryParts
 from .errors import RecipeError
 from .families import TWINS
 from .paths import REPO_ROOT, shipped_config
@@ -184,10 +185,10 @@ def classify_failure(log: str) -> str:
 
 
 def markdown_table(results: list[RunResult], device: str) -> str:
-    header = (
-        "| preset | status | train s | samples/s | final loss | params | grads | optimizer | activations "
-        "| other | peak | estimate total | estimate fits |\n" + "|---" * 13 + "|"
-    )
+    measured_columns = (*MemoryParts.names(), "peak")
+    columns = ["preset", "status", "train s", "samples/s", "final loss", *measured_columns]
+    columns += ["estimate total", "estimate fits"]
+    header = "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
     rows = []
     for r in results:
         m, e = r.measured, r.estimate
@@ -195,11 +196,10 @@ def markdown_table(results: list[RunResult], device: str) -> str:
         def gb(value):
             return "" if value is None else f"{value:.3f}"
 
-        rows.append(
-            f"| {r.preset} | {r.status} | {gb(r.train_seconds)} | {gb(r.samples_per_second)} | {gb(r.final_loss)} "
-            f"| {gb(m.get('params'))} | {gb(m.get('grads'))} | {gb(m.get('optimizer'))} | {gb(m.get('activations'))} "
-            f"| {gb(m.get('other'))} | {gb(m.get('peak'))} | {gb(e.get('total_gb'))} | {e.get('fits', '')} |"
-        )
+        cells = [r.preset, r.status, gb(r.train_seconds), gb(r.samples_per_second), gb(r.final_loss)]
+        cells += [gb(m.get(part)) for part in measured_columns]
+        cells += [gb(e.get("total_gb")), e.get("fits", "")]
+        rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     note = "Memory in GB. Measured: the last `[memory]` report of the run; peak is " + (
         "the GPU allocator's maximum." if device == "cuda" else "the process's peak RSS (CPU run)."
     )
@@ -213,7 +213,7 @@ def draw_chart(results: list[RunResult], path: Path, capacity_gb: float | None, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = ["params", "grads", "optimizer", "activations", "other"]
+    parts = MemoryParts.names()
     colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8c8c8c"]
     names = [r.preset for r in results]
     figure, axis = plt.subplots(figsize=(max(8, 0.8 * len(results) + 3), 5.5))
@@ -247,16 +247,5 @@ def draw_chart(results: list[RunResult], path: Path, capacity_gb: float | None, 
 
 
 def estimate_gb(estimate) -> dict:
-    return {
-        key: getattr(estimate, key)
-        for key in (
-            "params_gb",
-            "grads_gb",
-            "optimizer_gb",
-            "activations_gb",
-            "other_gb",
-            "total_gb",
-            "host_gb",
-            "fits",
-        )
-    }
+    """What results.json keeps of an estimate: the parts and total in GB, host memory, the verdict."""
+    return {**estimate.memory.gb(), "host_gb": estimate.host_gb, "fits": estimate.fits}

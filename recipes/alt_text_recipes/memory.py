@@ -15,18 +15,17 @@ from __future__ import annotations
 import resource
 import sys
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import torch
 from transformers import TrainerCallback
 
+from .breakdown import GB, MemoryParts
 from .logs import get_logger
 from .telemetry import Telemetry, describe
 
 logger = get_logger(__name__)
-
-GB = 1024**3
 
 
 def format_bytes(count: int) -> str:
@@ -116,18 +115,19 @@ class MemoryBreakdown:
             counted -= self.optimizer_on_cpu + self.grads_on_cpu  # offloaded parts are not in the GPU's peak
         return max(0, self.peak - counted)
 
+    @property
+    def parts(self) -> MemoryParts:
+        """The measured parts, as the estimate and the reports tell them."""
+        return MemoryParts(self.params, self.grads, self.optimizer, self.activations, self.other)
+
     def as_log(self) -> dict[str, float]:
-        parts = {
-            "params": self.params,
-            "grads": self.grads,
+        figures = {
+            **asdict(self.parts),
             "grads_on_cpu": self.grads_on_cpu,
-            "optimizer": self.optimizer,
             "optimizer_on_cpu": self.optimizer_on_cpu,
-            "activations": self.activations,
-            "other": self.other,
             "peak": self.peak,
         }
-        log = {f"memory/{name}_gb": round(value / GB, 9) for name, value in parts.items()}
+        log = {f"memory/{name}_gb": round(value / GB, 9) for name, value in figures.items()}
         return {**log, **{f"memory/{name}": value for name, value in self.telemetry.items()}}
 
     def line(self) -> str:

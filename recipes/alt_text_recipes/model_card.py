@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .families import trained_parts
 from .layouts import is_hub_id
 from .paths import is_local
+
+if TYPE_CHECKING:  # hints only: the card is written from a run's settings, it never parses them
+    from transformers import TrainingArguments
+    from trl import ModelConfig
+
+    from .config import ScriptArguments
 
 TECHNIQUES = {
     "full_ft": "full fine-tuning (every weight trained)",
@@ -29,6 +37,47 @@ class RunSummary:
     hyperparameters: dict = field(default_factory=dict)
     peak_memory: str | None = None
     train_seconds: float | None = None
+
+
+def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> RunSummary:
+    """The model card's account of the run: the settings that decide what was learnt and what it cost."""
+    hyperparameters = {
+        "learning rate": training_args.learning_rate,
+        "batch size per device": training_args.per_device_train_batch_size,
+        "gradient accumulation": training_args.gradient_accumulation_steps,
+        "processes": training_args.world_size,
+        "epochs" if training_args.max_steps <= 0 else "steps": training_args.num_train_epochs
+        if training_args.max_steps <= 0
+        else training_args.max_steps,
+        "optimizer": training_args.optim,
+        "scheduler": training_args.lr_scheduler_type,
+        "weights dtype": model_args.dtype,
+        "mixed precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "activation checkpointing": training_args.gradient_checkpointing,
+        "seed": training_args.seed,
+        "parts trained in full": ", ".join(trained_parts(script_args.train_modules, model_args.use_peft)) or "none",
+    }
+    if model_args.use_peft:
+        hyperparameters.update(
+            {
+                "LoRA r": model_args.lora_r,
+                "LoRA alpha": model_args.lora_alpha,
+                "LoRA dropout": model_args.lora_dropout,
+                "LoRA targets": model_args.lora_target_modules or "default for the language model",
+            }
+        )
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        hyperparameters["quantization"] = (
+            "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "8-bit"
+        )
+    return RunSummary(
+        base_model=model_args.model_name_or_path,
+        dataset=script_args.data_source(),
+        recipe=script_args.recipe,
+        is_adapter=bool(model_args.use_peft),
+        generation={"max_new_tokens": script_args.generation_max_new_tokens, "num_beams": script_args.num_beams},
+        hyperparameters=hyperparameters,
+    )
 
 
 def _latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:

@@ -1,18 +1,18 @@
-"""The one training loop every recipe runs: load, wrap, train with `transformers.Trainer`, save, report."""
+"""The one training loop every recipe runs, read top to bottom: the model, the data, the trainer, training, saving.
+
+Each recipe (full_ft.py, lora.py, qlora.py) calls `main` with its defaults; two_stage.py calls `train` twice.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
 from datasets import Dataset
-from huggingface_hub import try_to_load_from_cache
 from transformers import TrainingArguments, set_seed
 from trl import ModelConfig
 
@@ -20,18 +20,18 @@ from .collator import make_collator
 from .config import ScriptArguments, parse_recipe_args
 from .data import select_split
 from .errors import RecipeError, exit_on_user_error
+from .estimator import caption_token_count
 from .families import trained_parts
 from .generation import generate_alt_text
 from .inputs import prepare_for_training
 from .logs import get_logger
 from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
-from .model_card import RunSummary
+from .model_card import run_summary
 from .modeling import add_lora, choose_trainable_parts, load_model, load_processor
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
-from .paths import is_local, shipped_config
 from .resources import out_of_memory_advice
 from .streaming import first_examples, load_caption_stream, streamed_splits
-from .trainer import AltTextTrainer, is_complete_checkpoint, latest_complete_checkpoint
+from .trainer import AltTextTrainer, resume_checkpoint
 from .validation import apply_policy, check_split, check_training_split, write_report
 
 logger = get_logger(__name__)
@@ -47,57 +47,14 @@ class TrainResult:
     memory_reports: list
 
 
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+# --- The model -----------------------------------------------------------------------------------------------
 
 
-def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> RunSummary:
-    """The model card's account of the run: the settings that decide what was learnt and what it cost."""
-    hyperparameters = {
-        "learning rate": training_args.learning_rate,
-        "batch size per device": training_args.per_device_train_batch_size,
-        "gradient accumulation": training_args.gradient_accumulation_steps,
-        "processes": training_args.world_size,
-        "epochs" if training_args.max_steps <= 0 else "steps": training_args.num_train_epochs
-        if training_args.max_steps <= 0
-        else training_args.max_steps,
-        "optimizer": training_args.optim,
-        "scheduler": training_args.lr_scheduler_type,
-        "weights dtype": model_args.dtype,
-        "mixed precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        "activation checkpointing": training_args.gradient_checkpointing,
-        "seed": training_args.seed,
-        "parts trained in full": ", ".join(trained_parts(script_args.train_modules, model_args.use_peft)) or "none",
-    }
-    if model_args.use_peft:
-        hyperparameters.update(
-            {
-                "LoRA r": model_args.lora_r,
-                "LoRA alpha": model_args.lora_alpha,
-                "LoRA dropout": model_args.lora_dropout,
-                "LoRA targets": model_args.lora_target_modules or "default for the language model",
-            }
-        )
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        hyperparameters["quantization"] = (
-            "4-bit " + model_args.bnb_4bit_quant_type if model_args.load_in_4bit else "8-bit"
-        )
-    return RunSummary(
-        base_model=model_args.model_name_or_path,
-        dataset=script_args.data_source(),
-        recipe=script_args.recipe,
-        is_adapter=bool(model_args.use_peft),
-        generation={"max_new_tokens": script_args.generation_max_new_tokens, "num_beams": script_args.num_beams},
-        hyperparameters=hyperparameters,
-    )
-
-
-def build_trainer(
+def build_model(
     script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
-) -> AltTextTrainer:
+) -> torch.nn.Module:
+    """The model as the recipe trains it: loaded (quantized, placed), adapters added, the right parts trainable."""
     parts = trained_parts(script_args.train_modules, model_args.use_peft)
-    processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
     model = load_model(
         model_args,
         parse_device_map(script_args.device_map),
@@ -115,29 +72,24 @@ def build_trainer(
         f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
         f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention"
     )
+    return model
 
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# --- The data ------------------------------------------------------------------------------------------------
+
+
+def build_splits(
+    script_args: ScriptArguments, training_args: TrainingArguments, processor
+) -> tuple[Dataset, Dataset | None, list]:
+    """The training and evaluation splits, streamed or loaded, and the callbacks a stream needs."""
     if script_args.streaming:
-        train_split, eval_split, data_callbacks = streamed_splits(script_args, training_args, processor)
-    else:
-        (train_split, eval_split), data_callbacks = loaded_splits(script_args, training_args, processor), []
-
-    collator = make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens)
-    memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
-    trainer = AltTextTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_split,
-        eval_dataset=eval_split,
-        data_collator=collator,
-        processing_class=processor,
-        callbacks=[memory_callback, *data_callbacks],
-        generation=script_args.generation_settings(),
-        embedding_model=script_args.embedding_model,
-        caption_metrics=script_args.caption_metrics,
-        run_summary=run_summary(script_args, training_args, model_args),
-    )
-    memory_callback.trainer = trainer
-    return trainer
+        return streamed_splits(script_args, training_args, processor)
+    return (*loaded_splits(script_args, training_args, processor), [])
 
 
 def loaded_splits(
@@ -166,14 +118,75 @@ def loaded_splits(
     return train_split, eval_split
 
 
-def gather_peaks(trainer: AltTextTrainer, peak_bytes: int) -> list[int]:
-    """Every rank's peak, collected on all ranks (a collective: every rank must call it)."""
-    if trainer.accelerator.num_processes == 1:
-        return [peak_bytes]
-    peaks = trainer.accelerator.gather(
-        torch.tensor([peak_bytes], dtype=torch.int64, device=trainer.accelerator.device)
+# --- The trainer ---------------------------------------------------------------------------------------------
+
+
+def build_trainer(
+    script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
+) -> AltTextTrainer:
+    processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
+    model = build_model(script_args, training_args, model_args)
+    train_split, eval_split, data_callbacks = build_splits(script_args, training_args, processor)
+    memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
+    trainer = AltTextTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_split,
+        eval_dataset=eval_split,
+        data_collator=make_collator(processor, model, script_args.prompt, script_args.max_caption_tokens),
+        processing_class=processor,
+        callbacks=[memory_callback, *data_callbacks],
+        generation=script_args.generation_settings(),
+        embedding_model=script_args.embedding_model,
+        caption_metrics=script_args.caption_metrics,
+        run_summary=run_summary(script_args, training_args, model_args),
     )
-    return peaks.tolist()
+    memory_callback.trainer = trainer
+    return trainer
+
+
+# --- Training ------------------------------------------------------------------------------------------------
+
+
+def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
+    """Train with parsed arguments, save the model (or adapter) with its processor and card, report."""
+    apply_lr_scaling(script_args, training_args)
+    set_seed(training_args.seed)
+    trainer = build_trainer(script_args, training_args, model_args)
+    state = PartialState()  # what accelerate made of the launch (FSDP on a CPU falls back to DDP)
+    logger.info(
+        f"strategy: {state.distributed_type.value} over {state.num_processes} process(es) on {training_args.device}"
+    )
+    train_seconds = fit(trainer, script_args, training_args, model_args)
+    peak_bytes, peak_source = save_and_report(trainer, script_args, train_seconds)
+    if script_args.show_examples > 0 and trainer.is_world_process_zero():  # generated once, by the main process
+        show_examples(trainer, script_args)
+
+    memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainResult(
+        training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports
+    )
+
+
+def fit(
+    trainer: AltTextTrainer, script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
+) -> float:
+    """Run the Trainer (resuming as asked) and return the seconds it took; out of memory ends with advice."""
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise RecipeError(
+            out_of_memory_advice(
+                script_args,
+                training_args,
+                model_args,
+                caption_token_count(script_args, model_args, training_args.seed, trainer.processing_class.tokenizer),
+            )
+        ) from None
+    return time.perf_counter() - start
 
 
 def apply_lr_scaling(script_args: ScriptArguments, training_args: TrainingArguments) -> None:
@@ -190,25 +203,45 @@ def apply_lr_scaling(script_args: ScriptArguments, training_args: TrainingArgume
     training_args.learning_rate = scaled
 
 
-def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint auto`: the newest complete checkpoint in output_dir (none: start fresh)."""
-    requested = training_args.resume_from_checkpoint
-    if requested in (None, ""):
-        return None
-    if requested == "auto":
-        checkpoint, incomplete = latest_complete_checkpoint(training_args.output_dir)
-        for folder in incomplete:
-            logger.info(f"resume: {folder} is incomplete (the run stopped while saving it); not used")
-        logger.info(f"resume: {'from ' + checkpoint if checkpoint else 'no complete checkpoint, starting fresh'}")
-        return checkpoint
-    if not Path(requested).is_dir():
-        raise RecipeError(f"--resume_from_checkpoint {requested}: no such folder.")
-    if not is_complete_checkpoint(requested):
-        raise RecipeError(
-            f"--resume_from_checkpoint {requested}: this checkpoint is incomplete (the run stopped while "
-            "saving it). Use an earlier one, or --resume_from_checkpoint auto."
+# --- Saving and reporting ------------------------------------------------------------------------------------
+
+
+def save_and_report(trainer: AltTextTrainer, script_args: ScriptArguments, train_seconds: float) -> tuple[int, str]:
+    """Save the run's state (and, unless told not to, the model with its card); log time and peak memory.
+    Returns this process's peak bytes and what measured them."""
+    training_args = trainer.args
+    peak_bytes, peak_source = peak_memory(training_args.device)
+    rank_peaks = gather_peaks(trainer, peak_bytes)
+    trainer.run_summary.peak_memory = f"{format_bytes(max(rank_peaks))} ({peak_source}, highest process)"
+    trainer.run_summary.train_seconds = train_seconds
+    trainer.save_state()  # trainer_state.json: the logged loss curve, memory reports and evaluations
+    if script_args.save_final_model:
+        # Saves the full model or only the adapter, the processor beside it (so the folder reloads alone) and
+        # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
+        trainer.save_model(training_args.output_dir)
+        trainer.create_model_card()
+    logger.info(
+        f"saved to {training_args.output_dir}"
+        if script_args.save_final_model
+        else f"not saved (--save_final_model false); {training_args.output_dir}/trainer_state.json holds the run's log"
+    )
+    logger.info(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})")
+    if len(rank_peaks) > 1:
+        logger.info(
+            "peak memory per rank: "
+            + ", ".join(f"rank {rank} {peak / GB:.2f} GB" for rank, peak in enumerate(rank_peaks))
         )
-    return requested
+    return peak_bytes, peak_source
+
+
+def gather_peaks(trainer: AltTextTrainer, peak_bytes: int) -> list[int]:
+    """Every rank's peak, collected on all ranks (a collective: every rank must call it)."""
+    if trainer.accelerator.num_processes == 1:
+        return [peak_bytes]
+    peaks = trainer.accelerator.gather(
+        torch.tensor([peak_bytes], dtype=torch.int64, device=trainer.accelerator.device)
+    )
+    return peaks.tolist()
 
 
 def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
@@ -236,6 +269,9 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
         logger.info(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
 
 
+# --- Entry points --------------------------------------------------------------------------------------------
+
+
 def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
     """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
     result = train(*parse_recipe_args(defaults, args))
@@ -250,88 +286,6 @@ def leave_process_group() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
-    """Train with parsed arguments, save the model (or adapter) with its processor and card, report."""
-    apply_lr_scaling(script_args, training_args)
-    set_seed(training_args.seed)
-    trainer = build_trainer(script_args, training_args, model_args)
-    state = PartialState()  # what accelerate made of the launch (FSDP on a CPU falls back to DDP)
-    logger.info(
-        f"strategy: {state.distributed_type.value} over {state.num_processes} process(es) on {training_args.device}"
-    )
-
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        raise RecipeError(
-            out_of_memory_advice(
-                script_args,
-                training_args,
-                model_args,
-                caption_token_count(script_args, model_args, training_args.seed, trainer.processing_class.tokenizer),
-            )
-        ) from None
-    train_seconds = time.perf_counter() - start
-
-    peak_bytes, peak_source = peak_memory(training_args.device)
-    rank_peaks = gather_peaks(trainer, peak_bytes)
-    trainer.run_summary.peak_memory = f"{format_bytes(max(rank_peaks))} ({peak_source}, highest process)"
-    trainer.run_summary.train_seconds = train_seconds
-    trainer.save_state()  # trainer_state.json: the logged loss curve, memory reports and evaluations
-    if script_args.save_final_model:
-        # Saves the full model or only the adapter, the processor beside it (so the folder reloads alone) and
-        # the model card; with --push_to_hub the Trainer uploads the folder to --hub_model_id.
-        trainer.save_model(training_args.output_dir)
-        trainer.create_model_card()
-    logger.info(
-        f"saved to {training_args.output_dir}"
-        if script_args.save_final_model
-        else f"not saved (--save_final_model false); {training_args.output_dir}/trainer_state.json holds the run's log"
-    )
-    logger.info(f"train time: {train_seconds:.1f} s | peak memory: {peak_bytes / GB:.2f} GB ({peak_source})")
-    if len(rank_peaks) > 1:
-        logger.info(
-            "peak memory per rank: "
-            + ", ".join(f"rank {rank} {peak / GB:.2f} GB" for rank, peak in enumerate(rank_peaks))
-        )
-    if script_args.show_examples > 0 and trainer.is_world_process_zero():  # generated once, by the main process
-        show_examples(trainer, script_args)
-
-    memory_callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return TrainResult(
-        training_args.output_dir, train_seconds, peak_bytes, peak_source, losses, memory_callback.reports
-    )
-
-
-def caption_token_count(
-    script_args: ScriptArguments, model_args: ModelConfig, seed: int, tokenizer: Any = None
-) -> int:
-    """Tokens of the longest training caption plus EOS, as the collator will build them (with `tokenizer`,
-    or the model's own when it can be loaded); `seed` is the run's, which chooses the held-out images."""
-    splits = script_args.load_splits(seed)
-    captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
-    # A Hub id with a config shipped in data/model_configs (an estimate before anything is downloaded): its
-    # tokenizer only from a copy already in the Hub cache, found on disk without the Hub client (which makes
-    # requests, and retries them offline, even to look in its cache); none there: the words x 1.3 count below.
-    name = model_args.model_name_or_path
-    if not is_local(name) and shipped_config(name) is not None:
-        cached = try_to_load_from_cache(name, "tokenizer_config.json")
-        name = str(Path(cached).parent) if isinstance(cached, str) else None
-    if tokenizer is None and name is not None:
-        try:
-            tokenizer = load_processor(name).tokenizer
-        except RecipeError:  # not reachable offline
-            tokenizer = None
-    if tokenizer is None:  # BPE vocabularies spend about 1.3 tokens a word
-        longest = math.ceil(1.3 * max(len(caption.split()) for caption in captions))
-    else:
-        longest = max(len(ids) for ids in tokenizer(captions, add_special_tokens=False)["input_ids"])
-    return min(longest, script_args.max_caption_tokens) + 1
 
 
 def main(defaults: dict[str, Any]) -> None:

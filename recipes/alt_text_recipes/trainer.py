@@ -17,9 +17,10 @@ from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .errors import RecipeError
 from .evaluation import GenerationSettings, images_with_references
 from .generation import generate_for_dataset
 from .logs import get_logger
@@ -55,6 +56,27 @@ def latest_complete_checkpoint(output_dir: str | Path) -> tuple[str | None, list
             return str(folder), incomplete
         incomplete.append(str(folder))
     return None, incomplete
+
+
+def resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """`--resume_from_checkpoint auto`: the newest complete checkpoint in output_dir (none: start fresh)."""
+    requested = training_args.resume_from_checkpoint
+    if requested in (None, ""):
+        return None
+    if requested == "auto":
+        checkpoint, incomplete = latest_complete_checkpoint(training_args.output_dir)
+        for folder in incomplete:
+            logger.info(f"resume: {folder} is incomplete (the run stopped while saving it); not used")
+        logger.info(f"resume: {'from ' + checkpoint if checkpoint else 'no complete checkpoint, starting fresh'}")
+        return checkpoint
+    if not Path(requested).is_dir():
+        raise RecipeError(f"--resume_from_checkpoint {requested}: no such folder.")
+    if not is_complete_checkpoint(requested):
+        raise RecipeError(
+            f"--resume_from_checkpoint {requested}: this checkpoint is incomplete (the run stopped while "
+            "saving it). Use an earlier one, or --resume_from_checkpoint auto."
+        )
+    return requested
 
 
 class NoGradientsIntoFrozenInputs(TrainerCallback):
