@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from alt_text_recipes.errors import exit_on_user_error
 from alt_text_recipes.estimator import __doc__ as ARITHMETIC
-from alt_text_recipes.estimator import caption_token_count, estimate
+from alt_text_recipes.estimator import estimate_run
 from alt_text_recipes.registry import SINGLE_RUN_RECIPES, recipe_defaults
 from alt_text_recipes.strategies import STRATEGY_NAMES
 
@@ -60,12 +60,10 @@ def run_estimate(argv: list[str]):
     script_args, training_args, model_args, options = parse_recipe_args(
         recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,)
     )
-    caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
-    result = estimate(
+    result = estimate_run(
         script_args,
         training_args,
         model_args,
-        caption_tokens,
         gpu_memory_gb=options.gpu_memory,
         num_gpus=options.num_gpus,
         strategy=options.strategy,

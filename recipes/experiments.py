@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from alt_text_recipes.errors import exit_on_user_error
-from alt_text_recipes.estimator import caption_token_count, estimate
+from alt_text_recipes.estimator import estimate_run
 from alt_text_recipes.experiments import (
     RunResult,
     all_presets,
@@ -50,12 +50,10 @@ def predict(
     script_args, training_args, model_args = parse_recipe_args(
         recipe_defaults(preset.recipe), recipe_args(preset, tiny, output_dir, extra_args)
     )
-    caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
-    result = estimate(
+    result = estimate_run(
         script_args,
         training_args,
         model_args,
-        caption_tokens,
         gpu_memory_gb=gpu_memory,
         device=device or ("cpu" if tiny else "cuda"),
     )

@@ -108,7 +108,7 @@ from .placement import (
     planned_device_map,
 )
 from .plan import TrainingPlan, is_lora_target, training_plan
-from .predict import CUDA_CONTEXT_GB, Estimate, estimate, process_baseline_bytes
+from .predict import CUDA_CONTEXT_GB, Estimate, estimate, estimate_run, process_baseline_bytes
 from .stacks import (
     STACK_BUILDERS,
     activation_bytes,
@@ -157,6 +157,7 @@ __all__ = [
     "device_total",
     "embedding_weight_names",
     "estimate",
+    "estimate_run",
     "flat_optimizer_bytes",
     "fp32_weight",
     "fsdp_bytes",

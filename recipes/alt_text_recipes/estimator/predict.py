@@ -14,7 +14,7 @@ from .placement import busiest_gpu, device_total, per_device_load, planned_devic
 from .plan import TrainingPlan, training_plan
 from .stacks import activation_bytes, describe_model_facts, layer_stacks, stack_modes
 from .strategy_bytes import deepspeed_bytes, fsdp_bytes, strategy_and_gpus, trainer_hidden_size
-from .tokens import prompt_token_count
+from .tokens import caption_token_count, prompt_token_count
 from .weights import Weight, embedding_weight_names, optimizer_bytes, trainable_tensors, weight_tensors
 
 CUDA_CONTEXT_GB = 0.5  # what the CUDA context and kernels take outside the allocator's count
@@ -84,6 +84,12 @@ def process_baseline_bytes() -> int:
         except ImportError:
             pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def estimate_run(script_args, training_args, model_args, **options) -> Estimate:
+    """`estimate` for a run as its arguments describe it: the caption length counted from its training data."""
+    caption_tokens = caption_token_count(script_args, model_args, training_args.seed)
+    return estimate(script_args, training_args, model_args, caption_tokens, **options)
 
 
 def estimate(
