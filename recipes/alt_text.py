@@ -1,18 +1,26 @@
 """Write alt text for image files with a fine-tuned model (full model or LoRA/QLoRA adapter folder).
 
-    python recipes/alt_text.py --model outputs/lora --images photos/ "uploads/*.jpg" --output_dir alt-text
+    python recipes/alt_text.py --model_name_or_path outputs/lora --images photos/ "uploads/*.jpg" --output_dir alt-text
+    accelerate launch --num_processes 4 recipes/alt_text.py --model_name_or_path outputs/lora --images photos/
 
 Writes `alt_text.jsonl` and `alt_text.csv` (path, alt text, generation settings) and `index.html`, an
 accessible gallery to review the result (every image with its alt, headings, page language). Alt text
 is kept within `--max_chars` (125 by default, the usual screen-reader guidance) without cutting words.
 Files that cannot be read as images (or for which the model writes nothing) are listed in `skipped.jsonl`
 with the reason, and counted: no image gets an empty alt, which would mark it as decorative.
+
+Under `accelerate launch` each process writes alt text for its share of the images; the shares are merged
+into the same files one process writes. Rerun on the same `--output_dir`, it writes only the images that are
+new or changed since (`--overwrite` starts over): see alt_text_recipes/catalogue.py.
 """
 
-import json
+import os
+import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from trl import TrlParser
 
@@ -24,11 +32,16 @@ from alt_text_recipes.alt_text import (
     write_csv,
     write_gallery,
     write_jsonl,
+    write_skipped,
 )
+from alt_text_recipes.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
 from alt_text_recipes.config import GenerationArguments
 from alt_text_recipes.errors import RecipeError, exit_on_user_error
 from alt_text_recipes.generation import generate_alt_text
-from alt_text_recipes.modeling import inference_device, load_trained
+from alt_text_recipes.logs import get_logger
+from alt_text_recipes.modeling import load_trained, quantize_linear_int8
+
+logger = get_logger("alt_text")
 
 
 @dataclass
@@ -37,80 +50,200 @@ class AltTextArguments(GenerationArguments):
         default_factory=list,
         metadata={"help": "Image files, folders (searched recursively) or glob patterns (quote them)."},
     )
-    model: str | None = field(default=None, metadata={"help": "Model or adapter folder a recipe saved (or a Hub id)."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"aliases": ["--model"], "help": "Model or adapter folder a recipe saved (or a Hub id)."},
+    )
     output_dir: str = field(default="alt-text", metadata={"help": "Where the JSONL, CSV and HTML files go."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over: forget the alt text already in --output_dir (by default a rerun writes only "
+            "the images that are new or changed since)."
+        },
+    )
     max_chars: int = field(default=125, metadata={"help": "Longest alt text in characters; cut between words."})
     min_new_tokens: int = field(
         default=3,
         metadata={"help": "Shortest generated alt text, in tokens (an empty alt marks an image decorative)."},
     )
-    batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
+    batch_size: int = field(default=8, metadata={"help": "Images per generate call (per process)."})
     dtype: str = field(default="auto", metadata={"help": "dtype to load the model in: auto, float32, bfloat16."})
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "int8: PyTorch dynamic int8 on the linear layers, for CPU servers (README 'Alt text for a "
+            "catalogue' says when it pays); none: as loaded.",
+            "choices": ["none", "int8"],
+        },
+    )
+    use_cpu: bool | None = field(
+        default=None,
+        metadata={"help": "Run on the CPU even where a GPU is visible (the default: the CPU only without one)."},
+    )
     title: str = field(default="Alt text review", metadata={"help": "Heading and title of the HTML page."})
     lang: str = field(default="en", metadata={"help": "Language of the alt text (the page's lang attribute)."})
 
+    def settings(self) -> dict:
+        """What the alt text depends on: written beside every record, and the same for a whole output folder."""
+        return {
+            "model": self.model_name_or_path,
+            **asdict(self.generation_settings()),
+            "min_new_tokens": self.min_new_tokens,
+            "max_chars": self.max_chars,
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+        }
 
-def write_alt_text(args: AltTextArguments) -> list[AltTextRecord]:
-    if args.model is None:
-        raise RecipeError("pass --model: the folder a recipe saved (full model or adapter).")
+
+def check_arguments(args: AltTextArguments) -> None:
+    if args.use_cpu is None:
+        args.use_cpu = not torch.cuda.is_available()
+    if args.model_name_or_path is None:
+        raise RecipeError("pass --model_name_or_path: the folder a recipe saved (full model or adapter).")
     if not args.images:
         raise RecipeError("pass --images: image files, folders or glob patterns.")
     if args.max_chars < 20:
         raise RecipeError("--max_chars below 20 leaves no room for a description.")
-    paths = find_images(args.images)
-    model, processor = load_trained(args.model, args.dtype)
-    model.to(inference_device())
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    records, skipped, sizes = [], [], {}
-    for start in tqdm(range(0, len(paths), args.batch_size), desc="alt text", unit="batch"):
-        loaded, unreadable = load_images(paths[start : start + args.batch_size])
-        skipped += unreadable
-        if not loaded:
-            continue
-        generated = generate_alt_text(
-            model,
-            processor,
-            [image for _, image in loaded],
-            **args.generation_settings().as_kwargs(),
-            min_new_tokens=args.min_new_tokens,
+    if args.quantize == "int8" and not args.use_cpu:
+        raise RecipeError(
+            "--quantize int8 uses PyTorch's CPU int8 kernels: add --use_cpu true, or on a GPU use --dtype bfloat16."
         )
-        for (path, image), text in zip(loaded, generated, strict=False):
-            if not text.strip():  # never write an empty alt: screen readers would skip the image as decorative
-                skipped.append((path, "the model wrote no text for it"))
-                continue
-            records.append(AltTextRecord(str(path), shorten(text, args.max_chars), text))
-            sizes[str(path)] = image.size
+    if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
+        raise RecipeError("--quantize int8 quantizes float32 weights: leave --dtype at auto or float32.")
 
-    settings = {
-        "model": args.model,
-        **asdict(args.generation_settings()),
-        "min_new_tokens": args.min_new_tokens,
-        "max_chars": args.max_chars,
-    }
-    write_jsonl(records, settings, output_dir / "alt_text.jsonl")
-    write_csv(records, settings, output_dir / "alt_text.csv")
+
+def load_model(args: AltTextArguments, device: torch.device):
+    dtype = "float32" if args.quantize == "int8" else args.dtype
+    model, processor = load_trained(args.model_name_or_path, dtype)
+    if args.quantize == "int8":
+        model = quantize_linear_int8(model)
+    return model.to(device), processor
+
+
+def write_share(
+    args: AltTextArguments, images: list[CatalogueImage], output: CatalogueOutput, state: PartialState
+) -> float:
+    """Alt text for this process's images not written yet, appended to its log a batch at a time.
+    Returns the seconds spent writing it (model loading excluded)."""
+    model, processor = load_model(args, state.device)
+    started = time.perf_counter()
+    log = output.open_log(state.process_index)
+    batches = range(0, len(images), args.batch_size)
+    for start in tqdm(batches, desc="alt text", unit="batch", disable=not state.is_main_process):
+        batch = images[start : start + args.batch_size]
+        loaded, unreadable = load_images([image.path for image in batch])
+        entries = {path: {"skipped": reason} for path, reason in unreadable}
+        if loaded:
+            generated = generate_alt_text(
+                model,
+                processor,
+                [picture for _, picture in loaded],
+                **args.generation_settings().as_kwargs(),
+                min_new_tokens=args.min_new_tokens,
+            )
+            for (path, picture), text in zip(loaded, generated, strict=True):
+                # never write an empty alt: screen readers would skip the image as decorative
+                entries[path] = (
+                    {"alt_text": shorten(text, args.max_chars), "generated": text, "size": picture.size}
+                    if text.strip()
+                    else {"skipped": "the model wrote no text for it"}
+                )
+        log.append([{"resolved": image.key[0], "sha256": image.sha256, **entries[image.path]} for image in batch])
+    log.close()
+    return time.perf_counter() - started
+
+
+def merge(args: AltTextArguments, images: list[CatalogueImage], output: CatalogueOutput) -> list[AltTextRecord]:
+    """The deliverables, in the order of the image list, from every process's log."""
+    written = output.written()
+    missing = [str(image.path) for image in images if image.key not in written]
+    if missing:
+        raise RecipeError(
+            f"no alt text was written for {len(missing)} image(s), e.g. {missing[0]}; rerun to add them."
+        )
+    records, skipped = [], []
+    for image in images:
+        entry = written[image.key]
+        if "skipped" in entry:
+            skipped.append((image.path, entry["skipped"]))
+            continue
+        width, height = entry["size"]
+        records.append(
+            AltTextRecord(str(image.path), entry["alt_text"], entry["generated"], image.sha256, width, height)
+        )
+    settings = args.settings()
+    folder = output.output_dir
+    write_jsonl(records, settings, folder / "alt_text.jsonl")
+    write_csv(records, settings, folder / "alt_text.csv")
     write_gallery(
         records,
-        sizes,
-        output_dir / "index.html",
+        folder / "index.html",
         args.title,
         args.lang,
-        args.model,
+        args.model_name_or_path,
         asdict(args.generation_settings()),
     )
-    with (output_dir / "skipped.jsonl").open("w", encoding="utf-8") as file:
-        for path, reason in skipped:
-            file.write(json.dumps({"path": str(path), "reason": reason}) + "\n")
-    print(
-        f"alt text for {len(records)} of {len(paths)} images -> {output_dir}/alt_text.jsonl, alt_text.csv, index.html"
-    )
+    write_skipped(skipped, folder / "skipped.jsonl")
+    print(f"alt text for {len(records)} of {len(images)} images -> {folder}/alt_text.jsonl, alt_text.csv, index.html")
     if skipped:
-        print(f"skipped {len(skipped)} file(s) (listed in {output_dir}/skipped.jsonl):")
+        print(f"skipped {len(skipped)} file(s) (listed in {folder}/skipped.jsonl):")
         for path, reason in skipped[:5]:
             print(f"  {path}: {reason}")
     return records
+
+
+def joined_processes(use_cpu: bool) -> PartialState:
+    """This process's place among those `accelerate launch` started. Processes that fail to form one group
+    would each write every image, so that is an error."""
+    state = PartialState(cpu=use_cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise RecipeError(
+            f"{launched} processes were launched but they did not join one group ({state.distributed_type}); on "
+            "CPUs pass --use_cpu true."
+        )
+    return state
+
+
+def write_alt_text(args: AltTextArguments) -> list[AltTextRecord]:
+    """Every process: its share of the images, skipping those already written; the main process merges."""
+    check_arguments(args)
+    state = joined_processes(args.use_cpu)
+    paths = find_images(args.images)
+    output = CatalogueOutput(args.output_dir)
+    if args.overwrite and state.is_main_process:
+        output.clear()
+    state.wait_for_everyone()
+    output.adopt_settings(args.settings())
+
+    mine = [
+        CatalogueImage(path, content_hash(path)) for path in share_of(paths, state.process_index, state.num_processes)
+    ]
+    written = output.written()
+    to_write = [image for image in mine if image.key not in written]
+    seconds = write_share(args, to_write, output, state) if to_write else 0.0
+    shares = gather_object([{"images": mine, "written_now": len(to_write), "seconds": seconds}])
+    state.wait_for_everyone()  # every log is complete
+    if not state.is_main_process:
+        return []
+    images = {image.path: image for share in shares for image in share["images"]}
+    records = merge(args, [images[path] for path in paths], output)
+    report_speed(shares, len(paths))
+    return records
+
+
+def report_speed(shares: list[dict], total: int) -> None:
+    written_now = sum(share["written_now"] for share in shares)
+    already = total - written_now
+    if not written_now:
+        print(f"all {total} images were already written (--overwrite starts over)")
+        return
+    wall = max(share["seconds"] for share in shares)
+    print(
+        f"this run wrote {written_now} images ({already} already written) in {wall:.1f} s over {len(shares)} "
+        f"process(es): {written_now / wall:.2f} images/s (model loading excluded)"
+    )
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def test_alt_text_skips_unusable_files_with_reasons(corpus, tmp_path):
     records = write_alt_text(
         AltTextArguments(
             images=[str(corpus / "train")],
-            model=str(TINY_MODELS["opt"]),
+            model_name_or_path=str(TINY_MODELS["opt"]),
             output_dir=str(tmp_path),
             generation_max_new_tokens=8,
         )

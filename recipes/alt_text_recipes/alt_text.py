@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import html
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ class AltTextRecord:
     path: str
     alt_text: str
     generated: str  # before shortening
+    sha256: str  # of the image file: an edited photo is a new image
+    width: int
+    height: int
 
 
 def find_images(inputs: list[str]) -> list[Path]:
@@ -71,24 +75,42 @@ def shorten(text: str, max_chars: int) -> str:
     return text[:1].upper() + text[1:]
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Readers (and a rerun after a kill) see the old file or the new one, never half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def write_jsonl(records: list[AltTextRecord], settings: dict, path: Path) -> None:
-    with path.open("w", encoding="utf-8") as file:
-        for record in records:
-            file.write(
-                json.dumps(
-                    {"path": record.path, "alt_text": record.alt_text, "generated": record.generated, **settings},
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
+    lines = [
+        json.dumps(
+            {
+                "path": record.path,
+                "alt_text": record.alt_text,
+                "generated": record.generated,
+                "sha256": record.sha256,
+                **settings,
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        for record in records
+    ]
+    write_atomically(path, "".join(lines))
 
 
 def write_csv(records: list[AltTextRecord], settings: dict, path: Path) -> None:
-    with path.open("w", encoding="utf-8", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["path", "alt_text", *settings])
-        for record in records:
-            writer.writerow([record.path, record.alt_text, *settings.values()])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "alt_text", *settings])
+    for record in records:
+        writer.writerow([record.path, record.alt_text, *settings.values()])
+    write_atomically(path, text.getvalue())
+
+
+def write_skipped(skipped: list[tuple[Path, str]], path: Path) -> None:
+    write_atomically(path, "".join(json.dumps({"path": str(p), "reason": reason}) + "\n" for p, reason in skipped))
 
 
 PAGE = """<!DOCTYPE html>
@@ -133,7 +155,6 @@ ITEM = """<li>
 
 def write_gallery(
     records: list[AltTextRecord],
-    sizes: dict[str, tuple[int, int]],
     output: Path,
     title: str,
     lang: str,
@@ -143,19 +164,19 @@ def write_gallery(
     """An accessible review page: `lang`, headings, and every `<img>` with its alt text."""
     items = []
     for record in records:
-        width, height = sizes[record.path]
         source = quote(Path(os.path.relpath(Path(record.path).resolve(), output.parent.resolve())).as_posix())
         items.append(
             ITEM.format(
                 name=html.escape(Path(record.path).name),
                 src=source,
                 alt=html.escape(record.alt_text, quote=True),
-                width=width,
-                height=height,
+                width=record.width,
+                height=record.height,
                 length=len(record.alt_text),
             )
         )
-    output.write_text(
+    write_atomically(
+        output,
         PAGE.format(
             lang=html.escape(lang),
             title=html.escape(title),
@@ -164,5 +185,4 @@ def write_gallery(
             settings=html.escape(json.dumps(settings)),
             items="\n".join(items),
         ),
-        encoding="utf-8",
     )
