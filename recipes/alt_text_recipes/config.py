@@ -187,6 +187,14 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments, Pres
             "BLEU-4, CIDEr, ROUGE-L and embedding distance (eval_cider, ...) beside the eval loss."
         },
     )
+    caption_samples: int = field(
+        default=4,
+        metadata={
+            "help": "At each evaluation with --caption_metrics, the first N evaluation images (the same ones each "
+            "time) with the generated alt text beside the reference go to TensorBoard (images and a table, "
+            "--report_to tensorboard) and W&B (a table, --report_to wandb). 0: none."
+        },
+    )
     save_final_model: bool = field(
         default=True,
         metadata={
@@ -258,6 +266,8 @@ def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, e
             "--streaming needs --max_steps: a streamed data set has no length, so epochs cannot be "
             "counted. Set the number of optimizer steps to train, e.g. --max_steps 1000."
         )
+    if script_args.caption_samples < 0:
+        raise RecipeError(f"--caption_samples {script_args.caption_samples}: give a number of images, 0 for none.")
     if model_args.load_in_4bit or model_args.load_in_8bit:
         if not model_args.use_peft:
             raise RecipeError(

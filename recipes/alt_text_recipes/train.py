@@ -139,6 +139,7 @@ def build_trainer(
         generation=script_args.generation_settings(),
         embedding_model=script_args.embedding_model,
         caption_metrics=script_args.caption_metrics,
+        caption_samples=script_args.caption_samples,
         run_summary=run_summary(script_args, training_args, model_args),
     )
     memory_callback.trainer = trainer

@@ -3,6 +3,7 @@
 Evaluation runs the Trainer's own loop (eval loss), then generates alt text for the evaluation split the
 way it will be used (no teacher forcing) and adds BLEU-4, CIDEr, ROUGE-L and the embedding distance to
 the metrics, as `eval_cider` etc., so `--metric_for_best_model cider` and `--load_best_model_at_end` work.
+The first few images with their generated alt text go to TensorBoard and W&B (`caption_samples.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .caption_samples import CaptionSample, CaptionSamplesCallback, first_samples
 from .errors import RecipeError
 from .evaluation import GenerationSettings, images_with_references
 from .generation import generate_for_dataset
@@ -106,14 +108,21 @@ class AltTextTrainer(Trainer):
         embedding_model: str | None,
         caption_metrics: bool,
         run_summary: RunSummary,
+        caption_samples: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.add_callback(NoGradientsIntoFrozenInputs())
+        self.add_callback(CaptionSamplesCallback(self))
         self.generation = generation
         self.embedding_model = embedding_model
         self.caption_metrics = caption_metrics
         self.run_summary = run_summary
+        # How many of the first evaluation images the main process keeps, with their generated alt text, for
+        # TensorBoard and W&B; `caption_samples_name` is the evaluation's metric prefix ("eval").
+        self.caption_sample_count = caption_samples
+        self.caption_samples: list[CaptionSample] = []
+        self.caption_samples_name = "eval"
         self._dataset_under_evaluation: Dataset | None = None
         self._flops_per_token: int | None = None
 
@@ -193,6 +202,7 @@ class AltTextTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         self._dataset_under_evaluation = dataset if isinstance(dataset, Dataset) else None
+        self.caption_samples, self.caption_samples_name = [], metric_key_prefix  # none kept from an earlier one
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def evaluation_loop(
@@ -206,12 +216,14 @@ class AltTextTrainer(Trainer):
 
     def generated_caption_scores(self, dataset: Dataset) -> dict[str, float]:
         """Every process generates for its share of the images of `dataset` (once per image, however many
-        rows hold its references); the first scores all of them and shares the result."""
+        rows hold its references); the first scores all of them, keeps the first few as samples and shares
+        the scores."""
         images, references = images_with_references(dataset)
         captions = self._generate_sharded(images)
         scores = None
         if self.is_world_process_zero():
             scores = caption_scores(captions, references, self.embedding_model)
+            self.caption_samples = first_samples(images, captions, references, self.caption_sample_count)
             for caption, reference in list(zip(captions, references, strict=False))[:EXAMPLES_IN_LOG]:
                 logger.info(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")
         if self.args.world_size > 1:
