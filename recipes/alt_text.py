@@ -39,7 +39,7 @@ from alt_text_recipes.config import GenerationArguments
 from alt_text_recipes.errors import RecipeError, exit_on_user_error
 from alt_text_recipes.generation import generate_alt_text
 from alt_text_recipes.logs import get_logger
-from alt_text_recipes.modeling import load_trained, quantize_linear_int8
+from alt_text_recipes.modeling import load_for_inference
 
 logger = get_logger("alt_text")
 
@@ -113,20 +113,12 @@ def check_arguments(args: AltTextArguments) -> None:
         raise RecipeError("--quantize int8 quantizes float32 weights: leave --dtype at auto or float32.")
 
 
-def load_model(args: AltTextArguments, device: torch.device):
-    dtype = "float32" if args.quantize == "int8" else args.dtype
-    model, processor = load_trained(args.model_name_or_path, dtype)
-    if args.quantize == "int8":
-        model = quantize_linear_int8(model)
-    return model.to(device), processor
-
-
 def write_share(
     args: AltTextArguments, images: list[CatalogueImage], output: CatalogueOutput, state: PartialState
 ) -> float:
     """Alt text for this process's images not written yet, appended to its log a batch at a time.
     Returns the seconds spent writing it (model loading excluded)."""
-    model, processor = load_model(args, state.device)
+    model, processor = load_for_inference(args.model_name_or_path, args.dtype, args.quantize, state.device)
     started = time.perf_counter()
     log = output.open_log(state.process_index)
     batches = range(0, len(images), args.batch_size)
@@ -212,10 +204,12 @@ def write_alt_text(args: AltTextArguments) -> list[AltTextRecord]:
     state = joined_processes(args.use_cpu)
     paths = find_images(args.images)
     output = CatalogueOutput(args.output_dir)
-    if args.overwrite and state.is_main_process:
-        output.clear()
+    if state.is_main_process:
+        if args.overwrite:
+            output.clear()
+        output.adopt_settings(args.settings())
     state.wait_for_everyone()
-    output.adopt_settings(args.settings())
+    output.check_settings(args.settings())
 
     mine = [
         CatalogueImage(path, content_hash(path)) for path in share_of(paths, state.process_index, state.num_processes)

@@ -77,7 +77,7 @@ def shorten(text: str, max_chars: int) -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     """Readers (and a rerun after a kill) see the old file or the new one, never half of it."""
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 

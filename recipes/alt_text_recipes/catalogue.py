@@ -62,21 +62,23 @@ class CatalogueOutput:
             (self.output_dir / name).unlink(missing_ok=True)
 
     def adopt_settings(self, settings: dict) -> None:
-        """The settings of the first run are the folder's; a rerun with other ones would mix two models'
-        (or two prompts') alt text in one catalogue, so it is refused."""
+        """The settings of the first run become the folder's (the main process writes them)."""
         path = self.parts / SETTINGS_FILE
-        if path.exists():
-            earlier = json.loads(path.read_text())
-            changed = {key: (earlier.get(key), value) for key, value in settings.items() if earlier.get(key) != value}
-            if changed:
-                described = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
-                raise RecipeError(
-                    f"{self.output_dir} holds alt text written with other settings ({described}). Pass "
-                    "--overwrite to start over, or choose another --output_dir."
-                )
-            return
-        self.parts.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps(settings, indent=1))
+        if not path.exists():
+            self.parts.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, json.dumps(settings, indent=1))
+        self.check_settings(settings)
+
+    def check_settings(self, settings: dict) -> None:
+        """A rerun with other settings would mix two models' (or two prompts') alt text in one catalogue."""
+        earlier = json.loads((self.parts / SETTINGS_FILE).read_text())
+        changed = {key: (earlier.get(key), value) for key, value in settings.items() if earlier.get(key) != value}
+        if changed:
+            described = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
+            raise RecipeError(
+                f"{self.output_dir} holds alt text written with other settings ({described}). Pass "
+                "--overwrite to start over, or choose another --output_dir."
+            )
 
     def log_of(self, process_index: int) -> Path:
         return self.parts / f"process-{process_index}.jsonl"

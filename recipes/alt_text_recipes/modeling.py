@@ -253,6 +253,18 @@ def load_trained(
     return model.eval(), processor
 
 
+def load_for_inference(
+    folder: str | Path, dtype: str = "auto", quantize: str = "none", device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, object]:
+    """A recipe's output folder ready to write alt text on `device`: in `dtype`, or with its linear layers
+    in int8 (`quantize="int8"`, CPU only; loaded in float32 first)."""
+    if quantize == "int8":
+        model, processor = load_trained(folder, "float32")
+        return quantize_linear_int8(model), processor
+    model, processor = load_trained(folder, dtype)
+    return model.to(device), processor
+
+
 def inference_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
