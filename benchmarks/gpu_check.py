@@ -788,7 +788,7 @@ def versions() -> dict[str, str]:
 def merge(previous: dict, report: dict, parts: set[str]) -> dict:
     """`report` over `previous`: the parts not run now, and presets not run now, are kept from `previous`."""
     merged = {**previous, **{key: value for key, value in report.items() if key not in ("matrix", *PARTS_KEYS)}}
-    for part, key in zip(PARTS, PARTS_KEYS, strict=False):
+    for part, key in zip(PARTS, PARTS_KEYS, strict=True):
         merged[key] = report[key] if part in parts or key not in previous else previous[key]
     old = {entry["preset"]: entry for entry in previous.get("matrix", [])}
     for entry in report.get("matrix", []):

@@ -678,7 +678,7 @@ def main() -> None:
         "fair_train_speedup_runs": [
             ours / fair
             for ours, fair in zip(
-                training["ours"]["samples_per_s_runs"], training["plain_fair"]["samples_per_s_runs"], strict=False
+                training["ours"]["samples_per_s_runs"], training["plain_fair"]["samples_per_s_runs"], strict=True
             )
         ],
         "seconds": time.perf_counter() - started,

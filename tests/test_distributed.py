@@ -219,7 +219,7 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
             )
         )
     outputs = [process.communicate(timeout=400)[0] for process in processes]
-    for process, output in zip(processes, outputs, strict=False):
+    for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
     assert "2 processes, global batch 8" in outputs[0]  # one world of two ranks across the two launchers
     assert (tmp_path / "machine0" / "adapter_model.safetensors").exists()

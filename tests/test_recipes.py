@@ -50,7 +50,7 @@ def test_recipe_trains_and_output_reloads(recipe, twin, tmp_path, food_splits):
     base = AutoModelForImageTextToText.from_pretrained(ALL_TWINS[twin])
     if recipe == "full_ft":
         assert not (output_dir / "adapter_config.json").exists()
-        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters(), strict=False))
+        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters(), strict=True))
     else:
         assert isinstance(model, PeftModel)
         lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]

@@ -57,7 +57,7 @@ def test_every_bad_input_has_its_outcome_and_no_valid_example_is_dropped(corpus)
         assert reason in skipped[name], (name, skipped[name])
     assert report.kept == len(kept) == len(USABLE) and set(kept["text"]) == set(USABLE.values())
     assert report.truncated_captions == 1  # the overlong caption is used, truncated, and counted
-    images = {caption: image for caption, image in zip(kept["text"], kept["image"], strict=False)}
+    images = {caption: image for caption, image in zip(kept["text"], kept["image"], strict=True)}
     from alt_text_recipes.images import to_rgb
 
     assert all(to_rgb(image).mode == "RGB" for image in images.values())

@@ -210,12 +210,12 @@ class ChatCollator:
         )
         answers = [self._answer_ids(example["text"]) for example in examples]
         prompt_lengths = prompts["attention_mask"].sum(dim=1).tolist()
-        total = max(length + len(answer) for length, answer in zip(prompt_lengths, answers, strict=False))
+        total = max(length + len(answer) for length, answer in zip(prompt_lengths, answers, strict=True))
         batch = {key: value for key, value in prompts.items() if key not in ("input_ids", "attention_mask")}
         input_ids = torch.full((len(examples), total), self.tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         attention_mask = torch.zeros_like(input_ids)
-        for row, (length, answer) in enumerate(zip(prompt_lengths, answers, strict=False)):
+        for row, (length, answer) in enumerate(zip(prompt_lengths, answers, strict=True)):
             end = length + len(answer)
             input_ids[row, :length] = prompts["input_ids"][row, :length]
             input_ids[row, length:end] = labels[row, length:end] = torch.tensor(answer)

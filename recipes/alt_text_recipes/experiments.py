@@ -221,7 +221,7 @@ def draw_chart(results: list[RunResult], path: Path, capacity_gb: float | None, 
     for part, colour in zip(parts, colours, strict=False):
         heights = [r.measured.get(part, 0.0) or 0.0 for r in results]
         axis.bar(names, heights, bottom=bottoms, label=part, color=colour)
-        bottoms = [b + h for b, h in zip(bottoms, heights, strict=False)]
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     estimates = [r.estimate.get("total_gb") for r in results]
     axis.scatter(names, estimates, marker="D", color="black", zorder=3, label="estimate (total)")
     for index, r in enumerate(results):

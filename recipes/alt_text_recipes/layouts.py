@@ -157,7 +157,7 @@ def image_path(value: str | None, root: Path) -> str | None:
 
 def _one_row_per_caption(batch: dict) -> dict:
     rows = {"image": [], "text": []}
-    for image, captions in zip(batch["image"], batch["text"], strict=False):
+    for image, captions in zip(batch["image"], batch["text"], strict=True):
         for caption in captions or [None]:  # an image without captions stays, to be counted as "missing caption"
             rows["image"].append(image)
             rows["text"].append(caption)
@@ -344,7 +344,7 @@ def _chat_rows(table: Dataset, file: Path) -> Dataset:
     if images_column is None:
         raise DatasetError(f"{file} has chat rows ('{turns_column}') but no 'images' column naming each row's photo.")
     images, captions = [], []
-    for row, (turns, row_images) in enumerate(zip(table[turns_column], table[images_column], strict=False)):
+    for row, (turns, row_images) in enumerate(zip(table[turns_column], table[images_column], strict=True)):
         row_images = [row_images] if isinstance(row_images, str) else row_images or []
         answers = [
             _turn_text(turn) for turn in turns if (turn.get("role") or turn.get("from")) in ("assistant", "gpt")

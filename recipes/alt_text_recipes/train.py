@@ -266,7 +266,7 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
         **script_args.generation_settings().as_kwargs(),
     )
     logger.info(f"\nAlt text for {len(examples)} {split_name} images:")
-    for index, (reference, alt_text) in enumerate(zip(examples["text"], alt_texts, strict=False)):
+    for index, (reference, alt_text) in enumerate(zip(examples["text"], alt_texts, strict=True)):
         logger.info(f"  [{index}] alt text : {alt_text}\n      reference: {reference}")
 
 

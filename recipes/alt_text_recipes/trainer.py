@@ -224,7 +224,7 @@ class AltTextTrainer(Trainer):
         if self.is_world_process_zero():
             scores = caption_scores(captions, references, self.embedding_model)
             self.caption_samples = first_samples(images, captions, references, self.caption_sample_count)
-            for caption, reference in list(zip(captions, references, strict=False))[:EXAMPLES_IN_LOG]:
+            for caption, reference in list(zip(captions, references, strict=True))[:EXAMPLES_IN_LOG]:
                 logger.info(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")
         if self.args.world_size > 1:
             shared = [scores]

@@ -92,7 +92,7 @@ def per_device_load(
     embeddings = embedding_weight_names(model)
     for device, tensors in trainable.items():
         load[device]["optimizer"] = optimizer_bytes(tensors, training_args.optim, embeddings)
-    for stack, mode in zip(stacks, modes, strict=False):
+    for stack, mode in zip(stacks, modes, strict=True):
         for device, layers in layers_per_device(model, stack, device_map).items():
             load[device]["activations"][stack.name] = stack_bytes(
                 stack, mode, model_args, training_args, "cuda", layers

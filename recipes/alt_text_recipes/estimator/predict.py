@@ -185,7 +185,7 @@ def _breakdown(
         "params_by_part_gb": {part: size / GB for part, size in params.items()},
         "activations_by_part_gb": {name: size / GB for name, size in activations.items()},
         "trained_in_full": list(plan.full_parts),
-        "stack_modes": {stack.name: mode for stack, mode in zip(stacks, modes, strict=False)},
+        "stack_modes": {stack.name: mode for stack, mode in zip(stacks, modes, strict=True)},
     }
     if per_gpu:
         breakdown["per_device_gb_before_other"] = per_gpu

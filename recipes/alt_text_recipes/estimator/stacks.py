@@ -82,7 +82,7 @@ def outside_bytes(
     text = config.get_text_config()
     batch = training_args.per_device_train_batch_size
     saved = 4.0 * loss_seq * text.vocab_size
-    mode = dict(zip([stack.name for stack in stacks], modes, strict=False))
+    mode = dict(zip([stack.name for stack in stacks], modes, strict=True))
     for stack in stacks:
         if mode[stack.name] == "frozen":
             continue
@@ -127,7 +127,7 @@ def activation_bytes(
         stack.name: stack_bytes(
             stack, mode, model_args, training_args, device, entry=index == entry or stack.name == "language_decoder"
         )
-        for index, (stack, mode) in enumerate(zip(stacks, modes, strict=False))
+        for index, (stack, mode) in enumerate(zip(stacks, modes, strict=True))
     }
     result["outside"] = outside_bytes(config, stacks, modes, loss_seq, model_args, training_args, device)
     return result
