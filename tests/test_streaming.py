@@ -171,3 +171,15 @@ def test_an_imagefolder_streams_every_row_of_its_metadata():
     assert [example["text"] for example in streamed] == [row["text"] for row in rows]
     with Image.open(DATASET / "validation" / rows[0]["file_name"]) as first:
         assert streamed[0]["image"].size == first.size
+
+
+def test_the_out_of_memory_advice_for_a_stream_does_not_read_the_stream_ahead(tmp_path):
+    """The advice's estimate takes the caption-length cap for a stream: reading the whole training split
+    ahead (possibly larger than the disk) to count its tokens is what streaming avoids."""
+    from alt_text_recipes.estimator import caption_token_count
+
+    script_args, _, model_args = parse_recipe_args(
+        recipe_defaults("full_ft"),
+        ["--streaming", "--max_steps", "2", "--dataset_name", str(tmp_path / "gone-*.tar"), "--output_dir", "x"],
+    )
+    assert caption_token_count(script_args, model_args, seed=0) == script_args.max_caption_tokens + 1

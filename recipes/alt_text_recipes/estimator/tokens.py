@@ -32,6 +32,10 @@ def caption_token_count(
 ) -> int:
     """Tokens of the longest training caption plus EOS, as the collator will build them (with `tokenizer`,
     or the model's own when it can be loaded); `seed` is the run's, which chooses the held-out images."""
+    if script_args.streaming:
+        # A stream is not read ahead (it may be larger than the disk): its captions are at most the
+        # collator's cap, the bound the estimate then assumes.
+        return script_args.max_caption_tokens + 1
     splits = script_args.load_splits(seed)
     captions = list(select_split(splits, script_args.train_split, script_args.max_train_samples)["text"])
     # A Hub id with a config shipped in data/model_configs (an estimate before anything is downloaded): its
