@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def logged_losses(output_dir: Path) -> list[float]:
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
-def run_recipe(recipe: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_recipe(recipe: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Launch a recipe as a user would, in its own process."""
     command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
     return subprocess.run(
@@ -63,8 +64,42 @@ def run_recipe(recipe: str, *args: str, timeout: int = 300) -> subprocess.Comple
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+def run_recipes(runs: dict, jobs: int = 2) -> dict:
+    """Launch independent recipe runs, {key: (recipe, args)}, `jobs` at a time, each its own process as a user
+    launches it, with one thread of its own (a serial suite leaves the second core idle while it waits for a
+    run; two runs of two threads each on two cores would only contend). Returns {key: CompletedProcess, or the
+    exception that ended the run (a timeout): its test raises it}."""
+
+    def launch(recipe: str, args: list[str]) -> subprocess.CompletedProcess | Exception:
+        try:
+            return run_recipe(recipe, *args, timeout=600, env={"OMP_NUM_THREADS": "1"})
+        except subprocess.TimeoutExpired as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the processes
+        launched = {key: pool.submit(launch, recipe, args) for key, (recipe, args) in runs.items()}
+    return {key: future.result() for key, future in launched.items()}
+
+
+def finished(run: subprocess.CompletedProcess | Exception) -> subprocess.CompletedProcess:
+    """A run from `run_recipes`, or what ended it, raised in the test that asked for it."""
+    if isinstance(run, Exception):
+        raise run
+    return run
+
+
+def selected_params(request, test_name: str) -> list[dict]:
+    """The parameters of the selected cases of `test_name` in this session (-k, node ids): a module fixture
+    that runs every case's expensive part up front runs only those."""
+    return [
+        item.callspec.params
+        for item in request.session.items
+        if getattr(item, "originalname", None) == test_name and hasattr(item, "callspec")
+    ]
 
 
 def free_port() -> int:

@@ -104,6 +104,24 @@ def test_dry_run_measures_every_step_and_writes_the_report(dry_run):
     assert "[gpu-check" in stdout and {step["step"] for step in report["steps"]} >= {"matmul probe", "throughput"}
 
 
+def test_dry_run_throughput_reports_ratios(dry_run):
+    """The throughput benchmark as the check runs it: on random weights built from a config (--model_config),
+    as on a GPU; its table and JSON."""
+    out, _ = dry_run
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        printed = archive.extractfile("logs/throughput.log").read().decode()
+    assert "input_pipeline_speedup = " in printed and "train_speedup = " in printed
+    assert "--model_config" in (out / "commands.sh").read_text()
+    result = json.loads((out / "throughput.json").read_text())
+    assert result["input_pipeline_speedup"] > 0 and result["train_speedup"] > 0
+    assert {row["image_size"] for row in result["input_pipeline"]} == {64, 224}
+    assert result["training"]["ours"]["attention"] == "sdpa" and result["training"]["plain"]["attention"] == "eager"
+    flops = result["model_flops_per_sample"]
+    parts = [flops[part] for part in ("vision_model", "qformer", "language_model")]
+    assert all(value > 0 for value in parts) and sum(parts) <= flops["total"]
+    assert (out / "throughput.md").read_text().count("|") > 20
+
+
 # ---------------------------------------------------------------- the GPU-only decisions, on made-up runs
 def _estimate(total: float, fits: bool, host: float = 0.0) -> dict:
     return {

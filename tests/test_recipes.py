@@ -3,6 +3,8 @@ falls, output reloads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel
@@ -11,7 +13,9 @@ from transformers import AutoModelForImageTextToText
 from alt_text_recipes.generation import generate_alt_text
 from alt_text_recipes.modeling import load_trained
 
-from conftest import ALL_TWINS, TINY_MODELS, logged_losses, run_recipe
+from conftest import ALL_TWINS, TINY_MODELS, finished, logged_losses, run_recipe, run_recipes, selected_params
+
+RECIPES = ["full_ft", "lora", "qlora"]
 
 
 def _assert_trained(result, output_dir):
@@ -23,12 +27,8 @@ def _assert_trained(result, output_dir):
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, f"loss did not fall: {losses}"
 
 
-@pytest.mark.parametrize("twin", sorted(ALL_TWINS))
-@pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
-def test_recipe_trains_and_output_reloads(recipe, twin, tmp_path, food_splits):
-    output_dir = tmp_path / "out"
-    result = run_recipe(
-        recipe,
+def _twin_run(recipe: str, twin: str, output_dir: Path) -> tuple[str, list[str]]:
+    return recipe, [
         "--config",
         f"recipes/configs/tiny/{recipe}.yaml",
         "--model_name_or_path",
@@ -41,7 +41,25 @@ def test_recipe_trains_and_output_reloads(recipe, twin, tmp_path, food_splits):
         "5",
         "--memory_report_steps",
         "10",
-    )
+    ]
+
+
+@pytest.fixture(scope="module")
+def twin_runs(request, tmp_path_factory):
+    """Every selected recipe × twin run, launched as a user launches it, two at a time:
+    {(recipe, twin): (CompletedProcess, output folder)}."""
+    root = tmp_path_factory.mktemp("twins")
+    cases = {(p["recipe"], p["twin"]) for p in selected_params(request, "test_recipe_trains_and_output_reloads")}
+    folders = {case: root / "-".join(case) for case in cases}
+    results = run_recipes({case: _twin_run(*case, folders[case]) for case in sorted(cases)})
+    return {case: (results[case], folders[case]) for case in cases}
+
+
+@pytest.mark.parametrize("twin", sorted(ALL_TWINS))
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_and_output_reloads(recipe, twin, twin_runs, food_splits):
+    run, output_dir = twin_runs[recipe, twin]
+    result = finished(run)
     _assert_trained(result, output_dir)
     assert (output_dir / "processor_config.json").exists()
     assert f"trainable parameters by part ({twin.split('-')[0]};" in result.stdout

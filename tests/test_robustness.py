@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,13 +138,21 @@ def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / name)
 
 
+def _kill_when_written(process: subprocess.Popen, marker: Path, timeout: float = 240) -> None:
+    """SIGKILL `process` as soon as `marker` exists (or at once if it never appears in `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+
+
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, capsys):
     args = [
         "--config",
         f"recipes/configs/tiny/{recipe}.yaml",
         "--max_steps",
-        "16",
+        "8",
         "--per_device_train_batch_size",
         "8",
         "--logging_steps",
@@ -151,15 +160,15 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
         "--save_strategy",
         "steps",
         "--save_steps",
-        "4",
+        "2",
         "--memory_report_steps",
         "0",
         "--warmup_steps",
         "2",
     ]
-    reference = tmp_path / "reference"
-    run(recipe_defaults(recipe), [*args, "--output_dir", str(reference)])
-
+    # The run to kill starts first, and is killed by a watcher thread once its step-4 checkpoint is complete
+    # (with steps 5-8 and two more checkpoints still to go), while this process trains the uninterrupted
+    # reference on the other core.
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args, "--output_dir", str(interrupted)],
@@ -167,18 +176,20 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    marker = interrupted / "checkpoint-8" / "checkpoint-complete.json"
-    deadline = time.time() + 240
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    killer = threading.Thread(
+        target=_kill_when_written, args=(process, interrupted / "checkpoint-4" / "checkpoint-complete.json")
+    )
+    killer.start()
+    reference = tmp_path / "reference"
+    run(recipe_defaults(recipe), [*args, "--output_dir", str(reference)])
+    killer.join()
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (interrupted / "trainer_state.json").exists()
 
     run(recipe_defaults(recipe), [*args, "--output_dir", str(interrupted), "--resume_from_checkpoint", "auto"])
     assert "resume: from " in capsys.readouterr().out
     expected, resumed = _losses(reference), _losses(interrupted)
-    assert sorted(resumed) == sorted(expected) == list(range(1, 17))
+    assert sorted(resumed) == sorted(expected) == list(range(1, 9))
     assert resumed == pytest.approx(expected, rel=1e-4)
     reference_weights, resumed_weights = _weights(reference), _weights(interrupted)
     assert reference_weights.keys() == resumed_weights.keys()
