@@ -115,6 +115,22 @@ def torchrun(script: str, *args: str, processes: int = 2) -> list[str]:
             "--master_port", str(free_port()), script, *args]  # fmt: skip
 
 
+# Multi-process tests run on CPU processes (gloo) even on a machine with GPUs.
+CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def accelerate_launch(
+    config: str, script: str, *args: str, processes: int = 2, launcher_flags: tuple = ()
+) -> list[str]:
+    """The `accelerate launch` command a user types for `script` under accelerate_configs/`config`, on
+    `processes` CPU processes (`--use_cpu true`) and a free port unless `launcher_flags` name one."""
+    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(free_port())]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}",
+        "--num_processes", str(processes), *port, *launcher_flags, script, *args, "--use_cpu", "true",
+    ]  # fmt: skip
+
+
 def _cuda_available() -> bool:
     import torch
 

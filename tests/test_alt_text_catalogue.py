@@ -4,11 +4,9 @@ and int8 on the CPU. The tiny BLIP-2 on copies of the embedded test photos."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from alt_text_recipes.errors import RecipeError
 
-from conftest import DATASET, REPO_ROOT, TINY_MODELS, free_port
+from conftest import CPU_ONLY_ENV, DATASET, REPO_ROOT, TINY_MODELS, accelerate_launch
 
 # Greedy generation forced to 12 tokens, one image per call: slow enough to kill mid-run, and every image's
 # text independent of which others share its batch.
@@ -46,12 +44,10 @@ def write_in_process(photos: Path, output: Path, *flags: str) -> list:
 
 
 def two_processes(photos: Path, output: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/ddp4.yaml",
-        "--num_processes", "2", "--main_process_port", str(free_port()), "recipes/alt_text.py",
-        "--model_name_or_path", str(TINY_MODELS["opt"]), "--images", str(photos), "--output_dir", str(output),
-        "--use_cpu", "true", *SETTINGS,
-    ]  # fmt: skip
+    return accelerate_launch(
+        "ddp4.yaml", "recipes/alt_text.py", "--model_name_or_path", str(TINY_MODELS["opt"]), "--images", str(photos),
+        "--output_dir", str(output), *SETTINGS,
+    )  # fmt: skip
 
 
 def kill_with_workers(run: subprocess.Popen) -> None:
@@ -80,9 +76,8 @@ def test_a_killed_two_process_run_resumes_to_the_single_process_result(photos, t
     assert len(records) == PHOTOS and all(record.alt_text for record in records)
 
     shared = tmp_path / "shared"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.Popen(
-        two_processes(photos, shared), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+        two_processes(photos, shared), cwd=REPO_ROOT, env=CPU_ONLY_ENV, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -95,7 +90,9 @@ def test_a_killed_two_process_run_resumes_to_the_single_process_result(photos, t
     assert 2 <= written_before_kill < PHOTOS + 1, "the run was not killed midway"
     assert not (shared / "alt_text.jsonl").exists()
 
-    rerun = subprocess.run(two_processes(photos, shared), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(
+        two_processes(photos, shared), cwd=REPO_ROOT, env=CPU_ONLY_ENV, capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     same_deliverables(single, shared)  # same order and content: no duplicate, no gap
     assert "over 2 process(es)" in rerun.stdout and "images/s" in rerun.stdout

@@ -9,7 +9,6 @@ would otherwise pick its CUDA accelerator and put both ranks on the one GPU.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -26,9 +25,17 @@ from alt_text_recipes.parallel import (
     scaled_learning_rate,
 )
 
-from conftest import REPO_ROOT, TINY_MODELS, free_port, logged_losses, run_recipe, torchrun
+from conftest import (
+    CPU_ONLY_ENV,
+    REPO_ROOT,
+    TINY_MODELS,
+    accelerate_launch,
+    free_port,
+    logged_losses,
+    run_recipe,
+    torchrun,
+)
 
-CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 TINY_FLAGS = [
     "--config",
     "recipes/configs/tiny/full_ft.yaml",
@@ -44,23 +51,9 @@ TINY_FLAGS = [
 def launch(
     config: str, recipe: str, *args: str, processes: int = 2, launcher_flags: tuple = (), timeout: int = 400
 ) -> subprocess.CompletedProcess:
-    # A free port each time: tests may run side by side (pytest -n), and accelerate's default is one fixed port.
-    port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(free_port())]
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        f"accelerate_configs/{config}",
-        "--num_processes",
-        str(processes),
-        *port,
-        *launcher_flags,
-        f"recipes/{recipe}.py",
-        *args,
-        "--use_cpu",
-        "true",
-    ]
+    command = accelerate_launch(
+        config, f"recipes/{recipe}.py", *args, processes=processes, launcher_flags=launcher_flags
+    )
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=CPU_ONLY_ENV)
 
 

@@ -12,7 +12,7 @@ from .data import image_identity
 from .errors import RecipeError
 from .generation import generate_for_dataset
 from .metrics import BUNDLED_EMBEDDING_MODEL, METRIC_NAMES, as_reference_list, caption_scores
-from .modeling import inference_device, load_trained
+from .modeling import inference_device, load_for_inference
 
 
 @dataclass
@@ -89,8 +89,7 @@ def score_models(
     """Load each model or adapter folder in turn and score its generated alt text on `dataset`."""
     results = {}
     for name, path in models.items():
-        model, processor = load_trained(path, dtype)
-        model.to(inference_device())
+        model, processor = load_for_inference(path, dtype, device=inference_device())
         results[name] = evaluate_captions(
             model, processor, dataset, generation, batch_size, embedding_model, progress=True
         )
