@@ -22,6 +22,11 @@ GPU_CHECK_FLAGS ?=
 
 setup: $(VENV)/.installed
 
+# DeepSpeed builds its CPU ops (CPU Adam, shared-memory comm) into $TORCH_EXTENSIONS_DIR, by default one folder
+# in ~/.cache for every checkout: a build for one venv's sources is rebuilt (minutes on 2 cores) the next time
+# another venv loads it. Each venv keeps its own (tests/conftest.py sets the same folder for a bare pytest).
+$(VENV)/.installed test: export TORCH_EXTENSIONS_DIR = $(abspath $(VENV))/torch_extensions
+
 $(VENV)/.installed: requirements.txt requirements-cpu.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed's CPU ops built for this venv (`make setup` builds them there), not the ~/.cache folder every
+# checkout shares, where another venv's build would be rebuilt for this one in the middle of a test.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 from alt_text_recipes.families import FAMILIES  # noqa: E402  (after the offline settings above)
 
@@ -56,16 +62,71 @@ def logged_losses(output_dir: Path) -> list[float]:
 
 
 def run_recipe(recipe: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Launch a recipe as a user would, in its own process."""
+    """Launch a recipe as a user would, in its own process (`python recipes/<recipe>.py *args`), and wait for
+    it: its exit code, stdout and stderr. Started warm (tests/warm_start.py) where no CUDA GPU is visible."""
     command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
-    return subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if _cuda_available():
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    with tempfile.TemporaryDirectory() as folder:
+        stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
+        process = WarmProcess(command, env, stdout, stderr)
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise subprocess.TimeoutExpired(command, timeout, _printed(stdout), _printed(stderr)) from None
+        return subprocess.CompletedProcess(command, returncode, _printed(stdout), _printed(stderr))
+
+
+def start_recipe(recipe: str, *args: str) -> subprocess.Popen | WarmProcess:
+    """Start a recipe in its own process, its output discarded, and return at once: poll(), kill(), wait()."""
+    command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
+    if _cuda_available():
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return WarmProcess(command, dict(os.environ), Path(os.devnull), Path(os.devnull))
+
+
+class WarmProcess:
+    """`command` (python, a script, its arguments) as a child of the warm fork server, printing to two files:
+    the part of subprocess.Popen the tests use (an exit code is minus the signal that ended the process)."""
+
+    def __init__(self, command: list[str], env: dict, stdout: Path, stderr: Path):
+        import warm_start
+
+        self.args = command
+        self.process = _warm_context().Process(
+            target=warm_start.run_script, args=(command[1], command[2:], env, str(REPO_ROOT), str(stdout), str(stderr))
+        )
+        self.process.start()
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.process.exitcode
+
+
+def _printed(path: Path) -> str:
+    """What a warm run printed to one stream (nothing if it ended before it could open its file)."""
+    return path.read_text() if path.exists() else ""
+
+
+@functools.cache
+def _warm_context() -> multiprocessing.context.BaseContext:
+    """The fork server the warm runs start from; it imports the stack (warm_start.PRELOAD) once."""
+    import warm_start
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(warm_start.PRELOAD)
+    return context
 
 
 def run_recipes(runs: dict, jobs: int = 2) -> dict:
@@ -131,6 +192,7 @@ def accelerate_launch(
     ]  # fmt: skip
 
 
+@functools.cache
 def _cuda_available() -> bool:
     import torch
 

@@ -6,18 +6,18 @@ import functools
 import json
 import os
 import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from alt_text_recipes.config import parse_recipe_args
 from alt_text_recipes.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
-from alt_text_recipes.experiments import all_presets, load_preset
+from alt_text_recipes.experiments import all_presets, launch_command, load_preset, read_measurements, recipe_args
 from alt_text_recipes.families import FAMILIES
 from alt_text_recipes.registry import recipe_defaults
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_recipe, selected_params
 
 # Exact parameter counts of the real models (meta-device instantiation of their configs).
 REAL_PARAMETER_COUNTS = {
@@ -80,21 +80,8 @@ def test_strategies_divide_memory_per_gpu():
 
 
 def test_estimate_cli_prints_json():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "recipes/estimate.py"),
-            "qlora",
-            "--config",
-            "recipes/configs/matrix/qlora.yaml",
-            "--gpu_memory",
-            "24",
-            "--json",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    result = run_recipe(
+        "estimate", "qlora", "--config", "recipes/configs/matrix/qlora.yaml", "--gpu_memory", "24", "--json"
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout[result.stdout.index("{") :])
@@ -133,41 +120,49 @@ TWIN_PRESETS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_matrix(tmp_path_factory):
-    """The tiny twins of TWIN_PRESETS, run on CPU by the experiment runner, as a user runs it."""
-    assert set(TWIN_PRESETS) <= set(PRESET_NAMES)
-    out_dir = tmp_path_factory.mktemp("matrix")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "recipes/experiments.py"),
-            "--tiny",
-            *TWIN_PRESETS,
-            "--jobs",
-            "2",
-            "--out_dir",
-            str(out_dir),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        # CPU twins, estimated as CPU runs: on a GPU host, hidden from runner and runs alike
-        # (a CUDA context would add to both processes' resident memory, unequally).
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (out_dir / "results.md").exists() and (out_dir / "memory.png").stat().st_size > 10_000
-    return {r["preset"]: r for r in json.loads((out_dir / "results.json").read_text())["results"]}
+def tiny_matrix(request, tmp_path_factory):
+    """The tiny twins of the selected TWIN_PRESETS, each run as a user runs it (`python recipes/<recipe>.py`, or
+    `accelerate launch` for a preset with an accelerate config), two at a time, beside the estimate the
+    experiment runner makes for the same arguments: {preset: (run, measured GB, estimated GB)}."""
+    from experiments import predict
+
+    root = tmp_path_factory.mktemp("matrix")
+    presets = [
+        load_preset(p["preset"]) for p in selected_params(request, "test_estimate_matches_tiny_twin_measurement")
+    ]
+    estimates = {preset.name: predict(preset, True, root / preset.name, 80.0) for preset in presets}
+    # CPU twins, estimated as CPU runs: on a GPU host the runs do not see the GPU either.
+    cpu_only = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+    def run(preset):
+        if preset.accelerate_config:  # the launcher starts its own (cold) processes
+            command = launch_command(preset, True, root / preset.name)
+            env = {**os.environ, **cpu_only}
+            return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+        return run_recipe(preset.recipe, *recipe_args(preset, True, root / preset.name), timeout=600, env=cpu_only)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # threads only wait on the processes
+        runs = dict(zip([preset.name for preset in presets], pool.map(run, presets), strict=True))
+    return {name: (runs[name], read_measurements(root / name)[0], estimates[name]) for name in runs}
 
 
 @pytest.mark.parametrize("preset", TWIN_PRESETS)
 def test_estimate_matches_tiny_twin_measurement(tiny_matrix, preset):
-    result = tiny_matrix[preset]
-    assert result["status"] == "ok", result["error"]
-    measured, predicted = result["measured"], result["estimate"]
+    run, measured, predicted = tiny_matrix[preset]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for part in ("params", "grads", "optimizer"):
         assert predicted[f"{part}_gb"] == pytest.approx(measured[part], rel=0.01, abs=1e-6), part
+
+
+def test_experiment_runner_writes_results_a_table_and_a_chart(tmp_path):
+    """`python recipes/experiments.py --tiny <preset>`: the preset run in its own process, and its results."""
+    result = run_recipe("experiments", "--tiny", "lora", "--out_dir", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (lora,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert lora["status"] == "ok" and lora["estimate"]["params_gb"] == pytest.approx(lora["measured"]["params"])
+    assert "python recipes/experiments.py --tiny lora" in (tmp_path / "results.md").read_text()
+    assert "| lora | ok |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "memory.png").stat().st_size > 10_000
 
 
 def test_multi_gpu_presets_are_estimated_per_gpu_as_their_strategy_divides():

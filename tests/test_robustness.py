@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from alt_text_recipes.train import run
 from alt_text_recipes.validation import check_split
 
 from bad_inputs import BAD, USABLE, write_corpus
-from conftest import REPO_ROOT, TINY_MODELS
+from conftest import TINY_MODELS, start_recipe
 from hub_standin import LocalHub
 
 TINY_TRAIN = [
@@ -138,12 +136,13 @@ def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / name)
 
 
-def _kill_when_written(process: subprocess.Popen, marker: Path, timeout: float = 240) -> None:
-    """SIGKILL `process` as soon as `marker` exists (or at once if it never appears in `timeout` seconds)."""
+def _kill_when_written(process, marker: Path, timeout: float = 240) -> None:
+    """SIGKILL `process` (from start_recipe) as soon as `marker` exists (or at once if it never appears in
+    `timeout` seconds)."""
     deadline = time.time() + timeout
     while not marker.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    process.kill()
 
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
@@ -170,12 +169,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
     # (with steps 5-8 and two more checkpoints still to go), while this process trains the uninterrupted
     # reference on the other core.
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args, "--output_dir", str(interrupted)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_recipe(recipe, *args, "--output_dir", str(interrupted))
     killer = threading.Thread(
         target=_kill_when_written, args=(process, interrupted / "checkpoint-4" / "checkpoint-complete.json")
     )
