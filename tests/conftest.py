@@ -64,7 +64,7 @@ def logged_losses(output_dir: Path) -> list[float]:
 def run_recipe(recipe: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Launch a recipe as a user would, in its own process (`python recipes/<recipe>.py *args`), and wait for
     it: its exit code, stdout and stderr. Started warm (tests/warm_start.py) where no CUDA GPU is visible."""
-    command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
+    command = _recipe_command(recipe, args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if _cuda_available():
         return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -82,10 +82,14 @@ def run_recipe(recipe: str, *args: str, timeout: int = 300, env: dict | None = N
 
 def start_recipe(recipe: str, *args: str) -> subprocess.Popen | WarmProcess:
     """Start a recipe in its own process, its output discarded, and return at once: poll(), kill(), wait()."""
-    command = [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
+    command = _recipe_command(recipe, args)
     if _cuda_available():
         return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return WarmProcess(command, dict(os.environ), Path(os.devnull), Path(os.devnull))
+
+
+def _recipe_command(recipe: str, args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
 
 
 class WarmProcess:
