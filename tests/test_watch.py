@@ -136,6 +136,17 @@ def test_no_caption_samples_logs_no_images(generated, tmp_path):
     assert "eval/alt_text/text_summary" not in events.Tags()["tensors"]
 
 
+def test_no_samples_are_made_when_nothing_shows_them(generated, tmp_path, monkeypatch):
+    made: list[int] = []
+    monkeypatch.setattr("alt_text_recipes.trainer.first_samples", lambda *args: made.append(args[-1]) or [])
+    run(
+        recipe_defaults("lora"),
+        [*WATCHED_RUN, "--output_dir", str(tmp_path), "--report_to", "none", "--max_steps", "2"],
+    )
+
+    assert generated and made == []  # alt text was generated and scored, but no thumbnails were made for nobody
+
+
 def test_a_negative_number_of_caption_samples_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"--caption_samples -1: give a number of images, 0 for none"):
         run(recipe_defaults("lora"), [*WATCHED_RUN, "--output_dir", str(tmp_path), "--caption_samples", "-1"])

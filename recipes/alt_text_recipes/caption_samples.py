@@ -56,6 +56,11 @@ def first_samples(
     ]
 
 
+def reported_to(callbacks: list[TrainerCallback]) -> bool:
+    """Whether the Trainer reports to a place that shows caption samples (`--report_to tensorboard` or `wandb`)."""
+    return any(isinstance(callback, (TensorBoardCallback, WandbCallback)) for callback in callbacks)
+
+
 def _table_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 

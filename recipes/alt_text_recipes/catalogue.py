@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .alt_text import write_atomically
@@ -29,7 +30,7 @@ class CatalogueImage:
     path: Path
     sha256: str
 
-    @property
+    @cached_property  # resolving a path is a system call per component; a catalogue asks for each key often
     def key(self) -> tuple[str, str]:
         return str(self.path.resolve()), self.sha256
 

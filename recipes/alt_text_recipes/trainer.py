@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .caption_samples import CaptionSample, CaptionSamplesCallback, first_samples
+from .caption_samples import CaptionSample, CaptionSamplesCallback, first_samples, reported_to
 from .errors import RecipeError
 from .evaluation import GenerationSettings, images_with_references
 from .generation import generate_for_dataset
@@ -223,7 +223,8 @@ class AltTextTrainer(Trainer):
         scores = None
         if self.is_world_process_zero():
             scores = caption_scores(captions, references, self.embedding_model)
-            self.caption_samples = first_samples(images, captions, references, self.caption_sample_count)
+            if reported_to(self.callback_handler.callbacks):  # thumbnails nobody would see are not made
+                self.caption_samples = first_samples(images, captions, references, self.caption_sample_count)
             for caption, reference in list(zip(captions, references, strict=True))[:EXAMPLES_IN_LOG]:
                 logger.info(f"[eval] generated: {caption!r} | reference: {reference[0]!r}")
         if self.args.world_size > 1:
