@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
-import multiprocessing
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS = REPO_ROOT / "tests"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -63,74 +69,72 @@ def logged_losses(output_dir: Path) -> list[float]:
 
 def run_recipe(recipe: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Launch a recipe as a user would, in its own process (`python recipes/<recipe>.py *args`), and wait for
-    it: its exit code, stdout and stderr. Started warm (tests/warm_start.py) where no CUDA GPU is visible."""
-    command = _recipe_command(recipe, args)
+    it: its exit code, stdout and stderr. Started warm (python_for_runs) where no CUDA GPU is visible."""
+    command = [python_for_runs(), str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    if _cuda_available():
-        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    with tempfile.TemporaryDirectory() as folder:
-        stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
-        process = WarmProcess(command, env, stdout, stderr)
-        try:
-            returncode = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise subprocess.TimeoutExpired(command, timeout, _printed(stdout), _printed(stderr)) from None
-        return subprocess.CompletedProcess(command, returncode, _printed(stdout), _printed(stderr))
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def start_recipe(recipe: str, *args: str) -> subprocess.Popen | WarmProcess:
-    """Start a recipe in its own process, its output discarded, and return at once: poll(), kill(), wait()."""
-    command = _recipe_command(recipe, args)
-    if _cuda_available():
-        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return WarmProcess(command, dict(os.environ), Path(os.devnull), Path(os.devnull))
+def start_recipe(recipe: str, *args: str) -> RecipeProcess:
+    """Start a recipe in its own process, its output discarded, and return at once."""
+    return RecipeProcess([python_for_runs(), str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args])
 
 
-def _recipe_command(recipe: str, args: tuple[str, ...]) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
+class RecipeProcess(subprocess.Popen):
+    """A started recipe whose kill() is SIGKILL to the recipe's own process. Started warm, that process is not
+    the one Popen started (the client, tests/warm_client.py), and would otherwise die a moment after it."""
 
-
-class WarmProcess:
-    """`command` (python, a script, its arguments) as a child of the warm fork server, printing to two files:
-    the part of subprocess.Popen the tests use (an exit code is minus the signal that ended the process)."""
-
-    def __init__(self, command: list[str], env: dict, stdout: Path, stderr: Path):
-        import warm_start
-
-        self.args = command
-        self.process = _warm_context().Process(
-            target=warm_start.run_script, args=(command[1], command[2:], env, str(REPO_ROOT), str(stdout), str(stderr))
-        )
-        self.process.start()
-
-    def poll(self) -> int | None:
-        return self.process.exitcode
+    def __init__(self, command: list[str]):
+        self.pid_file = Path(tempfile.gettempdir()) / f"recipe-{uuid.uuid4().hex}.pid"
+        env = {**os.environ, "WARM_PYTHON_PID_FILE": str(self.pid_file)}
+        super().__init__(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
     def kill(self) -> None:
-        self.process.kill()
+        if self.args[0] != sys.executable:
+            while not self.pid_file.exists() and self.poll() is None:
+                time.sleep(0.01)
+            if self.pid_file.exists():
+                os.kill(int(self.pid_file.read_text()), signal.SIGKILL)  # the client then ends the same way
+                self.pid_file.unlink()
+        super().kill()
 
-    def wait(self, timeout: float | None = None) -> int:
-        self.process.join(timeout)
-        if self.process.exitcode is None:
-            raise subprocess.TimeoutExpired(self.args, timeout)
-        return self.process.exitcode
+
+def python_for_runs() -> str:
+    """The `python` the tests start recipes, launchers and runners with: an executable that runs its command
+    line in a process forked from a server that imported the stack once (tests/warm_start.py), so a process
+    starts in a fraction of a second instead of about 9 s of imports. On a CUDA host, this interpreter."""
+    with _WARM_SERVER_LOCK:  # tests start runs from threads: one server for all
+        return _start_warm_server()
 
 
-def _printed(path: Path) -> str:
-    """What a warm run printed to one stream (nothing if it ended before it could open its file)."""
-    return path.read_text() if path.exists() else ""
+_WARM_SERVER_LOCK = threading.Lock()
 
 
 @functools.cache
-def _warm_context() -> multiprocessing.context.BaseContext:
-    """The fork server the warm runs start from; it imports the stack (warm_start.PRELOAD) once."""
-    import warm_start
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(warm_start.PRELOAD)
-    return context
+def _start_warm_server() -> str:
+    if _cuda_available():
+        return sys.executable
+    folder = Path(tempfile.mkdtemp(prefix="warm-python-"))
+    server_socket = folder / "server.sock"
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "warm_start.py"), str(server_socket)],
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        start_new_session=True,
+    )
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(server.kill)  # runs first
+    while not server_socket.exists():  # it listens before it imports: runs queue up while it does
+        if server.poll() is not None:
+            raise RuntimeError(f"the warm server ended at start (exit code {server.returncode})")
+        time.sleep(0.01)
+    client = folder / "python"
+    client.write_text(
+        f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(TESTS)!r})\n"
+        f"import warm_client\nwarm_client.main({str(server_socket)!r})\n"
+    )
+    client.chmod(0o755)
+    return str(client)
 
 
 def run_recipes(runs: dict, jobs: int = 2) -> dict:
@@ -176,7 +180,7 @@ def free_port() -> int:
 
 def torchrun(script: str, *args: str, processes: int = 2) -> list[str]:
     """The command that runs a test worker script on `processes` CPU processes (gloo), on a free port."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+    return [python_for_runs(), "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--master_port", str(free_port()), script, *args]  # fmt: skip
 
 
@@ -185,13 +189,16 @@ CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "
 
 
 def accelerate_launch(
-    config: str, script: str, *args: str, processes: int = 2, launcher_flags: tuple = ()
+    config: str, script: str, *args: str, processes: int = 2, launcher_flags: tuple = (), warm: bool = True
 ) -> list[str]:
     """The `accelerate launch` command a user types for `script` under accelerate_configs/`config`, on
-    `processes` CPU processes (`--use_cpu true`) and a free port unless `launcher_flags` name one."""
+    `processes` CPU processes (`--use_cpu true`) and a free port unless `launcher_flags` name one. Warm
+    (python_for_runs) unless `warm` is false: a cold launcher's ranks are its own descendants (psutil finds
+    them), warm ranks are the server's."""
     port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(free_port())]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}",
+        python_for_runs() if warm else sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        f"accelerate_configs/{config}",
         "--num_processes", str(processes), *port, *launcher_flags, script, *args, "--use_cpu", "true",
     ]  # fmt: skip
 

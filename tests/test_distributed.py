@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -32,6 +31,7 @@ from conftest import (
     accelerate_launch,
     free_port,
     logged_losses,
+    python_for_runs,
     run_recipe,
     torchrun,
 )
@@ -181,7 +181,7 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
             port,
         )
         command = [
-            sys.executable,
+            python_for_runs(),
             "-m",
             "accelerate.commands.launch",
             "--config_file",
@@ -221,7 +221,7 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
 def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
     """Stage 2 on every rank loads what the first rank saved in stage 1: the ranks wait for it."""
     command = [
-        sys.executable,
+        python_for_runs(),
         "-m",
         "accelerate.commands.launch",
         "--config_file",

@@ -13,11 +13,11 @@ import torch
 
 from alt_text_recipes.config import parse_recipe_args
 from alt_text_recipes.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
-from alt_text_recipes.experiments import launch_command, load_preset, read_measurements, recipe_args
+from alt_text_recipes.experiments import launch_command, load_preset, read_measurements
 from alt_text_recipes.families import FAMILIES
 from alt_text_recipes.registry import recipe_defaults
 
-from conftest import REPO_ROOT, run_recipe, selected_params
+from conftest import REPO_ROOT, python_for_runs, run_recipe, selected_params
 
 # Exact parameter counts of the real models (meta-device instantiation of their configs).
 REAL_PARAMETER_COUNTS = {
@@ -134,11 +134,9 @@ def tiny_matrix(request, tmp_path_factory):
     cpu_only = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
     def run(preset):
-        if preset.accelerate_config:  # the launcher starts its own (cold) processes
-            command = launch_command(preset, True, root / preset.name)
-            env = {**os.environ, **cpu_only}
-            return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-        return run_recipe(preset.recipe, *recipe_args(preset, True, root / preset.name), timeout=600, env=cpu_only)
+        command = [python_for_runs(), *launch_command(preset, True, root / preset.name)[1:]]  # the runner's, warm
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **cpu_only}
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # threads only wait on the processes
         runs = dict(zip([preset.name for preset in presets], pool.map(run, presets), strict=True))

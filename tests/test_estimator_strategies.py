@@ -311,7 +311,7 @@ def test_shipped_model_is_estimated_without_any_network_attempt():
         hub.listen(8)
         hub.settimeout(0)
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{hub.getsockname()[1]}"
-        result = subprocess.run(
+        result = subprocess.run(  # a cold interpreter: huggingface_hub reads these settings when it is imported
             [sys.executable, str(REPO_ROOT / "recipes/estimate.py"), "full_ft", "--model_name_or_path", OPT, "--json"],
             cwd=REPO_ROOT,
             env=env,

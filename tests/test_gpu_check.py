@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from alt_text_recipes.experiments import RunResult, load_preset
 
 import gpu_check
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, python_for_runs
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def dry_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu-check")
     finished = subprocess.run(
         [
-            sys.executable,
+            python_for_runs(),  # warm, and so are the steps it starts
             "benchmarks/gpu_check.py",
             "--dry",
             "--out",

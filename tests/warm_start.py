@@ -1,51 +1,160 @@
-"""Recipe runs for the tests, each in its own process, started warm.
+"""Python processes for the tests, started warm.
 
 A recipe process spends about 9 s of CPU importing torch, transformers, peft, accelerate and datasets before it
-does anything; the suite starts dozens of them, and on 2 cores that import is most of its time. So the tests
-start one fork server (multiprocessing's "forkserver") that imports the stack once (PRELOAD), and each run is a
-child forked from it: its own process, running the recipe file as `__main__` with the user's arguments,
-environment and working directory, its stdout and stderr in files, its exit code that of
-`python recipes/<recipe>.py ...`. Only the import is shared. On a machine with a CUDA GPU the tests start
-recipes cold instead (tests/conftest.py): a fork server that ever touched CUDA cannot fork usable children.
+does anything; the suite starts about a hundred of them (recipes, launchers, the ranks they start, the runs of
+the product's own runners), and on 2 cores that import is most of its time. So the tests start one server
+(`python tests/warm_start.py SOCKET`) that imports the stack once (PRELOAD) and then forks a process for each
+command line it is sent. The command line comes from tests/warm_client.py, an executable the tests use in
+place of `python` (conftest.python_for_runs), which stands in for the run: its stdin, stdout and stderr, its
+exit code, the signals it gets. Each run is its own process, running its script, module or code as `__main__`
+with its own arguments, environment and working directory; only the import is shared. Inside a run
+`sys.executable` is that client, so what the run starts in turn (the ranks of `accelerate launch` or
+torchrun, the steps of a runner) starts warm too.
+
+When the client dies (SIGKILL), its run is killed with everything in its process group. On a machine with a
+CUDA GPU the tests start processes cold instead: a process that initialised CUDA cannot fork usable children.
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing
+import importlib
+import json
 import os
 import runpy
+import select
+import signal
+import socket
 import sys
+import traceback
 
-# The stack every recipe imports: what the fork server imports once (installed packages: the fork server does
-# not get the tests' sys.path, so this module itself is imported by each child, and is light).
+# The stack every recipe imports: what the server imports once.
 PRELOAD = ["torch", "accelerate", "datasets", "transformers", "peft", "alt_text_recipes.train"]
 
 
-def run_script(script: str, args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
-    """In the forked child: become `python script *args` run in `cwd` with `env`, printing to the two files."""
-    os.chdir(cwd)
+def serve(socket_path: str) -> None:
+    """Listen first (clients may connect while the stack imports), then fork a run per connection."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(64)
+    for module in PRELOAD:
+        importlib.import_module(module)
+    while True:
+        connection, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            _supervise(connection)
+        connection.close()
+        _reap_finished_supervisors()
+
+
+def _reap_finished_supervisors() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _supervise(connection: socket.socket) -> None:
+    """In the server's child: start the run, tell the client its pid and later its exit code; kill the run's
+    process group if the client dies first."""
+    header, fds, _, _ = socket.recv_fds(connection, 8, 3)
+    size = int.from_bytes(header, "big")
+    data = b""
+    while len(data) < size:
+        data += connection.recv(size - len(data))
+    request = json.loads(data)
+    pid = os.fork()
+    if pid == 0:
+        connection.close()
+        _become_the_run(request, fds)
+    for fd in fds:
+        os.close(fd)
+    connection.sendall(f"{pid}\n".encode())
+    process = os.pidfd_open(pid)
+    while True:
+        ready, _, _ = select.select([connection, process], [], [])
+        if process in ready:
+            break
+        if not connection.recv(1):  # the client is gone: so is its run
+            _kill_group(pid)
+            break
+    _, status = os.waitpid(pid, 0)
+    try:
+        connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _become_the_run(request: dict, fds: list[int]) -> None:
+    """In the run's process: become `python [-u] script|-m module|-c code *args` as the client was asked."""
+    os.setpgid(0, 0)  # its own group, which dies with the client
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)  # every handle on fd 0-2 (print, logging, tqdm, C code) is now the client's
+        os.close(fd)
+    os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(env)
-    if env.get("OMP_NUM_THREADS"):  # read by torch when it starts its threads: here, already imported
+    os.environ.update(request["env"])
+    if request["env"].get("OMP_NUM_THREADS"):  # read by torch when it starts its threads: here, already imported
         import torch
 
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    for fd, path in ((1, stdout), (2, stderr)):
-        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(file, fd)  # every handle on fd 1 and 2 (print, logging, tqdm, C code) now writes to the file
-        os.close(file)
-    sys.stdout.reconfigure(line_buffering=True)
+        torch.set_num_threads(int(request["env"]["OMP_NUM_THREADS"]))
+    unbuffered = request["unbuffered"] or bool(request["env"].get("PYTHONUNBUFFERED"))
+    sys.stdout.reconfigure(line_buffering=True, write_through=unbuffered)
     sys.stderr.reconfigure(line_buffering=True)
-    # A child of the fork server inherits its start method; a fresh interpreter has the platform's default
-    # (DataLoader workers would otherwise each start a cold fork server of their own).
-    multiprocessing.set_start_method(None, force=True)
-    sys.argv = [script, *args]
-    sys.path.insert(0, os.path.dirname(script))  # as `python script` puts the script's folder first
+    sys.executable = request["executable"]  # what this run starts with sys.executable starts warm as well
+    os._exit(_run_as_main(request["mode"], request["target"], request["args"]))
+
+
+def _run_as_main(mode: str, target: str, args: list[str]) -> int:
+    """Run the script, module or code as `python` would, and return the exit code it would have."""
     try:
-        runpy.run_path(script, run_name="__main__")
+        try:
+            if mode == "script":
+                sys.argv = [target, *args]
+                sys.path[0] = os.path.dirname(os.path.abspath(target))
+                runpy.run_path(os.path.abspath(target), run_name="__main__")  # __file__ absolute, as python sets it
+            elif mode == "module":
+                sys.argv = [target, *args]  # runpy puts the module's file in argv[0]
+                sys.path[0] = os.getcwd()
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = ["-c", *args]
+                sys.path[0] = ""
+                exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            code = 0
+        except SystemExit as end:
+            code = _exit_code(end.code)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
     finally:
-        # multiprocessing ends its children with os._exit: run what an interpreter's exit would run.
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        atexit._run_exitfuncs()  # os._exit skips what an interpreter's exit would run
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    return code
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
