@@ -58,6 +58,7 @@ def main(server: str) -> None:
         line = replies.readline()
     code = int(line) if line else 1
     if code < 0:  # ended by a signal: end the same way
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # the two whose handling cannot be set
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
