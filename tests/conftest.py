@@ -90,7 +90,7 @@ class RecipeProcess(subprocess.Popen):
         super().__init__(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
     def kill(self) -> None:
-        if self.args[0] != sys.executable:
+        if self.args[0] != sys.executable:  # started warm
             while not self.pid_file.exists() and self.poll() is None:
                 time.sleep(0.01)
             if self.pid_file.exists():
@@ -128,7 +128,7 @@ def _start_warm_server() -> str:
         if server.poll() is not None:
             raise RuntimeError(f"the warm server ended at start (exit code {server.returncode})")
         time.sleep(0.01)
-    client = folder / "python"
+    client = folder / "python"  # -S: the client needs only the standard library, and starts in milliseconds
     client.write_text(
         f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(TESTS)!r})\n"
         f"import warm_client\nwarm_client.main({str(server_socket)!r})\n"

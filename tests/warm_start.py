@@ -27,6 +27,8 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
+from typing import NoReturn
 
 # The stack every recipe imports: what the server imports once.
 PRELOAD = ["torch", "accelerate", "datasets", "transformers", "peft", "alt_text_recipes.train"]
@@ -43,9 +45,20 @@ def serve(socket_path: str) -> None:
         connection, _ = listener.accept()
         if os.fork() == 0:
             listener.close()
-            _supervise(connection)
+            _child_ends_after(_supervise, connection)
         connection.close()
         _reap_finished_supervisors()
+
+
+def _child_ends_after(work: Callable[..., object], *args) -> NoReturn:
+    """A forked child does `work(*args)` and ends there: whatever happens, it never returns into its parent's
+    loop."""
+    try:
+        work(*args)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
 
 
 def _reap_finished_supervisors() -> None:
@@ -63,12 +76,19 @@ def _supervise(connection: socket.socket) -> None:
     size = int.from_bytes(header, "big")
     data = b""
     while len(data) < size:
-        data += connection.recv(size - len(data))
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the client left before it sent its command line")
+        data += chunk
     request = json.loads(data)
     pid = os.fork()
     if pid == 0:
         connection.close()
-        _become_the_run(request, fds)
+        _child_ends_after(_become_the_run, request, fds)
+    try:  # as the run does itself: whichever comes first, the group exists before it can be killed
+        os.setpgid(pid, pid)
+    except (ProcessLookupError, PermissionError):  # the run has ended already
+        pass
     for fd in fds:
         os.close(fd)
     connection.sendall(f"{pid}\n".encode())
