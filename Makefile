@@ -5,7 +5,7 @@
 # `make gpu-check`: on a machine with one NVIDIA GPU, validate everything that needs one in at most 8 minutes
 #              -> benchmarks/results/gpu-<gpu name>/ (README "Validate on a GPU"). It installs nothing: the
 #              packages must import with $(GPU_PYTHON) (on the lent machine, the carried wheels on PYTHONPATH).
-# `make gpu-check-dry`: the same steps on this CPU with the tiny twins (~2-3 min) -> benchmarks/results/gpu-dry-cpu/
+# `make gpu-check-dry`: the same steps on this CPU with the tiny twins (~1.5-2.5 min) -> benchmarks/results/gpu-dry-cpu/
 # `make gpu-wheels`: download/build here the wheels the lent GPU machine lacks -> .whl/ (git-ignored).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python

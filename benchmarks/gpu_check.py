@@ -36,9 +36,8 @@ commands.sh (every command, exactly as run), throughput.json/.md, probe.json and
 like the real ones, one step each at batch 4, the probe on small CPU products, and two presets: `baseline`
 (a skeleton) and `qlora` (the weights-folder path), against a simulated capacity midway between their
 estimates; results go to benchmarks/results/gpu-dry-cpu/ (or --out). A CPU cannot run out of memory like a GPU, so
-there
-a run whose peak passes the simulated capacity counts as "over capacity". With no GPU to share, the dry run
-takes two lanes at once (throughput then pytest; launches then the matrix): about 2 to 3 minutes on 2 cores.
+there a run whose peak passes the simulated capacity counts as "over capacity". With no GPU to share, the dry run
+takes two lanes at once (throughput then pytest; launches then the matrix): about 1.5 to 2.5 minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from conftest import REPO_ROOT, python_for_runs
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    """One dry run (about 2-3 minutes on 2 cores): its results folder and its output."""
+    """One dry run: its results folder and its output. Started warm, its steps too (about 20 s here; cold,
+    as `make gpu-check-dry` runs it, about 1.5-2.5 minutes on 2 cores)."""
     root = tmp_path_factory.mktemp("gpu-check")
     finished = subprocess.run(
         [
