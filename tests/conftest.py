@@ -70,14 +70,17 @@ def logged_losses(output_dir: Path) -> list[float]:
 def run_recipe(recipe: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Launch a recipe as a user would, in its own process (`python recipes/<recipe>.py *args`), and wait for
     it: its exit code, stdout and stderr. Started warm (python_for_runs) where no CUDA GPU is visible."""
-    command = [python_for_runs(), str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    command, env = _recipe_command(recipe, args), {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def start_recipe(recipe: str, *args: str) -> RecipeProcess:
     """Start a recipe in its own process, its output discarded, and return at once."""
-    return RecipeProcess([python_for_runs(), str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args])
+    return RecipeProcess(_recipe_command(recipe, args))
+
+
+def _recipe_command(recipe: str, args: tuple[str, ...]) -> list[str]:
+    return [python_for_runs(), str(REPO_ROOT / "recipes" / f"{recipe}.py"), *args]
 
 
 class RecipeProcess(subprocess.Popen):
