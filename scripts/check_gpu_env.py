@@ -13,26 +13,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import re
 import sys
-from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pinned_versions import pinned_versions
+
 ESSENTIAL = ("torch", "transformers", "accelerate", "peft", "trl", "datasets")
-OPTIONAL = ("bitsandbytes", "deepspeed", "matplotlib", "pyarrow", "pytest")
-
-
-def pinned() -> dict[str, str]:
-    pins = {}
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#;]+)", line.strip())
-        if match:
-            pins[match.group(1).lower()] = match.group(2)
-    return pins
+OPTIONAL = ("bitsandbytes", "deepspeed", "nvidia-ml-py", "matplotlib", "pyarrow", "pytest")
+IMPORT_NAMES = {"nvidia-ml-py": "pynvml"}  # distributions whose module has another name
 
 
 def unmet_requirements(names: list[str]) -> list[str]:
@@ -77,7 +68,7 @@ def main() -> int:
         f"python {sys.version.split()[0]} | torch {torch.__version__} (CUDA {torch.version.cuda}) | GPU: "
         f"{torch.cuda.get_device_name() if cuda else 'none visible'}"
     )
-    pins = pinned()
+    pins = pinned_versions()
     failed_essential, notes = [], []
     print(f"\n{'package':<14} {'installed':<14} {'pinned':<10} from")
     for name in (*ESSENTIAL, *OPTIONAL):
@@ -89,7 +80,7 @@ def main() -> int:
         mark = "" if not pin or pin == version or name == "torch" else "  <- not the pinned version"
         print(f"{name:<14} {version:<14} {pin:<10} {origin(name)}{mark}")
         try:
-            importlib.import_module(name)
+            importlib.import_module(IMPORT_NAMES.get(name, name))
         except Exception as error:  # noqa: BLE001 - reported, that is the point
             (failed_essential if name in ESSENTIAL else notes).append(
                 f"import {name}: {type(error).__name__}: {error}"

@@ -5,8 +5,9 @@
 The GPU machine (Python 3.12, torch 2.11 + CUDA 13.0, transformers 5.17, accelerate 1.15) reaches no package
 index and lacks datasets, trl, bitsandbytes and deepspeed; what travels to it is capped at 64 MiB per call,
 the working tree included. This writes to .whl/ every wheel the check needs there, at the versions
-requirements.txt pins (and CI installs): transformers, trl, datasets, peft, deepspeed, bitsandbytes, and the
-packages they need that the machine's image lacks or holds at a version that may not satisfy them.
+pyproject.toml pins (and CI installs): transformers, trl, datasets, peft, deepspeed, bitsandbytes, nvidia-ml-py
+(the memory report's GPU utilisation and power), and the packages they need that the machine's image lacks or
+holds at a version that may not satisfy them.
 
 bitsandbytes is slimmed to its CPU and CUDA 13.x libraries (the machine's torch is built for CUDA 13.0, and
 bitsandbytes loads the library of torch's CUDA version): the PyPI wheel holds every CUDA and ROCm build, 41 MiB,
@@ -39,10 +40,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from pinned_versions import pinned_versions
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CALL_LIMIT = 64 * 2**20
-# Pinned in requirements.txt, missing on the GPU machine or there at another version.
-PINNED = ("transformers", "trl", "datasets", "peft", "bitsandbytes", "deepspeed")
+# Pinned in pyproject.toml, missing on the GPU machine or there at another version.
+PINNED = ("transformers", "trl", "datasets", "peft", "bitsandbytes", "deepspeed", "nvidia-ml-py")
 # What those need that the machine's image lacks (datasets: dill, multiprocess; deepspeed: hjson, pydantic and
 # its parts), or holds at a version that may not satisfy them (datasets wants fsspec <= 2026.9.0, pydantic
 # typing-extensions >= 4.16): carried at the versions installed here, which CI tests.
@@ -68,17 +71,14 @@ PLATFORMS = (
 
 
 def pins() -> dict[str, str]:
-    """name -> version: requirements.txt's pins, then the installed versions of what they need."""
-    found = {}
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#;]+)", line.strip())
-        if match and match.group(1).lower() in PINNED:
-            found[match.group(1).lower()] = match.group(2)
+    """name -> version: pyproject.toml's pins of PINNED, then the installed versions of what they need."""
+    pinned = pinned_versions()
+    missing = [name for name in PINNED if name not in pinned]
+    if missing:
+        sys.exit(f"pyproject.toml pins none of: {', '.join(missing)} (a `name==version` dependency each)")
+    found = {name: pinned[name] for name in PINNED}
     for name in NEEDED:
         found[name] = importlib.metadata.version(name)
-    missing = set(PINNED) - set(found)
-    if missing:
-        sys.exit(f"requirements.txt pins none of: {', '.join(sorted(missing))}")
     return found
 
 
