@@ -22,7 +22,6 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from trl import TrlParser
 
 from alt_text_recipes.alt_text import (
     AltTextRecord,
@@ -35,8 +34,8 @@ from alt_text_recipes.alt_text import (
     write_skipped,
 )
 from alt_text_recipes.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
-from alt_text_recipes.config import GenerationArguments
-from alt_text_recipes.errors import RecipeError, exit_on_user_error
+from alt_text_recipes.config import GenerationArguments, parse_tool_args
+from alt_text_recipes.errors import RecipeError, exit_on_user_error, require_setting
 from alt_text_recipes.generation import generate_alt_text
 from alt_text_recipes.logs import get_logger
 from alt_text_recipes.modeling import load_for_inference
@@ -83,6 +82,16 @@ class AltTextArguments(GenerationArguments):
     )
     title: str = field(default="Alt text review", metadata={"help": "Heading and title of the HTML page."})
     lang: str = field(default="en", metadata={"help": "Language of the alt text (the page's lang attribute)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_setting(self.batch_size >= 1, "batch_size", self.batch_size, "give at least 1 image")
+        require_setting(
+            0 <= self.min_new_tokens <= self.generation_max_new_tokens,
+            "min_new_tokens",
+            self.min_new_tokens,
+            f"give 0 up to --generation_max_new_tokens ({self.generation_max_new_tokens})",
+        )
 
     def settings(self) -> dict:
         """What the alt text depends on: written beside every record, and the same for a whole output folder."""
@@ -241,8 +250,7 @@ def report_speed(shares: list[dict], total: int) -> None:
 
 
 def main() -> None:
-    (args,) = TrlParser(AltTextArguments).parse_args_and_config()
-    exit_on_user_error(write_alt_text, args)
+    exit_on_user_error(lambda: write_alt_text(parse_tool_args(AltTextArguments)))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trl import TrlParser
-
-from alt_text_recipes.config import DataArguments, GenerationArguments, ScoringArguments
+from alt_text_recipes.config import DataArguments, GenerationArguments, ScoringArguments, parse_tool_args
 from alt_text_recipes.data import select_split
-from alt_text_recipes.errors import exit_on_user_error
+from alt_text_recipes.errors import exit_on_user_error, require_setting
 from alt_text_recipes.evaluation import examples_text, parse_named_models, score_models, scores_table
 from alt_text_recipes.families import TWINS
 from alt_text_recipes.validation import apply_policy, check_split
@@ -41,6 +39,18 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
     output_file: str | None = field(
         default=None, metadata={"help": "Write scores, settings and captions here (JSON)."}
     )
+
+    def __post_init__(self) -> None:
+        DataArguments.__post_init__(self)
+        GenerationArguments.__post_init__(self)
+        require_setting(self.batch_size >= 1, "batch_size", self.batch_size, "give at least 1 image")
+        require_setting(
+            self.max_samples is None or self.max_samples >= 1,
+            "max_samples",
+            self.max_samples,
+            "give at least 1 row (leave it out for all)",
+        )
+        require_setting(self.examples >= 0, "examples", self.examples, "give a number of images, 0 for none")
 
 
 def evaluate(args: EvaluationArguments) -> dict:
@@ -84,8 +94,7 @@ def evaluate(args: EvaluationArguments) -> dict:
 
 
 def main() -> None:
-    (args,) = TrlParser(EvaluationArguments).parse_args_and_config()
-    exit_on_user_error(evaluate, args)
+    exit_on_user_error(lambda: evaluate(parse_tool_args(EvaluationArguments)))
 
 
 if __name__ == "__main__":

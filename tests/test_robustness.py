@@ -3,9 +3,12 @@ run resumes to the same result, resource problems end in one clear message, secr
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -324,3 +327,133 @@ def test_hub_token_never_reaches_files_or_logs_and_weights_are_safetensors(tmp_p
     assert "adapter_model.safetensors" in weights
     assert not weights & {"adapter_model.bin", "pytorch_model.bin", "model.bin"}
     assert os.environ["HF_TOKEN"] == planted_flag  # handed to the Hub client through the environment
+
+
+# A setting out of its range: (flags, what the refusal must say). Each is refused as it is parsed, before
+# anything loads: unchecked, a batch of 0 or a LoRA rank of 0 fails deep inside torch or peft, and a negative
+# learning rate or a 0-row sample trains on without a word.
+OUT_OF_RANGE = [
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: give at least 1"),
+    (["--per_device_eval_batch_size", "-2"], "--per_device_eval_batch_size -2: give at least 1"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0: give at least 1"),
+    (["--learning_rate", "-0.001"], "--learning_rate -0.001: give 0 or more"),
+    (["--weight_decay", "-1"], "--weight_decay -1.0: give 0 or more"),
+    (["--dataloader_num_workers", "-1"], "--dataloader_num_workers -1: give 0 or more"),
+    (["--max_steps", "-1", "--num_train_epochs", "0"], "--num_train_epochs 0.0: give a positive number of epochs"),
+    (["--max_train_samples", "0"], "--max_train_samples 0: give at least 1 row"),
+    (["--max_eval_samples", "-5"], "--max_eval_samples -5: give at least 1 row"),
+    (["--max_caption_tokens", "0"], "--max_caption_tokens 0: give at least 1 token"),
+    (["--memory_report_steps", "-1"], "--memory_report_steps -1: give 0 or more"),
+    (["--show_examples", "-1"], "--show_examples -1: give a number of images"),
+    (["--caption_samples", "-1"], "--caption_samples -1: give a number of images"),
+    (["--generation_max_new_tokens", "0"], "--generation_max_new_tokens 0: give at least 1 token"),
+    (["--num_beams", "0"], "--num_beams 0: give at least 1"),
+    (["--max_image_pixels", "0"], "--max_image_pixels 0: give at least 1"),
+    (["--max_aspect_ratio", "0.5"], "--max_aspect_ratio 0.5: give the longest side over the shortest"),
+    (["--validation_split_percentage", "100"], "--validation_split_percentage 100.0: give a percentage"),
+    (["--test_split_percentage", "-5"], "--test_split_percentage -5.0: give a percentage"),
+    (
+        ["--validation_split_percentage", "60", "--test_split_percentage", "40"],
+        "holds out 100% of the training images, leaving none to train on",
+    ),
+    (["--use_peft", "--lora_r", "0"], "--lora_r 0: give a rank of at least 1"),
+    (["--use_peft", "--lora_alpha", "0"], "--lora_alpha 0: give a positive scale"),
+    (["--use_peft", "--lora_dropout", "1.5"], r"--lora_dropout 1.5: give a probability in \[0, 1\)"),
+]
+
+
+@pytest.mark.parametrize("flags, refusal", OUT_OF_RANGE, ids=[" ".join(flags) for flags, _ in OUT_OF_RANGE])
+def test_a_setting_out_of_range_is_refused_as_it_is_parsed(flags, refusal):
+    recipe = "lora" if "--use_peft" in flags else "full_ft"
+    flags = [flag for flag in flags if flag != "--use_peft"]
+    with pytest.raises(RecipeError, match=refusal):
+        parse_recipe_args(recipe_defaults(recipe), [*_tiny(recipe), "--output_dir", "unused", *flags])
+
+
+def _tiny(recipe: str) -> list[str]:
+    return ["--config", f"recipes/configs/tiny/{recipe}.yaml"]
+
+
+def test_the_edges_of_each_range_are_accepted():
+    script_args, training_args, model_args = parse_recipe_args(
+        recipe_defaults("lora"),
+        [
+            *_tiny("lora"),
+            "--output_dir",
+            "unused",
+            "--learning_rate",
+            "0",
+            "--dataloader_num_workers",
+            "0",
+            "--memory_report_steps",
+            "0",
+            "--max_train_samples",
+            "1",
+            "--max_aspect_ratio",
+            "1",
+            "--validation_split_percentage",
+            "50",
+            "--test_split_percentage",
+            "49.5",
+            "--lora_dropout",
+            "0",
+            "--num_train_epochs",
+            "0",
+            "--max_steps",
+            "3",
+        ],
+    )
+    assert (training_args.learning_rate, script_args.max_train_samples, model_args.lora_dropout) == (0, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "tool, flags, refusal",
+    [
+        ("alt_text", ["--batch_size", "0"], "--batch_size 0: give at least 1 image"),
+        ("alt_text", ["--min_new_tokens", "41"], r"--min_new_tokens 41: give 0 up to --generation_max_new_tokens"),
+        ("alt_text", ["--num_beams", "0"], "--num_beams 0"),
+        ("evaluate_captions", ["--batch_size", "0"], "--batch_size 0: give at least 1 image"),
+        ("evaluate_captions", ["--max_samples", "0"], "--max_samples 0: give at least 1 row"),
+        ("evaluate_captions", ["--max_aspect_ratio", "0"], "--max_aspect_ratio 0.0"),
+        ("evaluate_captions", ["--generation_max_new_tokens", "0"], "--generation_max_new_tokens 0"),
+        ("evaluate_captions", ["--no_such_flag", "1"], r"invalid settings: .*\['--no_such_flag', '1'\]"),
+    ],
+)
+def test_the_tools_refuse_bad_settings_in_one_line(tool, flags, refusal, monkeypatch, capsys):
+    """alt_text.py and evaluate_captions.py parse inside their error handling: one line and exit code 1."""
+    module = importlib.import_module(tool)  # recipes/ is on the path: the package's .pth
+    monkeypatch.setattr(sys, "argv", [f"{tool}.py", *flags])
+    with pytest.raises(SystemExit) as ended:
+        module.main()
+    assert ended.value.code.startswith("error: ") and "\n" not in ended.value.code
+    assert re.search(refusal, ended.value.code), ended.value.code
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path):
+    from alt_text_recipes.modeling import load_config, load_trained
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    for load in (load_processor, load_config, load_trained):
+        with pytest.raises(RecipeError, match=f"'{tmp_path}' is a folder that holds no saved model: no config.json"):
+            load(str(tmp_path))
+
+
+def test_bad_data_and_unsupported_models_stop_the_run_before_the_weights_load(tmp_path, monkeypatch):
+    """The data and the model's family are checked first: a typo costs seconds, not a real model's load."""
+    from transformers import GPT2Config
+
+    import alt_text_recipes.train as train_module
+
+    def weights_loaded(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the bad input was found")
+
+    monkeypatch.setattr(train_module, "load_model", weights_loaded)
+    args = [*TINY_TRAIN, "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(RecipeError, match="data/no-such-photos is no local file or folder"):
+        run(recipe_defaults("full_ft"), [*args, "--dataset_name", "data/no-such-photos"])
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "text-only")
+    with pytest.raises(RecipeError, match="model type 'gpt2' has no family adapter"):
+        run(recipe_defaults("full_ft"), [*args, "--model_name_or_path", str(tmp_path / "text-only")])
+    # and with good inputs the same path reaches the weights
+    with pytest.raises(AssertionError, match="the weights were loaded"):
+        run(recipe_defaults("full_ft"), args)

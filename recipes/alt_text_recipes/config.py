@@ -16,7 +16,7 @@ from datasets import DatasetDict
 from trl import ModelConfig, TrlParser
 
 from .data import load_caption_dataset
-from .errors import RecipeError
+from .errors import RecipeError, require_setting
 from .evaluation import GenerationSettings
 from .images import MAX_ASPECT_RATIO, MAX_PIXELS
 from .metrics import BUNDLED_EMBEDDING_MODEL
@@ -102,6 +102,26 @@ class DataArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        for flag in ("validation_split_percentage", "test_split_percentage"):
+            value = getattr(self, flag)
+            require_setting(0 <= value < 100, flag, value, "give a percentage from 0 up to (not including) 100")
+        held_out = self.validation_split_percentage + self.test_split_percentage
+        require_setting(
+            held_out < 100,
+            "validation_split_percentage",
+            self.validation_split_percentage,
+            f"with --test_split_percentage {self.test_split_percentage} it holds out {held_out:g}% of the "
+            "training images, leaving none to train on",
+        )
+        require_setting(self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, "give at least 1")
+        require_setting(
+            self.max_aspect_ratio >= 1,
+            "max_aspect_ratio",
+            self.max_aspect_ratio,
+            "give the longest side over the shortest, 1 or more",
+        )
+
     def data_source(self) -> str:
         """What the splits are read from, as the model card names it."""
         return ", ".join(filter(None, (self.train_file, self.validation_file, self.test_file))) or self.dataset_name
@@ -134,6 +154,15 @@ class GenerationArguments:
     )
     generation_max_new_tokens: int = field(default=40, metadata={"help": "Longest generated alt text, in tokens."})
     num_beams: int = field(default=1, metadata={"help": "Beams for generating alt text (1: greedy)."})
+
+    def __post_init__(self) -> None:
+        require_setting(
+            self.generation_max_new_tokens >= 1,
+            "generation_max_new_tokens",
+            self.generation_max_new_tokens,
+            "give at least 1 token",
+        )
+        require_setting(self.num_beams >= 1, "num_beams", self.num_beams, "give at least 1 (1: greedy)")
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(self.prompt, self.generation_max_new_tokens, self.num_beams)
@@ -235,10 +264,35 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments, Pres
         },
     )
 
+    def __post_init__(self) -> None:
+        DataArguments.__post_init__(self)
+        GenerationArguments.__post_init__(self)
+        for flag in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, flag)
+            require_setting(value is None or value >= 1, flag, value, "give at least 1 row (leave it out for all)")
+        require_setting(
+            self.max_caption_tokens >= 1, "max_caption_tokens", self.max_caption_tokens, "give at least 1 token"
+        )
+        for flag, expected in (
+            ("memory_report_steps", "give 0 or more"),
+            ("show_examples", "give a number of images, 0 for none"),
+            ("caption_samples", "give a number of images, 0 for none"),
+        ):
+            require_setting(getattr(self, flag) >= 0, flag, getattr(self, flag), expected)
+
 
 # The model defaults every recipe starts from (trl.ModelConfig's fields); the Trainer's are the field defaults of
 # AltTextTrainingArguments.
 COMMON_DEFAULTS: dict[str, Any] = {"model_name_or_path": "Salesforce/blip2-opt-2.7b", "dtype": "bfloat16"}
+
+
+def check_lora_settings(model_args: ModelConfig) -> None:
+    """trl's ModelConfig checks none of these; a rank of 0 would fail deep inside peft."""
+    require_setting(model_args.lora_r >= 1, "lora_r", model_args.lora_r, "give a rank of at least 1")
+    require_setting(model_args.lora_alpha > 0, "lora_alpha", model_args.lora_alpha, "give a positive scale")
+    require_setting(
+        0 <= model_args.lora_dropout < 1, "lora_dropout", model_args.lora_dropout, "give a probability in [0, 1)"
+    )
 
 
 def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlParser:
@@ -246,6 +300,18 @@ def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlPa
     # The parser takes no default_factory for a bool field: the CPU-or-GPU default is given to it here.
     parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
     return parser
+
+
+def parse_tool_args(arguments: type, args: list[str] | None = None) -> Any:
+    """One dataclass of a tool (alt_text.py, evaluate_captions.py) from its flags and --config YAML; a bad
+    setting is a `RecipeError` (one line), not the parser's traceback."""
+    try:
+        (parsed,) = TrlParser(arguments).parse_args_and_config(args)
+    except RecipeError:
+        raise
+    except ValueError as error:
+        raise RecipeError(f"invalid settings: {error}") from None
+    return parsed
 
 
 def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
@@ -266,8 +332,8 @@ def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, e
             "--streaming needs --max_steps: a streamed data set has no length, so epochs cannot be "
             "counted. Set the number of optimizer steps to train, e.g. --max_steps 1000."
         )
-    if script_args.caption_samples < 0:
-        raise RecipeError(f"--caption_samples {script_args.caption_samples}: give a number of images, 0 for none.")
+    if model_args.use_peft:
+        check_lora_settings(model_args)
     if model_args.load_in_4bit or model_args.load_in_8bit:
         if not model_args.use_peft:
             raise RecipeError(

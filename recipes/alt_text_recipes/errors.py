@@ -12,6 +12,13 @@ class DatasetError(RecipeError):
     """A data set that cannot be used as given; the message says what to change."""
 
 
+def require_setting(ok: bool, flag: str, value: Any, expected: str) -> None:
+    """A setting's range, checked where it is parsed: out of range, the run stops before anything loads (and
+    not later, in a library's traceback or, worse, silently, as with a negative learning rate)."""
+    if not ok:
+        raise RecipeError(f"--{flag} {value}: {expected}.")
+
+
 def exit_on_user_error(entry_point: Callable[..., Any], *args: Any) -> Any:
     """Run a command-line entry point; a `RecipeError` ends it with one readable line and exit code 1."""
     try:

@@ -39,7 +39,7 @@ from datasets import (
 from datasets.exceptions import DatasetGenerationError
 
 from .errors import DatasetError
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, places_looked
 
 TABLE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -90,7 +90,7 @@ def read_source(
             else _read_folder(path, image_column, caption_column)
         )
     if Path(source).suffix.lower() in TABLE_BUILDERS or source.startswith((".", "/", "~")):
-        raise DatasetError(f"no file or folder {source} (looked in {Path.cwd()} and {REPO_ROOT}).")
+        raise DatasetError(f"no file or folder {source} (looked in {places_looked()}).")
     return _read_hub(source, image_column, caption_column, config_name)
 
 
@@ -184,7 +184,7 @@ def _expand_glob(pattern: str) -> list[Path]:
             if unreadable:
                 raise DatasetError(f"{pattern} matches files that are not CSV/JSON/JSONL/Parquet: {unreadable[:5]}.")
             return files
-    raise DatasetError(f"{pattern} matches no file (looked in {Path.cwd()} and {REPO_ROOT}).")
+    raise DatasetError(f"{pattern} matches no file (looked in {places_looked()}).")
 
 
 def _read_hub(source: str, image_column: str, caption_column: str, config_name: str | None) -> DatasetDict:

@@ -51,9 +51,23 @@ def unreachable(name_or_path: str, error: OSError) -> RecipeError:
     )
 
 
+def model_source(name_or_path: str) -> str:
+    """`name_or_path` as `from_pretrained` should get it: a local folder (checked to hold a saved model or
+    adapter, so that a wrong folder is named here rather than in a transformers traceback), or a Hub id."""
+    source = resolve_local(name_or_path)
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
+        where = "" if str(folder.resolve()) == name_or_path else f" ({folder.resolve()})"
+        raise RecipeError(
+            f"'{name_or_path}' is a folder{where} that holds no saved model: no config.json (or "
+            "adapter_config.json). Pass the folder a recipe saved (or save_pretrained wrote), or a Hub id."
+        )
+    return source
+
+
 def load_processor(name_or_path: str, trust_remote_code: bool = False):
     try:
-        return AutoProcessor.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code)
+        return AutoProcessor.from_pretrained(model_source(name_or_path), trust_remote_code=trust_remote_code)
     except OSError as error:
         raise unreachable(name_or_path, error) from None
 
@@ -84,11 +98,12 @@ def load_model(
         device_map = quantized_device_map(use_cpu)
     from .random_weights import is_skeleton  # it imports this module
 
-    if is_skeleton(resolve_local(model_args.model_name_or_path)):
+    source = model_source(model_args.model_name_or_path)
+    if is_skeleton(source):
         return _instantiate_skeleton(model_args, quantization_config, device_map)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            resolve_local(model_args.model_name_or_path),
+            source,
             revision=model_args.model_revision,
             dtype=torch_dtype(model_args.dtype),
             attn_implementation=model_args.attn_implementation,
@@ -123,7 +138,7 @@ def _instantiate_skeleton(model_args: ModelConfig, quantization_config, device_m
 
 def load_config(name_or_path: str, trust_remote_code: bool = False):
     try:
-        return AutoConfig.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(model_source(name_or_path), trust_remote_code=trust_remote_code)
     except OSError as error:
         raise unreachable(name_or_path, error) from None
 
@@ -235,7 +250,7 @@ def load_trained(
     An adapter is put on the base model named in its `adapter_config.json`, or on `base_model` when the
     base lives elsewhere on this machine. The base is loaded unquantized, also for QLoRA adapters.
     """
-    folder = Path(resolve_local(str(folder)))
+    folder = Path(model_source(str(folder)))
     name = str(folder)
     try:
         processor = AutoProcessor.from_pretrained(folder)

@@ -18,6 +18,12 @@ def resolve_local(name_or_path: str) -> str:
     return name_or_path
 
 
+def places_looked() -> str:
+    """Where `resolve_local` looks, for messages: the current directory, and the repository when it is elsewhere."""
+    here = Path.cwd()
+    return str(here) if here.resolve() == REPO_ROOT.resolve() else f"{here} and {REPO_ROOT}"
+
+
 def is_local(name_or_path: str) -> bool:
     return Path(resolve_local(name_or_path)).is_dir()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RecipeError
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, places_looked
 
 FSDP_SHARDING = ["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2"]  # accelerate's order
 _FSDP_SUFFIX = {
@@ -171,7 +171,7 @@ def _find(path: str) -> Path:
     for candidate in (Path(path), REPO_ROOT / path):
         if candidate.is_file():
             return candidate
-    raise RecipeError(f"{path}: no such file (looked in the current directory and in {REPO_ROOT}).")
+    raise RecipeError(f"{path}: no such file (looked in {places_looked()}).")
 
 
 def _offloaded(section) -> bool:

@@ -1,5 +1,7 @@
 """The one training loop every recipe runs, read top to bottom: the model, the data, the trainer, training, saving.
 
+The trainer checks the data before the model's weights load, so a bad data set stops a run in seconds.
+
 Each recipe (full_ft.py, lora.py, qlora.py) calls `main` with its defaults; two_stage.py calls `train` twice.
 """
 
@@ -21,13 +23,13 @@ from .config import ScriptArguments, parse_recipe_args
 from .data import select_split
 from .errors import RecipeError, exit_on_user_error
 from .estimator import caption_token_count
-from .families import trained_parts
+from .families import family_of, trained_parts
 from .generation import generate_alt_text
 from .inputs import prepare_for_training
 from .logs import get_logger
 from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
 from .model_card import run_summary
-from .modeling import add_lora, choose_trainable_parts, load_model, load_processor
+from .modeling import add_lora, choose_trainable_parts, load_config, load_model, load_processor
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
 from .resources import out_of_memory_advice
 from .streaming import first_examples, load_caption_stream, streamed_splits
@@ -124,9 +126,12 @@ def loaded_splits(
 def build_trainer(
     script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
 ) -> AltTextTrainer:
+    # What is quick to check comes before the weights load (minutes for a real model): a model this project
+    # has no family for, then the data (a wrong path, a split without one usable example).
+    family_of(load_config(model_args.model_name_or_path, script_args.trust_remote_code))
     processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
-    model = build_model(script_args, training_args, model_args)
     train_split, eval_split, data_callbacks = build_splits(script_args, training_args, processor)
+    model = build_model(script_args, training_args, model_args)
     memory_callback = MemoryBreakdownCallback(script_args.memory_report_steps)
     trainer = AltTextTrainer(
         model=model,

@@ -17,7 +17,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy, SchedulerType
 
-from .errors import RecipeError
+from .errors import RecipeError, require_setting
 from .inputs import default_num_workers
 
 # We keep the conventional `--gradient_checkpointing` flag (a deprecated alias of
@@ -43,6 +43,21 @@ def _project_default(name: str, value: Any = None, factory: Any = None) -> Any:
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=value, metadata=metadata)
+
+
+def check_ranges(training_args: TrainingArguments) -> None:
+    """What TrainingArguments leaves unchecked: a batch of 0 fails deep in torch, a negative learning rate
+    trains the wrong way without a word."""
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        require_setting(getattr(training_args, flag) >= 1, flag, getattr(training_args, flag), "give at least 1")
+    for flag in ("learning_rate", "weight_decay", "dataloader_num_workers"):
+        require_setting(getattr(training_args, flag) >= 0, flag, getattr(training_args, flag), "give 0 or more")
+    require_setting(
+        training_args.max_steps > 0 or training_args.num_train_epochs > 0,
+        "num_train_epochs",
+        training_args.num_train_epochs,
+        "give a positive number of epochs, or a number of optimizer steps with --max_steps",
+    )
 
 
 def check_hardware(training_args: Any) -> None:
@@ -92,6 +107,7 @@ class AltTextTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = _project_default("logging_nan_inf_filter", False)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False
         super().__post_init__()
