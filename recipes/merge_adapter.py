@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import HfArgumentParser
 
+from alt_text_recipes.config import parse_tool_args
 from alt_text_recipes.errors import RecipeError, exit_on_user_error
 from alt_text_recipes.modeling import load_trained
 
@@ -43,8 +43,7 @@ def merge_adapter(args: MergeArguments) -> Path:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses()
-    exit_on_user_error(merge_adapter, args)
+    exit_on_user_error(lambda: merge_adapter(parse_tool_args(MergeArguments)))
 
 
 if __name__ == "__main__":

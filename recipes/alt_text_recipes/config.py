@@ -9,6 +9,7 @@ over the dataclasses' own defaults.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -295,34 +296,74 @@ def check_lora_settings(model_args: ModelConfig) -> None:
     )
 
 
+class SettingsParser(TrlParser):
+    """TrlParser whose command-line errors (a bad choice, a value of the wrong type, an ambiguous abbreviation)
+    end in their one line: argparse's own `error` prints the whole usage first, 150 lines for a recipe."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n`--help` lists every setting.\n")
+
+
 def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlParser:
-    parser = TrlParser((ScriptArguments, AltTextTrainingArguments, ModelConfig, *extra))
+    parser = SettingsParser((ScriptArguments, AltTextTrainingArguments, ModelConfig, *extra))
     # The parser takes no default_factory for a bool field: the CPU-or-GPU default is given to it here.
     parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
     return parser
 
 
 def parse_tool_args(arguments: type, args: list[str] | None = None) -> Any:
-    """One dataclass of a tool (alt_text.py, evaluate_captions.py) from its flags and --config YAML; a bad
-    setting is a `RecipeError` (one line), not the parser's traceback."""
-    try:
-        (parsed,) = TrlParser(arguments).parse_args_and_config(args)
-    except RecipeError:
-        raise
-    except ValueError as error:
-        raise RecipeError(f"invalid settings: {error}") from None
+    """One dataclass of a tool (alt_text.py, evaluate_captions.py, merge_adapter.py) from its flags and --config
+    YAML; a bad setting is a `RecipeError` (one line), not the parser's traceback."""
+    (parsed,) = parse_checked(SettingsParser(arguments), args)
     return parsed
 
 
-def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
-    """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for the recipe with these defaults."""
+def parse_checked(parser: TrlParser, args: list[str] | None = None) -> tuple:
+    """The parser's dataclasses from the flags and the --config YAML. A setting the parser does not know (a typo,
+    most often) is named with where it came from and the nearest known name; a value the dataclasses refuse
+    is one `RecipeError` line."""
     try:
-        parsed = make_parser(defaults, extra).parse_args_and_config(args)
+        *parsed, from_config, from_command_line = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except RecipeError:
         raise
     except ValueError as error:  # TrainingArguments / ModelConfig checks: one line, not their traceback
         hint = " This machine has no GPU." if not _has_accelerator() and "gpu" in str(error).lower() else ""
         raise RecipeError(f"invalid settings: {error}{hint}") from None
+    unknown = [
+        unknown_settings(parser, strings, where)
+        for strings, where in ((from_config, "in the config file"), (from_command_line, "on the command line"))
+        if strings
+    ]
+    if unknown:
+        raise RecipeError("; ".join(unknown) + ". `--help` lists every setting.")
+    return tuple(parsed)
+
+
+def unknown_settings(parser: TrlParser, strings: list[str], where: str) -> str:
+    """`--lerning_rate 1e-4` -> 'unknown setting on the command line: --lerning_rate (did you mean
+    --learning_rate?)'; a config file's keys are named without the dashes, as they are written there."""
+    # The underscore spellings only: each also has a dashed alias (--learning-rate) that would be suggested twice.
+    known = [option for option in parser._option_string_actions if option.startswith("--") and "-" not in option[2:]]
+    names = [string for string in strings if string.startswith("--")]
+    if not names:
+        return f"unexpected value{'s' if len(strings) > 1 else ''} {where}: {' '.join(strings)}"
+    dashes = "" if where == "in the config file" else "--"
+    described = []
+    for name in names:
+        flag = name.split("=", 1)[0]
+        nearest = " or ".join(
+            dashes + option[2:] for option in difflib.get_close_matches(flag, known, n=2, cutoff=0.8)
+        )
+        text = dashes + flag.removeprefix("--")
+        described.append(f"{text} (did you mean {nearest}?)" if nearest else text)
+    return f"unknown setting{'s' if len(described) > 1 else ''} {where}: {', '.join(described)}"
+
+
+def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
+    """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for the recipe with these defaults."""
+    parsed = parse_checked(make_parser(defaults, extra), args)
     script_args, training_args, model_args = parsed[:3]
     recipe = defaults.get("recipe")
     if script_args.recipe and recipe and script_args.recipe != recipe:
