@@ -13,7 +13,7 @@ It takes the recipe's own YAML and flags, so anything a recipe accepts can be es
 import sys
 from dataclasses import dataclass, field
 
-from alt_text_recipes.errors import exit_on_user_error
+from alt_text_recipes.errors import exit_on_user_error, require_setting
 from alt_text_recipes.estimator import __doc__ as ARITHMETIC
 from alt_text_recipes.estimator import estimate_run
 from alt_text_recipes.registry import SINGLE_RUN_RECIPES, recipe_defaults
@@ -47,6 +47,10 @@ class EstimatorArguments:
         metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).", "choices": ["cuda", "cpu"]},
     )
     json: bool = field(default=False, metadata={"help": "Print one JSON object instead of the table."})
+
+    def __post_init__(self) -> None:
+        require_setting(self.gpu_memory > 0, "gpu_memory", self.gpu_memory, "give the GPU's memory in GB")
+        require_setting(self.num_gpus is None or self.num_gpus >= 1, "num_gpus", self.num_gpus, "give at least 1 GPU")
 
 
 def run_estimate(argv: list[str]):

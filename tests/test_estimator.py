@@ -284,3 +284,16 @@ def test_families_llava_default_lora_targets_leave_the_vision_tower_alone():
     script_args, _, model_args = parse_recipe_args(recipe_defaults("lora"), ["--model_name_or_path", LLAVA])
     plan = training_plan(meta_model(load_config(LLAVA)), script_args, model_args)
     assert plan.adapters and not [name for name in plan.adapters if FAMILIES["llava"].part_of(name) == "vision"]
+
+
+@pytest.mark.parametrize(
+    "flags, refusal",
+    [(["--gpu_memory", "0"], "--gpu_memory 0.0: give the GPU's memory in GB"), (["--num_gpus", "0"], "--num_gpus 0")],
+)
+def test_the_estimator_refuses_a_gpu_that_cannot_exist(flags, refusal):
+    from estimate import run_estimate  # recipes/estimate.py
+
+    from alt_text_recipes.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=refusal):
+        run_estimate(["lora", "--config", "recipes/configs/tiny/lora.yaml", "--output_dir", "unused", *flags])

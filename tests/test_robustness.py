@@ -491,3 +491,20 @@ def test_a_command_line_error_is_its_own_line_without_the_usage(capsys):
         "error: argument --per_device_train_batch_size/--per-device-train-batch-size: invalid int value: 'two'"
     )
     assert printed[1] == "`--help` lists every setting."
+
+
+@pytest.mark.parametrize(
+    "flags, refusal",
+    [
+        (["--stage1_max_steps", "0"], "--stage1_max_steps 0: give at least 1 step"),
+        (["--stage1_learning_rate", "-1"], "--stage1_learning_rate -1.0: give 0 or more"),
+        (["--stage1_num_train_epochs", "0"], "--stage1_num_train_epochs 0.0: give more than 0"),
+    ],
+)
+def test_two_stage_settings_out_of_range_are_refused(flags, refusal):
+    from alt_text_recipes.two_stage import TwoStageArguments
+
+    with pytest.raises(RecipeError, match=refusal):
+        parse_recipe_args(
+            recipe_defaults("lora"), [*_tiny("lora"), "--output_dir", "unused", *flags], extra=(TwoStageArguments,)
+        )

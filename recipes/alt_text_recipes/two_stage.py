@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 from trl import ModelConfig
 
 from .config import ScriptArguments, parse_recipe_args
-from .errors import RecipeError
+from .errors import RecipeError, require_setting
 from .logs import get_logger
 from .train import TrainResult, leave_process_group, train
 
@@ -48,6 +48,23 @@ class TwoStageArguments:
             "instead of training stage 1 again."
         },
     )
+
+    def __post_init__(self) -> None:
+        require_setting(
+            self.stage1_learning_rate >= 0, "stage1_learning_rate", self.stage1_learning_rate, "give 0 or more"
+        )
+        require_setting(
+            self.stage1_max_steps is None or self.stage1_max_steps >= 1,
+            "stage1_max_steps",
+            self.stage1_max_steps,
+            "give at least 1 step (leave it out for --max_steps)",
+        )
+        require_setting(
+            self.stage1_num_train_epochs > 0,
+            "stage1_num_train_epochs",
+            self.stage1_num_train_epochs,
+            "give more than 0",
+        )
 
 
 def stage1_arguments(
