@@ -35,7 +35,7 @@ from alt_text_recipes.alt_text import (
 )
 from alt_text_recipes.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
 from alt_text_recipes.config import GenerationArguments, parse_tool_args
-from alt_text_recipes.errors import RecipeError, exit_on_user_error, require_setting
+from alt_text_recipes.errors import RecipeError, exit_on_user_error, require_folder, require_setting
 from alt_text_recipes.generation import generate_alt_text
 from alt_text_recipes.logs import get_logger
 from alt_text_recipes.modeling import load_for_inference
@@ -92,6 +92,7 @@ class AltTextArguments(GenerationArguments):
             self.min_new_tokens,
             f"give 0 up to --generation_max_new_tokens ({self.generation_max_new_tokens})",
         )
+        require_folder("output_dir", self.output_dir)
 
     def settings(self) -> dict:
         """What the alt text depends on: written beside every record, and the same for a whole output folder."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from peft import PeftModel
 
 from alt_text_recipes.config import parse_tool_args
-from alt_text_recipes.errors import RecipeError, exit_on_user_error
+from alt_text_recipes.errors import RecipeError, exit_on_user_error, require_folder
 from alt_text_recipes.modeling import load_trained
 
 
@@ -27,6 +27,9 @@ class MergeArguments:
     dtype: str = field(
         default="auto", metadata={"help": "dtype of the merged weights: auto (the base's), float32, bfloat16."}
     )
+
+    def __post_init__(self) -> None:
+        require_folder("output_dir", self.output_dir)
 
 
 def merge_adapter(args: MergeArguments) -> Path:

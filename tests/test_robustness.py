@@ -21,7 +21,7 @@ import transformers.utils.hub
 from safetensors.torch import load_file
 from transformers.utils import is_torch_tf32_available
 
-from alt_text_recipes.config import _has_accelerator, parse_recipe_args
+from alt_text_recipes.config import _has_accelerator, parse_recipe_args, parse_tool_args
 from alt_text_recipes.data import load_caption_dataset
 from alt_text_recipes.errors import RecipeError
 from alt_text_recipes.images import open_checked
@@ -427,6 +427,23 @@ def test_the_tools_refuse_bad_settings_in_one_line(tool, flags, refusal, monkeyp
         module.main()
     assert ended.value.code.startswith("error: ") and "\n" not in ended.value.code
     assert re.search(refusal, ended.value.code), ended.value.code
+
+
+def test_an_output_folder_blocked_by_a_file_is_refused_before_anything_runs(tmp_path):
+    from alt_text import AltTextArguments
+    from evaluate_captions import EvaluationArguments
+    from merge_adapter import MergeArguments
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file where a folder should be")
+    for output in (a_file, a_file / "run"):  # the folder itself, or one above it
+        with pytest.raises(RecipeError, match=f"--output_dir {output}: {a_file} is a file; give a folder"):
+            parse_recipe_args(recipe_defaults("full_ft"), [*TINY_TRAIN, "--output_dir", str(output)])
+        for tool, required in ((AltTextArguments, []), (MergeArguments, ["--adapter_dir", "x"])):
+            with pytest.raises(RecipeError, match=f"--output_dir {output}: {a_file} is a file"):
+                parse_tool_args(tool, ["--output_dir", str(output), *required])
+    with pytest.raises(RecipeError, match=f"--output_file {a_file}/scores.json: {a_file} is a file"):
+        parse_tool_args(EvaluationArguments, ["--output_file", str(a_file / "scores.json")])
 
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):

@@ -1,6 +1,7 @@
 """Errors a user can fix from the command line: recipes print the message, not a traceback."""
 
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -17,6 +18,16 @@ def require_setting(ok: bool, flag: str, value: Any, expected: str) -> None:
     not later, in a library's traceback or, worse, silently, as with a negative learning rate)."""
     if not ok:
         raise RecipeError(f"--{flag} {value}: {expected}.")
+
+
+def require_folder(flag: str, folder: str | Path | None) -> None:
+    """An output folder that cannot be made because a file is in the way: said before anything runs."""
+    from .paths import file_in_the_way
+
+    if folder is None:  # the caller's default applies
+        return
+    blocker = file_in_the_way(folder)
+    require_setting(blocker is None, flag, folder, f"{blocker} is a file; give a folder")
 
 
 def exit_on_user_error(entry_point: Callable[..., Any], *args: Any) -> Any:

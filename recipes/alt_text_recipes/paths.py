@@ -32,3 +32,11 @@ def shipped_config(name_or_path: str) -> Path | None:
     """The folder of a real model's shipped config (data/model_configs/<last part of the id>), if there is one."""
     folder = SHIPPED_CONFIGS / name_or_path.rstrip("/").split("/")[-1]
     return folder if (folder / "config.json").is_file() else None
+
+
+def file_in_the_way(folder: str | Path) -> Path | None:
+    """The file that stops `folder` from being made (it, or a folder above it, is a file), if any."""
+    for candidate in (Path(folder), *Path(folder).parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None

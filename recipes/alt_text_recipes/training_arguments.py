@@ -17,7 +17,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy, SchedulerType
 
-from .errors import RecipeError, require_setting
+from .errors import RecipeError, require_folder, require_setting
 from .inputs import default_num_workers
 
 # We keep the conventional `--gradient_checkpointing` flag (a deprecated alias of
@@ -58,6 +58,7 @@ def check_ranges(training_args: TrainingArguments) -> None:
         training_args.num_train_epochs,
         "give a positive number of epochs, or a number of optimizer steps with --max_steps",
     )
+    require_folder("output_dir", training_args.output_dir)
 
 
 def check_hardware(training_args: Any) -> None:
