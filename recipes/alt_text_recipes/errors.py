@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .paths import file_in_the_way
+
 
 class RecipeError(ValueError):
     """A bad input or setting; the message says what to change."""
@@ -22,8 +24,6 @@ def require_setting(ok: bool, flag: str, value: Any, expected: str) -> None:
 
 def require_folder(flag: str, folder: str | Path | None) -> None:
     """An output folder that cannot be made because a file is in the way: said before anything runs."""
-    from .paths import file_in_the_way
-
     if folder is None:  # the caller's default applies
         return
     blocker = file_in_the_way(folder)
