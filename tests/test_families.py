@@ -163,6 +163,34 @@ def test_default_lora_targets_stay_off_the_vision_tower():
         assert any("modules_to_save" in n for n, _ in peft_model.named_parameters())
 
 
+def test_one_lora_target_on_the_command_line_is_a_module_name():
+    """trl's ModelConfig turns `--lora_target_modules q_proj` into the string 'q_proj', which peft would read as a
+    regex for the whole module path and match nothing; a regex and 'all-linear' keep their meaning."""
+    from alt_text_recipes.config import parse_recipe_args
+    from alt_text_recipes.estimator import training_plan
+    from alt_text_recipes.modeling import add_lora
+
+    def adapted(*targets: str) -> set[str]:
+        flags = ["--config", "recipes/configs/tiny/lora.yaml", "--output_dir", "unused"]
+        script_args, _, model_args = parse_recipe_args(
+            recipe_defaults("lora"), [*flags, "--lora_target_modules", *targets]
+        )
+        model = AutoModelForImageTextToText.from_pretrained(TINY_MODELS["opt"])
+        planned = training_plan(meta_model(model.config), script_args, model_args).adapters
+        peft_model = add_lora(model, model_args, gradient_checkpointing=False)
+        names = {
+            name.removeprefix("base_model.model.").removesuffix(".lora_A")
+            for name, _ in peft_model.named_modules()
+            if name.endswith(".lora_A")
+        }
+        assert names == planned  # the estimator counts the adapters the recipe adds
+        return {name.rsplit(".", 1)[-1] for name in names}
+
+    assert adapted("q_proj") == {"q_proj"}
+    assert adapted("q_proj", "v_proj") == {"q_proj", "v_proj"}
+    assert adapted(r".*decoder\.layers\.0\.self_attn\.k_proj") == {"k_proj"}
+
+
 def test_train_modules_parse_and_freeze_by_part():
     assert parse_train_modules(None, PARTS) == PARTS
     assert parse_train_modules(["language,connector"], ()) == ("connector", "language")

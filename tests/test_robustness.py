@@ -456,7 +456,8 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
 
 
 def test_bad_data_and_unsupported_models_stop_the_run_before_the_weights_load(tmp_path, monkeypatch):
-    """The data and the model's family are checked first: a typo costs seconds, not a real model's load."""
+    """The model's family, its LoRA targets and the data are checked first: a typo costs seconds, not a real
+    model's load."""
     from transformers import GPT2Config
 
     import alt_text_recipes.train as train_module
@@ -471,9 +472,14 @@ def test_bad_data_and_unsupported_models_stop_the_run_before_the_weights_load(tm
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "text-only")
     with pytest.raises(RecipeError, match="model type 'gpt2' has no family adapter"):
         run(recipe_defaults("full_ft"), [*args, "--model_name_or_path", str(tmp_path / "text-only")])
+    lora_args = [*_tiny("lora"), "--output_dir", str(tmp_path / "lora"), "--lora_target_modules", "q_prj"]
+    with pytest.raises(RecipeError, match="LoRA target modules \\['q_prj'\\] match no module"):
+        run(recipe_defaults("lora"), lora_args)
     # and with good inputs the same path reaches the weights
     with pytest.raises(AssertionError, match="the weights were loaded"):
         run(recipe_defaults("full_ft"), args)
+    with pytest.raises(AssertionError, match="the weights were loaded"):
+        run(recipe_defaults("lora"), lora_args[:-2])
 
 
 def test_an_unknown_setting_is_named_with_the_nearest_known_one(tmp_path):

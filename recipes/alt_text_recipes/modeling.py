@@ -148,10 +148,14 @@ def is_encoder_decoder(model: PreTrainedModel) -> bool:
 
 
 def lora_targets(model: PreTrainedModel, model_args: ModelConfig) -> list[str] | str:
-    """`--lora_target_modules`, else the family's defaults for this language model."""
-    return model_args.lora_target_modules or family_of(model).default_lora_targets(
-        model.config.get_text_config().model_type
-    )
+    """`--lora_target_modules`, else the family's defaults for this language model. Names are module names;
+    one string that is not a plain name is peft's regex over the full module path (or 'all-linear')."""
+    targets = model_args.lora_target_modules
+    # trl's ModelConfig turns a one-name list (`--lora_target_modules q_proj`) into the string 'q_proj', which
+    # peft would read as a regex for the whole dotted path, matching nothing: a plain name stays a name.
+    if isinstance(targets, str) and re.fullmatch(r"\w+", targets):
+        return [targets]
+    return targets or family_of(model).default_lora_targets(model.config.get_text_config().model_type)
 
 
 def choose_trainable_parts(model: PreTrainedModel, parts: tuple[str, ...], adapters: bool) -> None:

@@ -22,14 +22,22 @@ from .collator import make_collator
 from .config import ScriptArguments, parse_recipe_args
 from .data import select_split
 from .errors import RecipeError, exit_on_user_error
-from .estimator import caption_token_count
+from .estimator import caption_token_count, meta_model
 from .families import family_of, trained_parts
 from .generation import generate_alt_text
 from .inputs import prepare_for_training
 from .logs import get_logger
 from .memory import GB, MemoryBreakdownCallback, format_bytes, peak_memory
 from .model_card import run_summary
-from .modeling import add_lora, choose_trainable_parts, load_config, load_model, load_processor
+from .modeling import (
+    add_lora,
+    check_lora_targets,
+    choose_trainable_parts,
+    load_config,
+    load_model,
+    load_processor,
+    lora_targets,
+)
 from .parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
 from .resources import out_of_memory_advice
 from .streaming import first_examples, load_caption_stream, streamed_splits
@@ -50,6 +58,16 @@ class TrainResult:
 
 
 # --- The model -----------------------------------------------------------------------------------------------
+
+
+def check_model_config(script_args: ScriptArguments, model_args: ModelConfig) -> None:
+    """What the config alone settles, in seconds: a model this project has no family for, and LoRA targets that
+    match none of its modules (checked on the model built on the meta device: shapes, no memory)."""
+    config = load_config(model_args.model_name_or_path, script_args.trust_remote_code)
+    family_of(config)
+    if model_args.use_peft:
+        skeleton = meta_model(config)
+        check_lora_targets(skeleton, lora_targets(skeleton, model_args))
 
 
 def build_model(
@@ -126,9 +144,9 @@ def loaded_splits(
 def build_trainer(
     script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
 ) -> AltTextTrainer:
-    # What is quick to check comes before the weights load (minutes for a real model): a model this project
-    # has no family for, then the data (a wrong path, a split without one usable example).
-    family_of(load_config(model_args.model_name_or_path, script_args.trust_remote_code))
+    # What is quick to check comes before the weights load (minutes for a real model): the model's config, then
+    # the data (a wrong path, a split without one usable example).
+    check_model_config(script_args, model_args)
     processor = load_processor(model_args.model_name_or_path, script_args.trust_remote_code)
     train_split, eval_split, data_callbacks = build_splits(script_args, training_args, processor)
     model = build_model(script_args, training_args, model_args)
