@@ -329,6 +329,42 @@ def test_hub_token_never_reaches_files_or_logs_and_weights_are_safetensors(tmp_p
     assert os.environ["HF_TOKEN"] == planted_flag  # handed to the Hub client through the environment
 
 
+class UnreachableHub(LocalHub):
+    """A Hub that refuses, as it does offline or without a login: where the Trainer first reaches it."""
+
+    def __init__(self, root: Path, fails: str):
+        super().__init__(root)
+        self.fails = fails
+
+    def create_repo(self, *args, **kwargs):
+        if self.fails == "create_repo":
+            raise ConnectionError("Cannot reach https://huggingface.co/api/repos/create: offline")
+        return super().create_repo(*args, **kwargs)
+
+    def upload_folder(self, *args, **kwargs):
+        if self.fails == "upload_folder":
+            raise ConnectionError("Connection reset by peer")
+        return super().upload_folder(*args, **kwargs)
+
+
+def test_a_hub_that_cannot_be_reached_ends_in_one_line_before_training_or_after_saving(tmp_path, monkeypatch):
+    push = ["--config", "recipes/configs/tiny/lora.yaml", "--max_steps", "2", "--save_strategy", "no"]
+    push += ["--push_to_hub", "--hub_model_id", "gourmetgram/alt-text"]
+    # Before training: the repository is made as the trainer is built, so nothing trains in vain.
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", UnreachableHub(tmp_path / "hub", "create_repo"))
+    with pytest.raises(RecipeError, match="--push_to_hub: cannot create or reach the Hub repository 'gourmetgram/alt"):
+        run(recipe_defaults("lora"), [*push, "--output_dir", str(tmp_path / "early")])
+    assert not (tmp_path / "early" / "adapter_model.safetensors").exists()
+    # After training: the upload fails, the model and its card are on disk, and the message says how to upload.
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", UnreachableHub(tmp_path / "hub", "upload_folder"))
+    with pytest.raises(RecipeError) as error:
+        run(recipe_defaults("lora"), [*push, "--output_dir", str(tmp_path / "late")])
+    assert f"the model is saved in {tmp_path / 'late'}" in str(error.value)
+    assert f"hf upload gourmetgram/alt-text {tmp_path / 'late'}" in str(error.value)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "processor_config.json"):
+        assert (tmp_path / "late" / name).is_file(), name
+
+
 # A setting out of its range: (flags, what the refusal must say). Each is refused as it is parsed, before
 # anything loads: unchecked, a batch of 0 or a LoRA rank of 0 fails deep inside torch or peft, and a negative
 # learning rate or a 0-row sample trains on without a word.

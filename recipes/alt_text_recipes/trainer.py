@@ -258,6 +258,35 @@ class AltTextTrainer(Trainer):
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": self.state.global_step}))
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """--push_to_hub makes (or finds) the Hub repository as the trainer is built, before training: without a
+        login, a network or the right to the name, the run ends there in one line."""
+        try:
+            super().init_hf_repo(token, private)
+        except Exception as error:  # noqa: BLE001 - making a repository fails only for Hub reasons
+            raise RecipeError(
+                f"--push_to_hub: cannot create or reach the Hub repository {self._repo_name()!r} "
+                f"({_first_line(error)}). Log in (`hf auth login`, or set HF_TOKEN) on a machine that reaches the "
+                "Hub and check --hub_model_id, or train without --push_to_hub and upload the output folder later "
+                f"(`hf upload {self._repo_name()} {self.args.output_dir}`)."
+            ) from None
+
+    def push_to_hub(self, *args, **kwargs):
+        """The final upload: if it fails, say that the model is saved here and how to upload it later."""
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        except RecipeError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the files are on disk; only the upload failed
+            repo = getattr(self, "hub_model_id", None) or self._repo_name()
+            raise RecipeError(
+                f"the model is saved in {self.args.output_dir}, but the upload to the Hub repository {repo!r} "
+                f"failed ({_first_line(error)}). Upload it with `hf upload {repo} {self.args.output_dir}`."
+            ) from None
+
+    def _repo_name(self) -> str:
+        return self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
         """Our card (base model, data, technique, hyper-parameters, metrics, memory peak, how to load)."""
         if not self.is_world_process_zero():
@@ -275,3 +304,8 @@ class AltTextTrainer(Trainer):
                 f"step {self.state.best_global_step}"
             )
         write_model_card(self.args.output_dir, self.run_summary, repo_id, self.state.log_history, best)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
