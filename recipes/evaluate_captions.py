@@ -15,10 +15,9 @@ from pathlib import Path
 
 from alt_text_recipes.config import DataArguments, GenerationArguments, ScoringArguments, parse_tool_args
 from alt_text_recipes.data import select_split
-from alt_text_recipes.errors import exit_on_user_error, require_setting
+from alt_text_recipes.errors import exit_on_user_error, require_folder, require_setting
 from alt_text_recipes.evaluation import examples_text, parse_named_models, score_models, scores_table
 from alt_text_recipes.families import TWINS
-from alt_text_recipes.paths import file_in_the_way
 from alt_text_recipes.validation import apply_policy, check_split
 
 
@@ -52,8 +51,8 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
             "give at least 1 row (leave it out for all)",
         )
         require_setting(self.examples >= 0, "examples", self.examples, "give a number of images, 0 for none")
-        blocker = file_in_the_way(Path(self.output_file).parent) if self.output_file else None
-        require_setting(blocker is None, "output_file", self.output_file, f"{blocker} is a file, not a folder")
+        if self.output_file:
+            require_folder("output_file", self.output_file, folder=Path(self.output_file).parent)
 
 
 def evaluate(args: EvaluationArguments) -> dict:

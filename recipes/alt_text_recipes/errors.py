@@ -22,12 +22,21 @@ def require_setting(ok: bool, flag: str, value: Any, expected: str) -> None:
         raise RecipeError(f"--{flag} {value}: {expected}.")
 
 
-def require_folder(flag: str, folder: str | Path | None) -> None:
-    """An output folder that cannot be made because a file is in the way: said before anything runs."""
-    if folder is None:  # the caller's default applies
+def require_folder(flag: str, value: str | Path | None, folder: str | Path | None = None) -> None:
+    """An output folder (`value`, or the `folder` that will hold it) that cannot be made because a file is in the
+    way: said before anything runs."""
+    if value is None:  # the caller's default applies
         return
-    blocker = file_in_the_way(folder)
-    require_setting(blocker is None, flag, folder, f"{blocker} is a file; give a folder")
+    blocker = file_in_the_way(value if folder is None else folder)
+    require_setting(blocker is None, flag, value, f"{blocker} is a file; give a folder")
+
+
+def first_line(error: BaseException, with_type: bool = False) -> str:
+    """A library's error in a few words, for a one-line message: its first line (or its type, when it has none)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if with_type else text.splitlines()[0]
 
 
 def exit_on_user_error(entry_point: Callable[..., Any], *args: Any) -> Any:

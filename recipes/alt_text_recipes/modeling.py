@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 from .families import (
     PARTS,
     bare_parameters,
@@ -42,10 +42,9 @@ def torch_dtype(name: str | None) -> torch.dtype | str:
 
 def unreachable(name_or_path: str, error: OSError) -> RecipeError:
     """A model that cannot be loaded: say which, and how to point at a local copy."""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return RecipeError(
         f"cannot load '{name_or_path}': it is not a folder here ({Path.cwd()} or the repository) and could not be "
-        f"loaded from the Hub ({first_line}). Offline, download it first on a connected machine "
+        f"loaded from the Hub ({first_line(error)}). Offline, download it first on a connected machine "
         f"(`hf download {name_or_path} --local-dir models/<name>`) and pass that folder, e.g. "
         f"--model_name_or_path models/<name>."
     )

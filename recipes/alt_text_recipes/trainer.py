@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .caption_samples import CaptionSample, CaptionSamplesCallback, first_samples, reported_to
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 from .evaluation import GenerationSettings, images_with_references
 from .generation import generate_for_dataset
 from .logs import get_logger
@@ -266,8 +266,9 @@ class AltTextTrainer(Trainer):
         except Exception as error:  # noqa: BLE001 - making a repository fails only for Hub reasons
             raise RecipeError(
                 f"--push_to_hub: cannot create or reach the Hub repository {self._repo_name()!r} "
-                f"({_first_line(error)}). Log in (`hf auth login`, or set HF_TOKEN) on a machine that reaches the "
-                "Hub and check --hub_model_id, or train without --push_to_hub and upload the output folder later "
+                f"({first_line(error, with_type=True)}). Log in (`hf auth login`, or set HF_TOKEN) on a machine "
+                "that reaches the Hub and check --hub_model_id, or train without --push_to_hub and upload the output "
+                "folder later "
                 f"(`hf upload {self._repo_name()} {self.args.output_dir}`)."
             ) from None
 
@@ -281,7 +282,8 @@ class AltTextTrainer(Trainer):
             repo = getattr(self, "hub_model_id", None) or self._repo_name()
             raise RecipeError(
                 f"the model is saved in {self.args.output_dir}, but the upload to the Hub repository {repo!r} "
-                f"failed ({_first_line(error)}). Upload it with `hf upload {repo} {self.args.output_dir}`."
+                f"failed ({first_line(error, with_type=True)}). Upload it with "
+                f"`hf upload {repo} {self.args.output_dir}`."
             ) from None
 
     def _repo_name(self) -> str:
@@ -304,8 +306,3 @@ class AltTextTrainer(Trainer):
                 f"step {self.state.best_global_step}"
             )
         write_model_card(self.args.output_dir, self.run_summary, repo_id, self.state.log_history, best)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
