@@ -7,8 +7,12 @@
 #              packages must import with $(GPU_PYTHON) (on the lent machine, the carried wheels on PYTHONPATH).
 # `make gpu-check-dry`: the same steps on this CPU with the tiny twins (~1.5-2.5 min) -> benchmarks/results/gpu-dry-cpu/
 # `make gpu-wheels`: download/build here the wheels the lent GPU machine lacks -> .whl/ (git-ignored).
+# `make test-gpu-machine-mix`: the whole suite again in .venv-gpu-machine-mix, the lent GPU machine's Python and
+#              packages (requirements-gpu-machine.txt) on this CPU; CI runs it after `make test`.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+# The interpreter the venv is made with.
+BASE_PYTHON ?= python3
 # The CPU build of torch, unless this machine has an NVIDIA driver (then PyPI's CUDA build, for the GPU tests).
 REQUIREMENTS ?= $(if $(shell command -v nvidia-smi),requirements.txt,requirements-cpu.txt)
 export HF_HUB_OFFLINE := 1
@@ -18,7 +22,7 @@ export TOKENIZERS_PARALLELISM := false
 GPU_PYTHON ?= python3
 GPU_CHECK_FLAGS ?=
 
-.PHONY: setup demo lint test test-gpu java browser data models gpu-check gpu-check-dry gpu-wheels
+.PHONY: setup demo lint test test-gpu test-gpu-machine-mix java browser data models gpu-check gpu-check-dry gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -27,8 +31,8 @@ setup: $(VENV)/.installed
 # another venv loads it. Each venv keeps its own (tests/conftest.py sets the same folder for a bare pytest).
 $(VENV)/.installed test: export TORCH_EXTENSIONS_DIR = $(abspath $(VENV))/torch_extensions
 
-$(VENV)/.installed: requirements.txt requirements-cpu.txt pyproject.toml
-	python3 -m venv $(VENV)
+$(VENV)/.installed: requirements.txt $(REQUIREMENTS) pyproject.toml
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r $(REQUIREMENTS)
 	# Build DeepSpeed's CPU Adam and shared-memory ops now, not in the middle of the first DeepSpeed run.
@@ -49,6 +53,13 @@ test: setup java browser
 
 test-gpu: setup
 	$(PYTHON) -m pytest -q -m gpu tests
+
+# The lent GPU machine's mix: Python 3.12 (pyenv's, or python3.12 on PATH), torch 2.11 + torchvision 0.26.
+GPU_MACHINE_PYTHON ?= $(or $(shell PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep -m1 '^3\.12') \
+	pyenv which python3.12 2>/dev/null),$(shell command -v python3.12))
+test-gpu-machine-mix:
+	@test -n "$(GPU_MACHINE_PYTHON)" || (echo "no Python 3.12 here (pyenv or python3.12 on PATH)" >&2; exit 1)
+	$(MAKE) test VENV=.venv-gpu-machine-mix REQUIREMENTS=requirements-gpu-machine.txt BASE_PYTHON=$(GPU_MACHINE_PYTHON)
 
 # Caption metrics tokenize with the COCO (Stanford PTB) tokenizer, which runs on Java.
 java:

@@ -30,6 +30,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DeepSpeed's CPU ops built for this venv (`make setup` builds them there), not the ~/.cache folder every
 # checkout shares, where another venv's build would be rebuilt for this one in the middle of a test.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+# The environment the warm server starts with: the session's, not what a test has monkeypatched when the first
+# run starts it (a run whose environment differs from the server's starts cold).
+SESSION_ENV = dict(os.environ)
+# Set to 1, every process the tests start starts cold (as `python`), none forked from the warm server.
+COLD_SWITCH = "ALT_TEXT_TESTS_COLD"
 
 from alt_text_recipes.families import FAMILIES  # noqa: E402  (after the offline settings above)
 
@@ -105,9 +110,24 @@ class RecipeProcess(subprocess.Popen):
 def python_for_runs() -> str:
     """The `python` the tests start recipes, launchers and runners with: an executable that runs its command
     line in a process forked from a server that imported the stack once (tests/warm_start.py), so a process
-    starts in a fraction of a second instead of about 9 s of imports. On a CUDA host, this interpreter."""
+    starts in a fraction of a second instead of about 9 s of imports. On a CUDA host, or with
+    ALT_TEXT_TESTS_COLD=1, this interpreter."""
+    if os.environ.get(COLD_SWITCH) == "1" or _cuda_available():
+        return sys.executable
+    return warm_python()
+
+
+def warm_python() -> str:
+    """The warm `python` itself, whatever the machine and the cold switch (tests/test_warm_start.py tests it)."""
     with _WARM_SERVER_LOCK:  # tests start runs from threads: one server for all
         return _start_warm_server()
+
+
+def python_for_ranks() -> str:
+    """The `python` of the multi-process tests (launchers and their ranks): this interpreter, always. Warm
+    ranks would share the server's hash seed (tests/warm_start.py), so a job whose ranks disagree on the order
+    of a set of strings would pass warm and fail for a user."""
+    return sys.executable
 
 
 _WARM_SERVER_LOCK = threading.Lock()
@@ -115,19 +135,18 @@ _WARM_SERVER_LOCK = threading.Lock()
 
 @functools.cache
 def _start_warm_server() -> str:
-    if _cuda_available():
-        return sys.executable
     folder = Path(tempfile.mkdtemp(prefix="warm-python-"))
     server_socket = folder / "server.sock"
     server = subprocess.Popen(
         [sys.executable, str(TESTS / "warm_start.py"), str(server_socket)],
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**SESSION_ENV, "CUDA_VISIBLE_DEVICES": ""},
         start_new_session=True,
     )
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     atexit.register(server.kill)  # runs first
-    while not server_socket.exists():  # it listens before it imports: runs queue up while it does
+    os.environ["WARM_PYTHON_LOG"] = str(folder / "runs.log")  # read back by pytest_terminal_summary
+    while not server_socket.exists():  # it listens before it imports: clients wait for its imports
         if server.poll() is not None:
             raise RuntimeError(f"the warm server ended at start (exit code {server.returncode})")
         time.sleep(0.01)
@@ -183,7 +202,7 @@ def free_port() -> int:
 
 def torchrun(script: str, *args: str, processes: int = 2) -> list[str]:
     """The command that runs a test worker script on `processes` CPU processes (gloo), on a free port."""
-    return [python_for_runs(), "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+    return [python_for_ranks(), "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--master_port", str(free_port()), script, *args]  # fmt: skip
 
 
@@ -192,15 +211,14 @@ CPU_ONLY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "
 
 
 def accelerate_launch(
-    config: str, script: str, *args: str, processes: int = 2, launcher_flags: tuple = (), warm: bool = True
+    config: str, script: str, *args: str, processes: int = 2, launcher_flags: tuple = ()
 ) -> list[str]:
     """The `accelerate launch` command a user types for `script` under accelerate_configs/`config`, on
-    `processes` CPU processes (`--use_cpu true`) and a free port unless `launcher_flags` name one. Warm
-    (python_for_runs) unless `warm` is false: a cold launcher's ranks are its own descendants (psutil finds
-    them), warm ranks are the server's."""
+    `processes` CPU processes (`--use_cpu true`) and a free port unless `launcher_flags` name one; started cold
+    (python_for_ranks), so the ranks are the launcher's own descendants."""
     port = [] if "--main_process_port" in launcher_flags else ["--main_process_port", str(free_port())]
     return [
-        python_for_runs() if warm else sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        python_for_ranks(), "-m", "accelerate.commands.launch", "--config_file",
         f"accelerate_configs/{config}",
         "--num_processes", str(processes), *port, *launcher_flags, script, *args, "--use_cpu", "true",
     ]  # fmt: skip
@@ -228,3 +246,18 @@ def pytest_collection_modifyitems(config, items):
         )
     config.hook.pytest_deselected(items=gpu_items)
     items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many of the runs started through the warm `python` started warm, and why the others started cold: a
+    variable a test or a library sets in this process for every later run would make them all cold, slowly."""
+    log = os.environ.get("WARM_PYTHON_LOG")
+    if not log or not Path(log).exists():
+        return
+    lines = Path(log).read_text().splitlines()
+    cold = [line.removeprefix("cold ") for line in lines if line.startswith("cold")]
+    reasons = sorted({reason for line in cold for reason in line.split()})
+    terminalreporter.write_line(
+        f"warm python: {len(lines) - len(cold)} runs started warm, {len(cold)} cold"
+        + (f" (differing: {' '.join(reasons[:12])})" if reasons else "")
+    )

@@ -43,10 +43,10 @@ def write_in_process(photos: Path, output: Path, *flags: str) -> list:
     return write_alt_text(args)
 
 
-def two_processes(photos: Path, output: Path, warm: bool = True) -> list[str]:
+def two_processes(photos: Path, output: Path) -> list[str]:
     return accelerate_launch(
         "ddp4.yaml", "recipes/alt_text.py", "--model_name_or_path", str(TINY_MODELS["opt"]), "--images", str(photos),
-        "--output_dir", str(output), *SETTINGS, warm=warm,
+        "--output_dir", str(output), *SETTINGS,
     )  # fmt: skip
 
 
@@ -76,8 +76,8 @@ def test_a_killed_two_process_run_resumes_to_the_single_process_result(photos, t
     assert len(records) == PHOTOS and all(record.alt_text for record in records)
 
     shared = tmp_path / "shared"
-    run = subprocess.Popen(  # cold: kill_with_workers finds its ranks among its descendants
-        two_processes(photos, shared, warm=False), cwd=REPO_ROOT, env=CPU_ONLY_ENV, stdout=subprocess.DEVNULL,
+    run = subprocess.Popen(  # cold (python_for_ranks): kill_with_workers finds its ranks among its descendants
+        two_processes(photos, shared), cwd=REPO_ROOT, env=CPU_ONLY_ENV, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120

@@ -31,7 +31,7 @@ from conftest import (
     accelerate_launch,
     free_port,
     logged_losses,
-    python_for_runs,
+    python_for_ranks,
     run_recipe,
     torchrun,
 )
@@ -181,7 +181,7 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
             port,
         )
         command = [
-            python_for_runs(),
+            python_for_ranks(),
             "-m",
             "accelerate.commands.launch",
             "--config_file",
@@ -221,7 +221,7 @@ def test_two_machines_on_localhost_form_one_world(tmp_path):
 def test_two_stage_recipe_runs_both_stages_on_two_ranks(tmp_path):
     """Stage 2 on every rank loads what the first rank saved in stage 1: the ranks wait for it."""
     command = [
-        python_for_runs(),
+        python_for_ranks(),
         "-m",
         "accelerate.commands.launch",
         "--config_file",

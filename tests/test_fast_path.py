@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import AutoProcessor
+from transformers.utils import is_torchvision_available
 
 from alt_text_recipes.collator import AltTextCollator
 from alt_text_recipes.data import load_caption_dataset
@@ -29,18 +31,36 @@ def _batches(split, processor, is_encoder_decoder):
     return plain, in_workers, cached
 
 
+# The image processor backends this environment has: PIL always, torchvision where it is installed (the GPU
+# machine's package mix, `make test-gpu-machine-mix`), where transformers picks it by default.
+BACKENDS = ["pil", "torchvision"] if is_torchvision_available() else ["pil"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", sorted(TINY_MODELS))
-def test_prepared_images_give_the_processors_batch_exactly(family, tmp_path):
+def test_prepared_images_give_the_processors_batch_exactly(family, backend, tmp_path):
     """Every usable kind of upload (CMYK, alpha, palette, 16-bit, EXIF-rotated, ...) at most the model's input
-    size, where JPEG draft decoding has nothing to skip: the fast path's batch is the processor's, bit for bit."""
+    size, where JPEG draft decoding has nothing to skip: the fast path's batch is the processor's, bit for bit,
+    with either backend (they resize differently: PIL's bicubic and torchvision's differ by a grey level here and
+    there, so training must resize as the processor that generates alt text does)."""
     split, _ = check_split(load_caption_dataset(str(write_corpus(tmp_path / "corpus")))["train"], "train")
     assert len(split) == len(USABLE)
-    processor = load_processor(str(TINY_MODELS[family]))
+    processor = AutoProcessor.from_pretrained(TINY_MODELS[family], backend=backend)
+    assert type(processor.image_processor).__name__.endswith("Pil") == (backend == "pil")
     plain, in_workers, cached = _batches(split, processor, family == "t5")
     for fast in (in_workers, cached):
         assert fast.keys() == plain.keys()
         for key in plain:
             assert torch.equal(fast[key], plain[key]), key
+
+
+def test_the_environment_s_default_backend_is_the_one_inference_uses():
+    """What a recipe loads (load_processor, for training and for generation) is transformers' default: torchvision
+    where it is installed, so the exactness above is checked for the backend users get."""
+    image_processor = load_processor(str(TINY_MODELS["opt"])).image_processor
+    assert type(image_processor).__name__ == (
+        "BlipImageProcessor" if is_torchvision_available() else "BlipImageProcessorPil"
+    )
 
 
 def test_draft_decoding_of_larger_photos_stays_close(food_splits):

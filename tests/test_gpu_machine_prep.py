@@ -10,6 +10,7 @@ import base64
 import hashlib
 import importlib.metadata
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 import check_gpu_env
 import gather_gpu_wheels
-from conftest import REPO_ROOT, python_for_runs
+from conftest import REPO_ROOT
 from pinned_versions import pinned_versions
 
 
@@ -92,8 +93,8 @@ def test_bitsandbytes_keeps_its_cpu_and_cuda_13_libraries_with_a_true_record(tmp
 
 
 def test_the_environment_check_reads_the_pins_and_passes_here():
-    finished = subprocess.run(
-        [python_for_runs(), "scripts/check_gpu_env.py"],
+    finished = subprocess.run(  # cold: a warm run would find its imports done by the warm server
+        [sys.executable, "scripts/check_gpu_env.py"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -1,9 +1,12 @@
-"""The tests' warm `python` (conftest.python_for_runs) behaves as `python` does for what the tests read: exit
-codes, output, arguments, working directory, environment, signals. Were it to lose an exit code, every test
-that checks a run's exit code would pass whatever the run did."""
+"""The tests' warm `python` (conftest.warm_python) behaves as `python` does for what the tests read: exit codes,
+output, arguments, working directory, environment, signals, and how a run ends. Were it to lose an exit code,
+every test that checks a run's exit code would pass whatever the run did. These tests use it on any machine and
+with ALT_TEXT_TESTS_COLD=1 too: they test it (conftest.python_for_runs gives it only where no CUDA GPU is visible
+and the switch is off)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,13 +15,13 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO_ROOT, python_for_runs
+from conftest import REPO_ROOT, warm_python
 
 REPORT = "import os, sys; print(sys.argv, os.getcwd(), os.environ.get('MARK')); print('to stderr', file=sys.stderr)"
 
 
 def python(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([python_for_runs(), *args], capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run([warm_python(), *args], capture_output=True, text=True, timeout=120, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +64,7 @@ def test_processes_it_starts_start_the_same_way():
 
 def test_a_signal_reaches_the_run():
     run = subprocess.Popen(
-        [python_for_runs(), "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        [warm_python(), "-c", "import time; print('up', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -80,7 +83,7 @@ def test_an_option_only_python_knows_runs_cold():
 def test_killing_the_started_process_ends_the_run():
     """SIGKILL to the process a test started (a timeout does that) ends the run, wherever it runs."""
     run = subprocess.Popen(
-        [python_for_runs(), "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
+        [warm_python(), "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -98,3 +101,60 @@ def ended(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+# What a warm run must do as a cold one does, each shown against a cold run (`python` itself).
+PYTHONS = {"warm": warm_python, "cold": lambda: sys.executable}
+
+LATE_THREAD = """
+import atexit, pathlib, sys, threading, time
+out = pathlib.Path(sys.argv[1])
+def late():
+    time.sleep(2)
+    out.write_text("thread")
+atexit.register(lambda: out.write_text(out.read_text() + ", then atexit"))
+threading.Thread(target=late).start()
+"""
+
+
+@pytest.mark.parametrize("start", sorted(PYTHONS))
+def test_a_run_waits_for_its_non_daemon_threads_then_runs_atexit(start, tmp_path):
+    script, out = tmp_path / "late.py", tmp_path / "out.txt"
+    script.write_text(LATE_THREAD)
+    started = time.monotonic()
+    result = subprocess.run([PYTHONS[start](), str(script), str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == "thread, then atexit"
+    assert time.monotonic() - started >= 2
+
+
+READ_AT_IMPORT = "import sys, huggingface_hub.constants as c; print(c.ENDPOINT, hash('alt text'), sys.path[1])"
+
+
+def test_a_run_whose_environment_differs_in_what_is_read_at_import_sees_its_own(tmp_path):
+    """HF_ENDPOINT is read when huggingface_hub is imported (the warm server did that), PYTHONHASHSEED when the
+    interpreter starts, PYTHONPATH when it sets up sys.path: a run that sets them gets what a cold one gets."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONHASHSEED": "123", "PYTHONPATH": str(tmp_path)}
+    outputs = {start: python_of(start, "-c", READ_AT_IMPORT, env=env) for start in PYTHONS}
+    assert outputs["warm"] == outputs["cold"]
+    assert outputs["cold"].split()[0] == "http://127.0.0.1:9" and outputs["cold"].split()[2] == str(tmp_path)
+
+
+def test_a_run_sees_the_variables_set_after_import():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MARK": "x"}
+    code = "import os, torch; print(torch.get_num_threads(), os.environ.get('MARK'))"
+    assert python_of("warm", "-c", code, env=env) == python_of("cold", "-c", code, env=env) == "1 x\n"
+
+
+def test_what_a_fork_cannot_give_is_what_the_docstring_says():
+    """Warm runs share the server's hash seed (so the multi-process tests start cold); cold runs draw their own
+    (with probability 1 - 2**-64)."""
+    code = "print(hash('alt text'))"
+    assert python_of("warm", "-c", code) == python_of("warm", "-c", code)
+    assert python_of("cold", "-c", code) != python_of("cold", "-c", code)
+
+
+def python_of(start: str, *args: str, env: dict | None = None) -> str:
+    result = subprocess.run([PYTHONS[start](), *args], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -13,6 +13,19 @@ torchrun, the steps of a runner) starts warm too.
 
 When the client dies (SIGKILL), its run is killed with everything in its process group. On a machine with a
 CUDA GPU the tests start processes cold instead: a process that initialised CUDA cannot fork usable children.
+
+A run ends as `python` ends: its non-daemon threads are joined, then its atexit functions run. What a fork
+cannot give a run, and so where the tests start cold (conftest.python_for_runs(cold=True), or every process
+with ALT_TEXT_TESTS_COLD=1):
+- its own hash seed: every warm run shares the server's (str hashes are keyed once per interpreter), so the
+  ranks of one job would iterate sets of strings in one order where cold ranks may not: the multi-process
+  tests start cold;
+- fresh imports: a module imported by the server is not imported again, so a check of what imports (the GPU
+  machine's environment check) would see the server's modules: those tests start cold;
+- its own peak resident memory: a forked child's counts the server's pages it shares;
+- an environment read at import: a run whose environment differs from the server's in a variable that the
+  server's imports may have read (warm_client.READ_AT_IMPORT: PYTHONPATH, PYTHONHASHSEED or HF_ENDPOINT, say)
+  runs cold, as the client finds by comparing it with the server's (written beside its socket).
 """
 
 from __future__ import annotations
@@ -26,12 +39,15 @@ import select
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
 # The stack every recipe imports: what the server imports once.
 PRELOAD = ["torch", "accelerate", "datasets", "transformers", "peft", "alt_text_recipes.train"]
+# The server's environment, as JSON in `<socket>.env`: a client whose environment differs runs cold.
+SERVER_ENV_SUFFIX = ".env"
 
 
 def serve(socket_path: str) -> None:
@@ -41,6 +57,11 @@ def serve(socket_path: str) -> None:
     listener.listen(64)
     for module in PRELOAD:
         importlib.import_module(module)
+    # After the imports, which set some variables of their own (TORCHINDUCTOR_CACHE_DIR): what every run starts
+    # with. A client waits for this file (it would run cold without it).
+    with open(socket_path + SERVER_ENV_SUFFIX + ".part", "w") as file:
+        json.dump(dict(os.environ), file)
+    os.replace(socket_path + SERVER_ENV_SUFFIX + ".part", socket_path + SERVER_ENV_SUFFIX)
     while True:
         connection, _ = listener.accept()
         if os.fork() == 0:
@@ -157,8 +178,9 @@ def _run_as_main(mode: str, target: str, args: list[str]) -> int:
         except BaseException:
             traceback.print_exc()
             code = 1
-    finally:
-        atexit._run_exitfuncs()  # os._exit skips what an interpreter's exit would run
+    finally:  # what an interpreter's exit does, in its order, and os._exit would skip
+        threading._shutdown()  # joins the non-daemon threads
+        atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -4,11 +4,13 @@ The plain pattern decodes every photo at full size in the main process and lets 
 resize it inside the training step, so the accelerator waits on one CPU core. Here each DataLoader worker
 reads the stored bytes and decodes JPEGs with Pillow's draft mode: the decoder scales by 1/2, 1/4 or 1/8
 in the DCT domain (the way `Image.thumbnail` does), never below the model's input size, which skips most
-of the decoding work; the image is then made upright and RGB (`to_rgb`) and resized with the processor's
-own filter. With `cache=True` this happens once per data set (in parallel, into the `datasets` cache as
-uint8 arrays, reused by later runs on the same data) instead of once per epoch. The collator, run in
-the workers, calls the processor with `do_resize=False`, so rescaling, normalisation and the `<image>`
-tokens stay the processor's. `benchmarks/throughput.py` measures both against the plain pattern.
+of the decoding work; the image is then made upright and RGB (`to_rgb`) and resized by the image processor
+itself (rescaling and normalisation off), so the pixels are the processor's whichever backend this environment
+gives it (PIL, or torchvision where torchvision is installed). With `cache=True` this happens once per data
+set (in parallel, into the `datasets` cache as uint8 arrays, reused by later runs on the same data) instead of
+once per epoch. The collator, run in the workers, calls the processor with `do_resize=False`, so rescaling,
+normalisation and the `<image>` tokens stay the processor's. `benchmarks/throughput.py` measures both against
+the plain pattern.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ def model_input_size(processor: Any) -> tuple[int, int] | None:
 class ImagePreparer:
     """Decode stored image bytes (or a path) into an upright RGB uint8 array at the model's input size."""
 
-    def __init__(self, size: tuple[int, int], resample: int):
+    def __init__(self, size: tuple[int, int], image_processor: Any):
         self.size = size
-        self.resample = resample
+        self.image_processor = image_processor
 
     def __call__(self, stored: dict[str, Any]) -> np.ndarray:
         source = io.BytesIO(stored["bytes"]) if stored.get("bytes") else stored["path"]
@@ -57,9 +59,15 @@ class ImagePreparer:
             side = max(self.size)
             image.draft("RGB", (side, side))  # JPEG only; a no-op for other formats
             image = to_rgb(image)
-        if image.size != self.size:
-            image = image.resize(self.size, self.resample)
-        return np.asarray(image)
+        if image.size == self.size:
+            return np.array(image)  # a writable copy: torch warns on every read-only array it wraps
+        return self.resized(image)
+
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """The image resized as the processor resizes it (its filter, and its backend's arithmetic: PIL's and
+        torchvision's bicubic differ by a grey level here and there), still uint8, channels last."""
+        pixels = self.image_processor(image, do_rescale=False, do_normalize=False, return_tensors="np")
+        return np.ascontiguousarray(pixels["pixel_values"][0].transpose(1, 2, 0))
 
     def transform(self, batch: dict[str, list]) -> dict[str, list]:
         """A `datasets` transform: run on access, so in the DataLoader worker that reads the row."""
@@ -67,13 +75,15 @@ class ImagePreparer:
         return batch
 
     def to_cache(self, batch: dict[str, list]) -> dict[str, list]:
-        # Raw pixel bytes: read back as a zero-copy view (an Array3D column comes back as int64 lists, 20× slower).
+        # Raw pixel bytes: read back as one array each (an Array3D column comes back as int64 lists, 20× slower).
         batch["image"] = [self(stored).tobytes() for stored in batch["image"]]
         return batch
 
     def from_cache(self, batch: dict[str, list]) -> dict[str, list]:
         width, height = self.size
-        batch["image"] = [np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3) for pixels in batch["image"]]
+        batch["image"] = [  # writable (a copy of 150 kB at 224²): torch warns on every read-only array it wraps
+            np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3).copy() for pixels in batch["image"]
+        ]
         return batch
 
 
@@ -86,8 +96,7 @@ def prepare_for_training(
     size = model_input_size(processor)
     if size is None:
         return split
-    resample = int(getattr(processor.image_processor, "resample", Image.Resampling.BICUBIC))
-    preparer = ImagePreparer(size, resample)
+    preparer = ImagePreparer(size, processor.image_processor)
     stored = split.cast_column("image", ImageFeature(decode=False))
     if isinstance(stored, IterableDataset):
         return stored.map(preparer.transform, batched=True, batch_size=64)
