@@ -201,7 +201,7 @@ def render(report: dict) -> str:
     else:
         lines += ["not run", ""]
     lines += ["## Throughput: ours vs the plain loop", ""]
-    throughput = report.get("throughput", {})
+    throughput = report.get("throughput") or {}
     if throughput.get("status") == "ok":
         lines += [
             f"{throughput['model']} ({throughput['config']}), batch {throughput['batch_size']}, "
@@ -243,7 +243,7 @@ def render(report: dict) -> str:
             f"| {_gb(launch.get('train_seconds'))} | {_gb(launch.get('peak_gb'))} | {_gb(launch.get('final_loss'))} "
             f"| {launch.get('model_saved', '')} | {launch.get('error') or launch.get('reason', '')} |"
         )
-    pytest = report.get("pytest", {})
+    pytest = report.get("pytest") or {}
     lines += [
         "",
         "## pytest -m gpu",
@@ -283,7 +283,7 @@ def merge(previous: dict, report: dict) -> dict:
     """`report` over `previous`: what this call did not run (a part, a preset, a launch) is kept from `previous`."""
     merged = {**previous, **{key: value for key, value in report.items() if key not in (*PARTS_KEYS, "progress")}}
     for key in ("throughput", "pytest"):
-        merged[key] = report.get(key) if ran(report.get(key)) or key not in previous else previous[key]
+        merged[key] = report.get(key, {}) if ran(report.get(key)) or key not in previous else previous[key]
     for key, name in (("launches", "name"), ("matrix", "preset")):
         old = {entry[name]: entry for entry in previous.get(key, [])}
         for entry in report.get(key, []):

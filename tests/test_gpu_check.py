@@ -270,6 +270,8 @@ def test_merge_keeps_what_a_later_call_did_not_run():
     assert merged["throughput"] == {"status": "ok"} and merged["launches"] == [{"name": "fsdp4"}]
     assert {e["preset"]: e["status"] for e in merged["matrix"]} == {"lora": "ok", "qlora": "ok", "sgd": "ok"}
     assert [s["step"] for s in merged["steps"]] == ["a", "b"]
+    cut_off = {"steps": [], "commands": [], "progress": {"throughput": {"status": "interrupted", "reason": "SIGTERM"}}}
+    assert gpu_check_report.merge(cut_off, {"steps": [], "commands": []})["throughput"] == {}  # neither call has one
 
 
 def test_throughput_reports_no_mfu_without_a_measured_peak():
