@@ -33,6 +33,7 @@
 skeleton of it with the tiny twin's tokenizer (recipes/alt_text_recipes/random_weights.py): both loops draw the
 weights on the device in the training dtype, so nothing is written to disk; the shapes, and so the speed and
 memory, are the real model's.
+--variants picks the loops (gpu_check trains plain_fair and ours: the fair ratio, the model drawn twice).
 Writes a table and the ratios (`input_pipeline_speedup`, `train_speedup` = ours ÷ plain,
 `fair_train_speedup` = ours ÷ plain_fair) to stdout and JSON to --out.
 """
@@ -418,12 +419,17 @@ def train_plain_fair(args: argparse.Namespace, model_folder: str, photos: Path) 
     mean_loss = torch.stack(losses).mean().item()  # the one host sync
     if args.epochs:
         times = [time.perf_counter()] * len(losses)
+    result = timing(args, times, start, len(dataset) * int(args.epochs or 0))
+    with autocast:
+        flops = forward_flops_by_part(model, batch)  # after the timing: the last batch, counted
     return {
-        **timing(args, times, start, len(dataset) * int(args.epochs or 0)),
+        **result,
         "attention": "sdpa",
         "optimizer": "torch.optim.AdamW" + (" fused" if fused else ""),
         "workers": args.workers,
         "mean_loss": mean_loss,
+        "forward_flops_per_batch": flops,
+        "flops_batch_size": int(batch["input_ids"].shape[0]),
     }
 
 
@@ -445,7 +451,7 @@ def run_variant(args: argparse.Namespace) -> None:
 def measure_training(args: argparse.Namespace, model_folder: str, photos: Path) -> dict[str, dict]:
     """Each variant in a fresh process, `--repeats` times, interleaved (plain, plain_fair, ours, ...; again):
     the run with the median samples/s stands for the variant, every run's samples/s is kept."""
-    variants = ["plain", "plain_fair", "ours"] + (["ours_compiled"] if args.compile else [])
+    variants = [*args.variants] + (["ours_compiled"] if args.compile else [])
     runs: dict[str, list[dict]] = {variant: [] for variant in variants}
     for repeat in range(args.repeats):
         for variant in variants:
@@ -500,8 +506,9 @@ def peak_tflops(requested: float | None, probe_json: str | None) -> tuple[float 
 
 
 def add_flops(training: dict[str, dict], batch_size: int, peak: float | None) -> dict:
-    forward = training["plain"]["forward_flops_per_batch"]
-    counted_batch = training["plain"].get("flops_batch_size", batch_size)
+    counted = next(run for run in training.values() if "forward_flops_per_batch" in run)  # a plain loop's count
+    forward = counted["forward_flops_per_batch"]
+    counted_batch = counted.get("flops_batch_size", batch_size)
     per_sample = {part: 3 * flops / counted_batch for part, flops in forward.items()}
     for result in training.values():
         result["model_tflops_per_s"] = per_sample["total"] * result["samples_per_s"] / 1e12
@@ -565,12 +572,17 @@ def report(result: dict) -> str:
         f"the cache is built, {result['input_pipeline'][0]['image_size']}²; first epoch "
         f"{result['input_pipeline'][0]['first_epoch_speedup']:.2f}×, without the cache "
         f"{result['input_pipeline'][0]['workers_speedup']:.2f}×)",
-        f"train_speedup = {result['train_speedup']:.2f}×  (ours ÷ plain samples/s), "
-        f"peak memory ours ÷ plain = {result['peak_memory_ratio']:.2f}",
-        f"fair_train_speedup = {result['fair_train_speedup']:.2f}×  (ours ÷ plain_fair samples/s, medians; per run: "
-        + ", ".join(f"{ratio:.2f}" for ratio in result["fair_train_speedup_runs"])
-        + ")",
     ]
+    if "train_speedup" in result:
+        lines.append(
+            f"train_speedup = {result['train_speedup']:.2f}×  (ours ÷ plain samples/s), "
+            f"peak memory ours ÷ plain = {result['peak_memory_ratio']:.2f}"
+        )
+    if "fair_train_speedup" in result:
+        lines.append(
+            f"fair_train_speedup = {result['fair_train_speedup']:.2f}×  (ours ÷ plain_fair samples/s, medians; per "
+            "run: " + ", ".join(f"{ratio:.2f}" for ratio in result["fair_train_speedup_runs"]) + ")"
+        )
     if "compiled_train_speedup" in result:
         lines.append(f"with --torch_compile: {result['compiled_train_speedup']:.2f}× the plain loop")
     return "\n".join(lines)
@@ -607,6 +619,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=default_num_workers(), help="DataLoader workers (ours, plain_fair)"
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=["plain", "plain_fair", "ours"],
+        default=["plain", "plain_fair", "ours"],
+        help="the loops to train (ours and at least one plain loop: the FLOPs are counted in a plain one)",
+    )
     parser.add_argument("--compile", action="store_true", help="also measure ours with --torch_compile")
     parser.add_argument(
         "--peak_tflops",
@@ -629,6 +648,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.variant:
         return run_variant(args)
+    if "ours" not in args.variants or args.variants == ["ours"]:
+        parser.error("--variants: ours and at least one plain loop")
 
     import yaml
 
@@ -672,18 +693,20 @@ def main() -> None:
         "peak_tflops": peak,
         "peak_source": peak_source,
         "input_pipeline_speedup": input_rows[0]["speedup"],
-        "train_speedup": training["ours"]["samples_per_s"] / training["plain"]["samples_per_s"],
-        "peak_memory_ratio": training["ours"]["peak_bytes"] / training["plain"]["peak_bytes"],
-        "fair_train_speedup": training["ours"]["samples_per_s"] / training["plain_fair"]["samples_per_s"],
-        "fair_train_speedup_runs": [
+        "seconds": time.perf_counter() - started,
+    }
+    if "plain" in training:
+        result["train_speedup"] = training["ours"]["samples_per_s"] / training["plain"]["samples_per_s"]
+        result["peak_memory_ratio"] = training["ours"]["peak_bytes"] / training["plain"]["peak_bytes"]
+    if "plain_fair" in training:
+        result["fair_train_speedup"] = training["ours"]["samples_per_s"] / training["plain_fair"]["samples_per_s"]
+        result["fair_train_speedup_runs"] = [
             ours / fair
             for ours, fair in zip(
                 training["ours"]["samples_per_s_runs"], training["plain_fair"]["samples_per_s_runs"], strict=True
             )
-        ],
-        "seconds": time.perf_counter() - started,
-    }
-    if "ours_compiled" in training:
+        ]
+    if "ours_compiled" in training and "plain" in training:
         result["compiled_train_speedup"] = (
             training["ours_compiled"]["samples_per_s"] / training["plain"]["samples_per_s"]
         )
