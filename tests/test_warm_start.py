@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO_ROOT, warm_python
+from conftest import REPO_ROOT, SESSION_ENV, warm_python
 
 REPORT = "import os, sys; print(sys.argv, os.getcwd(), os.environ.get('MARK')); print('to stderr', file=sys.stderr)"
 
@@ -149,9 +149,9 @@ def test_a_run_sees_the_variables_set_after_import():
 def test_what_a_fork_cannot_give_is_what_the_docstring_says():
     """Warm runs share the server's hash seed (so the multi-process tests start cold); cold runs draw their own
     (with probability 1 - 2**-64)."""
-    code = "print(hash('alt text'))"
-    assert python_of("warm", "-c", code) == python_of("warm", "-c", code)
-    assert python_of("cold", "-c", code) != python_of("cold", "-c", code)
+    code, env = "print(hash('alt text'))", SESSION_ENV  # the server's environment: nothing makes a run cold
+    assert python_of("warm", "-c", code, env=env) == python_of("warm", "-c", code, env=env)
+    assert python_of("cold", "-c", code, env=env) != python_of("cold", "-c", code, env=env)
 
 
 def python_of(start: str, *args: str, env: dict | None = None) -> str:

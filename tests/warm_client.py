@@ -20,20 +20,19 @@ PID_FILE = "WARM_PYTHON_PID_FILE"  # where to write the run's process id, when s
 LOG_FILE = "WARM_PYTHON_LOG"  # where to note whether each run started warm or cold, when set
 SERVER_ENV_SUFFIX = ".env"  # the server's environment beside its socket (warm_start.SERVER_ENV_SUFFIX)
 # The variables the server's imports (the interpreter, torch, transformers, huggingface_hub, datasets,
-# accelerate, peft, tokenizers, numpy and the BLAS and OpenMP runtimes) may have read, by prefix: a run that
+# accelerate, peft, tokenizers, numpy and the BLAS and GNU OpenMP runtimes) may have read, by prefix: a run that
 # sets one of them differently from the server starts cold. Other variables (a test's own, wandb's: wandb is
-# imported by the run itself) reach the run's os.environ before anything of its own reads them.
+# imported by the run itself) reach the run's os.environ before anything of its own reads them; so do Intel
+# OpenMP's KMP_* (torch's Linux wheels use GNU OpenMP; scikit-learn and joblib set KMP_* in the tests' process).
 READ_AT_IMPORT = (
     "PYTHON", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "DATASETS_", "ACCELERATE_", "PEFT_",
-    "TRL_", "TOKENIZERS_", "SAFETENSORS_", "BNB_", "BITSANDBYTES_", "DS_", "DEEPSPEED_", "TRITON_", "OMP_", "KMP_",
-    "MKL_", "OPENBLAS_", "GOTO", "NUMPY_", "NPY_", "USE_", "LD_", "XDG_", "HOME", "TMP",
-    "TEMP", "LANG", "LC_", "TZ",
+    "TRL_", "TOKENIZERS_", "SAFETENSORS_", "BNB_", "BITSANDBYTES_", "DS_", "DEEPSPEED_", "TRITON_", "OMP_", "MKL_",
+    "OPENBLAS_", "GOTO", "NUMPY_", "NPY_", "USE_", "LD_", "XDG_", "HOME", "TMP", "TEMP", "LANG", "LC_", "TZ",
 )  # fmt: skip
-# Of those, what the server applies to a run (PYTHONUNBUFFERED, OMP_NUM_THREADS), and the defaults libraries
-# write into the tests' own process and read later: torch's compiler cache folder (read when it compiles), and
-# scikit-learn's KMP_DUPLICATE_LIB_OK (sentence-transformers imports it; the OpenMP runtime reads it only when a
-# second copy of itself loads). The tests' session summary counts the runs that started cold, and why.
-APPLIED_OR_READ_AT_USE = {"PYTHONUNBUFFERED", "OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK"}
+# Of those, what the server applies to a run (PYTHONUNBUFFERED, OMP_NUM_THREADS), and a default torch writes into
+# the tests' own process and reads later: its compiler's cache folder (read when it compiles). The tests' session
+# summary counts the runs that started cold, and why.
+APPLIED_OR_READ_AT_USE = {"PYTHONUNBUFFERED", "OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR"}
 # And what changes nothing where a warm run starts: the CUDA settings, since warm runs are for machines without a
 # CUDA GPU (deepspeed's import sets PYTORCH_NVML_BASED_CUDA_CHECK in the tests' own process).
 CUDA_ONLY = ("CUDA", "PYTORCH_NVML_", "PYTORCH_CUDA_", "NCCL_", "NVIDIA_")
