@@ -147,11 +147,19 @@ def test_a_run_sees_the_variables_set_after_import():
 
 
 def test_what_a_fork_cannot_give_is_what_the_docstring_says():
-    """Warm runs share the server's hash seed (so the multi-process tests start cold); cold runs draw their own
-    (with probability 1 - 2**-64)."""
-    code, env = "print(hash('alt text'))", SESSION_ENV  # the server's environment: nothing makes a run cold
-    assert python_of("warm", "-c", code, env=env) == python_of("warm", "-c", code, env=env)
-    assert python_of("cold", "-c", code, env=env) != python_of("cold", "-c", code, env=env)
+    """Warm runs share the server's hash seed (so the multi-process tests start cold), find the stack imported
+    (so the environment check of the GPU machine starts cold) and count the server's pages in their resident
+    memory (and so in their peak); cold runs draw their own seed (equal with probability 2**-64), import nothing
+    and start small."""
+    resident = "open('/proc/self/status').read().split('VmRSS:')[1].split()[0]"  # kB, now (the peak survives exec)
+    code = f"import sys; print(hash('alt text'), 'torch' in sys.modules, {resident})"
+    env = SESSION_ENV  # the server's environment: nothing makes a run cold
+    runs = {start: [python_of(start, "-c", code, env=env).split() for _ in range(2)] for start in PYTHONS}
+    (warm_hash, warm_torch, warm_kb), (other_warm_hash, _, _) = runs["warm"]
+    (cold_hash, cold_torch, cold_kb), (other_cold_hash, _, _) = runs["cold"]
+    assert warm_hash == other_warm_hash and cold_hash != other_cold_hash
+    assert (warm_torch, cold_torch) == ("True", "False")
+    assert int(warm_kb) > 200_000 > 100_000 > int(cold_kb)  # kB: torch and transformers' pages, or a bare python
 
 
 def python_of(start: str, *args: str, env: dict | None = None) -> str:
