@@ -29,7 +29,7 @@ setup: $(VENV)/.installed
 # DeepSpeed builds its CPU ops (CPU Adam, shared-memory comm) into $TORCH_EXTENSIONS_DIR, by default one folder
 # in ~/.cache for every checkout: a build for one venv's sources is rebuilt (minutes on 2 cores) the next time
 # another venv loads it. Each venv keeps its own (tests/conftest.py sets the same folder for a bare pytest).
-$(VENV)/.installed test: export TORCH_EXTENSIONS_DIR = $(abspath $(VENV))/torch_extensions
+$(VENV)/.installed test gpu-check-dry: export TORCH_EXTENSIONS_DIR = $(abspath $(VENV))/torch_extensions
 
 $(VENV)/.installed: requirements.txt $(REQUIREMENTS) pyproject.toml
 	$(BASE_PYTHON) -m venv $(VENV)
