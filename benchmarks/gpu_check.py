@@ -63,7 +63,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gpu_check_matrix import CONTEXT_GB, DRY_PRESETS, REFERENCE_GB, predict_preset, set_verdicts, simulated_capacity
-from gpu_check_report import GB, PARTS, PARTS_KEYS, _last_line, _write, merge, ran, render, write_results
+from gpu_check_report import GB, PARTS, PARTS_KEYS, last_line, merge, ran, render, write_results, write_whole
 from gpu_check_steps import BUDGET_S, Check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ class Results:
     def save(self, chart: bool = False) -> None:
         with self.lock:
             report = self.full()
-            _write(self.check.work / "results.json", json.dumps(report, indent=2, default=str) + "\n")
+            write_whole(self.check.work / "results.json", json.dumps(report, indent=2, default=str) + "\n")
             if self.out_dir:
                 write_results(report, self.out_dir, self.check.work, chart)
 
@@ -134,7 +134,7 @@ def step(results: Results, part: str, run) -> None:
         value = run()
     except Exception as error:  # noqa: BLE001 - the check goes on to the next step; the error is its result
         traceback.print_exc()
-        results.mark(part, "failed", f"{type(error).__name__}: {_last_line(str(error))}")
+        results.mark(part, "failed", f"{type(error).__name__}: {last_line(str(error))}")
         return
     results.set(PART_KEY[part], value, chart=part == "matrix")
     entries = value if isinstance(value, list) else [value]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpu_check_report import _last_line, ran
+from gpu_check_report import last_line, ran
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DRY_PRESETS = ("baseline", "qlora")
@@ -134,7 +134,7 @@ class MatrixSteps:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
                     return "time budget: its weights folder was not written in time"
-        return f"writing its weights folder failed: {_last_line(log.read_text())}" if process.returncode else ""
+        return f"writing its weights folder failed: {last_line(log.read_text())}" if process.returncode else ""
 
     @property
     def quantized(self) -> set[str]:

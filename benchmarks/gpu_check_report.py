@@ -58,7 +58,7 @@ def matrix_table(entries: list[dict], dry: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _throughput_summary(result: dict) -> dict:
+def throughput_summary(result: dict) -> dict:
     training = result["training"]
     return {
         "device": result["device"],
@@ -124,7 +124,7 @@ def progress_lines(report: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
 
@@ -300,7 +300,7 @@ def merge(previous: dict, report: dict) -> dict:
     return merged
 
 
-def _write(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
     """Whole or not at all: a process killed mid-write leaves the previous version, not half a file."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
@@ -310,8 +310,8 @@ def _write(path: Path, text: str) -> None:
 def write_results(report: dict, out_dir: Path, work: Path, chart: bool = True) -> None:
     """results.json, results.md, commands.sh, logs.tar.gz (and memory.png with `chart`): after every step."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write(out_dir / "results.json", json.dumps(report, indent=2, default=str) + "\n")
-    _write(out_dir / "results.md", render(report))
+    write_whole(out_dir / "results.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_whole(out_dir / "results.md", render(report))
     script = [
         "#!/bin/sh",
         f"# gpu-check on {report['gpu']}, {report['date']}: every command, in order, as run.",
@@ -319,7 +319,7 @@ def write_results(report: dict, out_dir: Path, work: Path, chart: bool = True) -
         "",
     ]
     script += [f"# {command['step']}\n{command['command']}" for command in report["commands"]]
-    _write(out_dir / "commands.sh", "\n".join(script) + "\n")
+    write_whole(out_dir / "commands.sh", "\n".join(script) + "\n")
     measured = [entry for entry in report.get("matrix", []) if entry.get("measured") or entry.get("estimate")]
     if chart and measured:
         from alt_text_recipes.experiments import draw_chart

@@ -20,7 +20,7 @@ from pathlib import Path
 from alt_text_recipes.registry import MEASURED_RUN_FLAGS
 
 from gpu_check_matrix import MIN_STEP_S, MatrixSteps
-from gpu_check_report import _last_line, _throughput_summary
+from gpu_check_report import last_line, throughput_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,9 +167,9 @@ class Check(MatrixSteps):
                 "throughput", [*command, "--out", str(out)], limit, "throughput.log"
             )
         if returncode != 0 or not out.exists():
-            return {"status": _outcome(returncode), "seconds": seconds, "error": _last_line(output)}
+            return {"status": _outcome(returncode), "seconds": seconds, "error": last_line(output)}
         result = json.loads(out.read_text())
-        return {"status": "ok", "seconds": seconds, "json": out.name, **_throughput_summary(result)}
+        return {"status": "ok", "seconds": seconds, "json": out.name, **throughput_summary(result)}
 
     # -- 4. accelerate launches
     def build_launch_model(self) -> None:
@@ -208,7 +208,7 @@ class Check(MatrixSteps):
         return {
             "status": _outcome(process.returncode),
             "seconds": float(ready.group(1)) if ready else time.perf_counter() - started,
-            "note": "from its start to loaded, compile included unless cached" if ready else _last_line(log),
+            "note": "from its start to loaded, compile included unless cached" if ready else last_line(log),
         }
 
     def launches(self) -> list[dict]:
@@ -250,7 +250,7 @@ class Check(MatrixSteps):
                 "peak_gb": measured.get("peak"),
                 "final_loss": loss,
                 "model_saved": any(output_dir.glob("*.safetensors")),
-                "error": "" if status == "ok" else _last_line(output),
+                "error": "" if status == "ok" else last_line(output),
             }
             self.publish("launches", results)
             print(f"--> {status} in {seconds:.0f} s | {results[index]['strategy']} | peak {measured.get('peak')} GB")
@@ -273,7 +273,7 @@ class Check(MatrixSteps):
                 for line in reversed(output.strip().splitlines())
                 if re.search(r"passed|failed|error|no tests ran|deselected|skipped", line)
             ),
-            _last_line(output),
+            last_line(output),
         )
         meaning = {
             0: "passed",
