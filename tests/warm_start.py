@@ -15,8 +15,8 @@ When the client dies (SIGKILL), its run is killed with everything in its process
 CUDA GPU the tests start processes cold instead: a process that initialised CUDA cannot fork usable children.
 
 A run ends as `python` ends: its non-daemon threads are joined, then its atexit functions run. What a fork
-cannot give a run, and so where the tests start cold (conftest.python_for_runs(cold=True), or every process
-with ALT_TEXT_TESTS_COLD=1):
+cannot give a run, and so where the tests start cold (conftest.python_for_ranks, a test's own
+sys.executable, or every process with ALT_TEXT_TESTS_COLD=1):
 - its own hash seed: every warm run shares the server's (str hashes are keyed once per interpreter), so the
   ranks of one job would iterate sets of strings in one order where cold ranks may not: the multi-process
   tests start cold;
