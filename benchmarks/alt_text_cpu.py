@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from alt_text_recipes.data import load_caption_dataset
-from alt_text_recipes.evaluation import images_with_references
-from alt_text_recipes.generation import generate_for_dataset
-from alt_text_recipes.metrics import caption_scores
-from alt_text_recipes.modeling import load_for_inference
-from alt_text_recipes.random_weights import build_random_model
+from alt_text_recipes.data.sources import load_caption_dataset
+from alt_text_recipes.outputs.evaluation import images_with_references
+from alt_text_recipes.outputs.generation import generate_for_dataset
+from alt_text_recipes.outputs.metrics import caption_scores
+from alt_text_recipes.train.modeling import load_for_inference
+from alt_text_recipes.train.random_weights import build_random_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = "data/models/tiny-blip2-opt"

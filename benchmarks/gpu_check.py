@@ -217,7 +217,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_model(source: str, folder: str, device: str) -> None:
     import time
 
-    from alt_text_recipes.random_weights import build_random_model
+    from alt_text_recipes.train.random_weights import build_random_model
 
     started = time.perf_counter()
     build_random_model(source, folder, weights=True, device=device)
@@ -226,7 +226,7 @@ def build_model(source: str, folder: str, device: str) -> None:
 
 def what_to_run(args: argparse.Namespace, previous: dict | None) -> tuple[list[str], list]:
     """The parts and presets of this call: as asked, else all, else (--merge) what the earlier call left."""
-    from alt_text_recipes.experiments import all_presets, load_preset
+    from alt_text_recipes.outputs.experiment_matrix import all_presets, load_preset
 
     presets = [load_preset(name) for name in args.presets] if args.presets else None
     presets = presets or ([load_preset(name) for name in DRY_PRESETS] if args.dry else all_presets())

@@ -20,7 +20,7 @@ DRY_PRESETS = ("baseline", "qlora")
 # Dry run: a small batch (4-bit matrix products at batch 64 take seconds on a CPU); the plumbing is the same.
 DRY_RECIPE_FLAGS = ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"]
 REFERENCE_GB = 80.0  # the GPU the presets are written for (an 80 GB H100/A100)
-CONTEXT_GB = 0.5  # alt_text_recipes.estimator's CUDA_CONTEXT_GB: the context and kernels, outside the allocator
+CONTEXT_GB = 0.5  # alt_text_recipes.memory.estimator's CUDA_CONTEXT_GB: the context and kernels, outside the allocator
 MIN_STEP_S = 30  # a step is not started with less than this left
 
 
@@ -29,7 +29,7 @@ class MatrixSteps:
 
     # -- models
     def model_source(self, preset) -> str:
-        from alt_text_recipes.experiments import tiny_model_for
+        from alt_text_recipes.outputs.experiment_matrix import tiny_model_for
 
         name = preset.settings["model_name_or_path"]
         return str(REPO_ROOT / tiny_model_for(name)) if self.dry else name.split("/")[-1]
@@ -38,13 +38,13 @@ class MatrixSteps:
         return self.work / "models" / f"{Path(source).name}-{kind}"
 
     def skeleton(self, source: str) -> Path:
-        from alt_text_recipes.random_weights import build_random_model
+        from alt_text_recipes.train.random_weights import build_random_model
 
         folder = self.model_folder(source, "skeleton")
         self.record(
             "matrix: a skeleton (config and processor; the recipe draws the weights on the GPU)",
             'PYTHONPATH=recipes:$PYTHONPATH "$PYTHON" -c '
-            f"'from alt_text_recipes.random_weights import build_random_model; "
+            f"'from alt_text_recipes.train.random_weights import build_random_model; "
             f'build_random_model("{source}", "{folder}", weights=False)\'',
         )
         return build_random_model(source, folder, weights=False)
@@ -196,7 +196,7 @@ def matrix_order(
 
 
 def _not_run(preset, estimate: dict, status: str, note: str) -> dict:
-    from alt_text_recipes.experiments import RunResult
+    from alt_text_recipes.outputs.experiment_matrix import RunResult
 
     result = RunResult(preset.name, preset.title, status, estimate=estimate, error=note)
     entry = judge(result, preset, 0.0, "")

@@ -10,7 +10,7 @@ import shlex
 import tarfile
 from pathlib import Path
 
-from alt_text_recipes.breakdown import MemoryParts  # no heavy imports: the package's torch-free corner
+from alt_text_recipes.memory.parts import MemoryParts  # no heavy imports: the package's torch-free corner
 
 GB = 1024**3
 # In the order they run, by value: the probe first (the others need its figures), pytest last.
@@ -19,7 +19,7 @@ PARTS_KEYS = ("matrix", "throughput", "launches", "pytest")  # where each part's
 
 
 def _run_results(entries: list[dict]):
-    from alt_text_recipes.experiments import RunResult
+    from alt_text_recipes.outputs.experiment_matrix import RunResult
 
     names = {f.name for f in dataclasses.fields(RunResult)}
     return [RunResult(**{key: value for key, value in entry.items() if key in names}) for entry in entries]
@@ -130,7 +130,7 @@ def last_line(text: str) -> str:
 
 
 def render(report: dict) -> str:
-    from alt_text_recipes.experiments import markdown_table
+    from alt_text_recipes.outputs.experiment_matrix import markdown_table
 
     probe = report.get("probe") or {}
     lines = [
@@ -322,7 +322,7 @@ def write_results(report: dict, out_dir: Path, work: Path, chart: bool = True) -
     write_whole(out_dir / "commands.sh", "\n".join(script) + "\n")
     measured = [entry for entry in report.get("matrix", []) if entry.get("measured") or entry.get("estimate")]
     if chart and measured:
-        from alt_text_recipes.experiments import draw_chart
+        from alt_text_recipes.outputs.experiment_matrix import draw_chart
 
         title = (
             "Dry run (tiny twins, CPU): measured memory vs estimate"

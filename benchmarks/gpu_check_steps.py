@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from alt_text_recipes.registry import MEASURED_RUN_FLAGS
+from alt_text_recipes.train.registry import MEASURED_RUN_FLAGS
 
 from gpu_check_matrix import MIN_STEP_S, MatrixSteps
 from gpu_check_report import last_line, throughput_summary
@@ -176,14 +176,14 @@ class Check(MatrixSteps):
         """The launches' model: real width, 2 layers per stack, weights written by this process on the CPU (it
         must hold no CUDA context), in the one thread that builds models (model construction is not
         thread-safe: transformers switches weight initialisation off process-wide while it builds a model)."""
-        from alt_text_recipes.random_weights import build_random_model
+        from alt_text_recipes.train.random_weights import build_random_model
 
         source = str(REPO_ROOT / LAUNCH_MODEL["dry"]) if self.dry else LAUNCH_MODEL["gpu"]
         folder = self.model_folder(source, f"{LAUNCH_LAYERS}layers")
         with self.clock.step("launch model (2 layers per stack, random weights)"):
             self.record(
                 "launch: the model",
-                f'PYTHONPATH=recipes:$PYTHONPATH "$PYTHON" -c \'from alt_text_recipes.random_weights import '
+                f'PYTHONPATH=recipes:$PYTHONPATH "$PYTHON" -c \'from alt_text_recipes.train.random_weights import '
                 f'build_random_model; build_random_model("{source}", "{folder}", layers={LAUNCH_LAYERS}, '
                 f'device="cpu")\'',
             )
@@ -212,7 +212,7 @@ class Check(MatrixSteps):
         }
 
     def launches(self) -> list[dict]:
-        from alt_text_recipes.experiments import cpu_deepspeed_flags, read_measurements
+        from alt_text_recipes.outputs.experiment_matrix import cpu_deepspeed_flags, read_measurements
 
         results = [
             {"name": name, "accelerate_config": config, "preset": preset, "status": "not run", "reason": "not reached"}

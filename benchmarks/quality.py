@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from alt_text_recipes.data import load_caption_dataset, select_split
-from alt_text_recipes.evaluation import GenerationSettings, examples_text, score_models, scores_table
-from alt_text_recipes.families import TWINS
-from alt_text_recipes.paths import EMBEDDED_DATASET
+from alt_text_recipes.data.paths import EMBEDDED_DATASET
+from alt_text_recipes.data.sources import load_caption_dataset, select_split
+from alt_text_recipes.outputs.evaluation import GenerationSettings, examples_text, score_models, scores_table
+from alt_text_recipes.train.families import TWINS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ Each shipped real config (BLIP-2 OPT-2.7B and Flan-T5-XL, LLaVA-1.5-7B, Idefics2
 widths, vocabulary and sequence lengths but `--layers` layers per stack and random weights; each fp32 case (full
 fine-tuning with AdamW and 8-bit AdamW, LoRA; activation checkpointing on and off) runs one optimizer step
 through its recipe, and the estimate for the same reduced config stands beside what was measured:
-parameters, gradients, optimizer state and the activations each stack saves (recipes/alt_text_recipes/real_width.py).
+parameters, gradients, optimizer state and the activations each stack saves
+(recipes/alt_text_recipes/memory/measured_step.py).
 bf16 cases (bf16-mixed, bf16 weights, QLoRA with bf16 compute) run on the tiny twins instead: this CPU has no
 bf16 instructions and multiplies bf16 matrices at under 0.1 GFLOP/s (fp32: ~20), so a real-width bf16 step
 takes hours here; on a GPU, `pytest -m gpu` measures them at real width.
@@ -22,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from alt_text_recipes import families
-from alt_text_recipes.real_width import Case, measure_cases, table
+from alt_text_recipes.memory.measured_step import Case, measure_cases, table
+from alt_text_recipes.train import families
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@
 
 1. Input pipeline alone, on --images generated photos (640×480 JPEGs, or --image_size N×N, --image_format png):
    the plain pattern (the data set decodes each photo in the main process, the processor resizes and
-   normalises it in the training step) against ours (recipes/alt_text_recipes/inputs.py: draft-mode decoding and
+   normalises it in the training step) against ours (recipes/alt_text_recipes/data/input_pipeline.py: draft-mode
+   decoding and
    resizing in DataLoader workers), in images/s, at the model's input size and at 224² (real BLIP-2) when
    that differs.
 2. Training on the same model, photos, batch and precision, each variant in a fresh process (so peak
@@ -30,7 +31,7 @@
    without one, MFU is n/a (a datasheet peak is not what the device reaches).
 
 --model_config takes a shipped real config (weights cannot be downloaded offline) and makes a random-weights
-skeleton of it with the tiny twin's tokenizer (recipes/alt_text_recipes/random_weights.py): both loops draw the
+skeleton of it with the tiny twin's tokenizer (recipes/alt_text_recipes/train/random_weights.py): both loops draw the
 weights on the device in the training dtype, so nothing is written to disk; the shapes, and so the speed and
 memory, are the real model's.
 --variants picks the loops (gpu_check trains plain_fair and ours: the fair ratio, the model drawn twice).
@@ -56,16 +57,16 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed
 
-from alt_text_recipes.collator import AltTextCollator, make_collator
-from alt_text_recipes.config import COMMON_DEFAULTS, parse_recipe_args
-from alt_text_recipes.data import load_caption_dataset
-from alt_text_recipes.inputs import default_num_workers, prepare_for_training
-from alt_text_recipes.memory import GB, peak_memory
-from alt_text_recipes.modeling import add_lora, is_encoder_decoder, load_processor
-from alt_text_recipes.paths import EMBEDDED_DATASET
-from alt_text_recipes.random_weights import build_random_model, instantiate, is_skeleton
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import apply_lr_scaling, build_trainer
+from alt_text_recipes.data.input_pipeline import default_num_workers, prepare_for_training
+from alt_text_recipes.data.paths import EMBEDDED_DATASET
+from alt_text_recipes.data.sources import load_caption_dataset
+from alt_text_recipes.memory.measured import GB, peak_memory
+from alt_text_recipes.train.arguments import COMMON_DEFAULTS, parse_recipe_args
+from alt_text_recipes.train.collators import AltTextCollator, make_collator
+from alt_text_recipes.train.loop import apply_lr_scaling, build_trainer
+from alt_text_recipes.train.modeling import add_lora, is_encoder_decoder, load_processor
+from alt_text_recipes.train.random_weights import build_random_model, instantiate, is_skeleton
+from alt_text_recipes.train.registry import recipe_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

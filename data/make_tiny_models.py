@@ -50,9 +50,9 @@ from transformers.models.blip.image_processing_pil_blip import BlipImageProcesso
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
-from alt_text_recipes.collator import make_collator
-from alt_text_recipes.families import TWINS
-from alt_text_recipes.generation import generate_alt_text
+from alt_text_recipes.outputs.generation import generate_alt_text
+from alt_text_recipes.train.collators import make_collator
+from alt_text_recipes.train.families import TWINS
 
 from make_gourmetgram_mini import random_scene
 
@@ -80,7 +80,7 @@ LLAVA_CHAT_TEMPLATE = (
     "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
     "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-# Which twins there are and where they live: each family declares its own (recipes/alt_text_recipes/families/).
+# Which twins there are and where they live: each family declares its own (recipes/alt_text_recipes/train/families/).
 MODELS = tuple(twin.builds for twin in TWINS.values())
 FOLDERS = {twin.builds: Path(twin.folder).name for twin in TWINS.values()}
 

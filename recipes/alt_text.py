@@ -11,7 +11,7 @@ with the reason, and counted: no image gets an empty alt, which would mark it as
 
 Under `accelerate launch` each process writes alt text for its share of the images; the shares are merged
 into the same files one process writes. Rerun on the same `--output_dir`, it writes only the images that are
-new or changed since (`--overwrite` starts over): see alt_text_recipes/catalogue.py.
+new or changed since (`--overwrite` starts over): see alt_text_recipes/outputs/catalogue.py.
 """
 
 import os
@@ -23,7 +23,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from alt_text_recipes.alt_text import (
+from alt_text_recipes.data.errors import RecipeError, exit_on_user_error, require_folder, require_setting
+from alt_text_recipes.data.logs import get_logger
+from alt_text_recipes.outputs.alt_text_files import (
     AltTextRecord,
     find_images,
     load_images,
@@ -33,12 +35,10 @@ from alt_text_recipes.alt_text import (
     write_jsonl,
     write_skipped,
 )
-from alt_text_recipes.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
-from alt_text_recipes.config import GenerationArguments, parse_tool_args
-from alt_text_recipes.errors import RecipeError, exit_on_user_error, require_folder, require_setting
-from alt_text_recipes.generation import generate_alt_text
-from alt_text_recipes.logs import get_logger
-from alt_text_recipes.modeling import load_for_inference
+from alt_text_recipes.outputs.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
+from alt_text_recipes.outputs.generation import generate_alt_text
+from alt_text_recipes.train.arguments import GenerationArguments, parse_tool_args
+from alt_text_recipes.train.modeling import load_for_inference
 
 logger = get_logger("alt_text")
 

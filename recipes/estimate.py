@@ -13,11 +13,11 @@ It takes the recipe's own YAML and flags, so anything a recipe accepts can be es
 import sys
 from dataclasses import dataclass, field
 
-from alt_text_recipes.errors import exit_on_user_error, require_setting
-from alt_text_recipes.estimator import __doc__ as ARITHMETIC
-from alt_text_recipes.estimator import estimate_run
-from alt_text_recipes.registry import SINGLE_RUN_RECIPES, recipe_defaults
-from alt_text_recipes.strategies import STRATEGY_NAMES
+from alt_text_recipes.data.errors import exit_on_user_error, require_setting
+from alt_text_recipes.memory.estimator import __doc__ as ARITHMETIC
+from alt_text_recipes.memory.estimator import estimate_run
+from alt_text_recipes.train.registry import SINGLE_RUN_RECIPES, recipe_defaults
+from alt_text_recipes.train.strategies import STRATEGY_NAMES
 
 __doc__ += ARITHMETIC
 
@@ -59,7 +59,7 @@ def run_estimate(argv: list[str]):
             f"usage: python recipes/estimate.py {{{','.join(SINGLE_RUN_RECIPES)}}} "
             f"[--config preset.yaml] [flags]\n{__doc__}"
         )
-    from alt_text_recipes.config import parse_recipe_args
+    from alt_text_recipes.train.arguments import parse_recipe_args
 
     script_args, training_args, model_args, options = parse_recipe_args(
         recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,)

@@ -22,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from alt_text_recipes.errors import exit_on_user_error
-from alt_text_recipes.estimator import estimate_run
-from alt_text_recipes.experiments import (
+from alt_text_recipes.data.errors import exit_on_user_error
+from alt_text_recipes.data.paths import REPO_ROOT
+from alt_text_recipes.memory.estimator import estimate_run
+from alt_text_recipes.outputs.experiment_matrix import (
     RunResult,
     all_presets,
     classify_failure,
@@ -37,15 +38,14 @@ from alt_text_recipes.experiments import (
     recipe_args,
     run_command,
 )
-from alt_text_recipes.paths import REPO_ROOT
-from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.train.registry import recipe_defaults
 
 
 def predict(
     preset, tiny: bool, output_dir: Path, gpu_memory: float, extra_args: Sequence[str] = (), device: str | None = None
 ) -> dict:
     """The estimator's prediction (GB) for the run `run_preset` launches with the same arguments."""
-    from alt_text_recipes.config import parse_recipe_args
+    from alt_text_recipes.train.arguments import parse_recipe_args
 
     script_args, training_args, model_args = parse_recipe_args(
         recipe_defaults(preset.recipe), recipe_args(preset, tiny, output_dir, extra_args)

@@ -8,8 +8,8 @@ Offline on CPU with the embedded tiny model:
 Reload: `PeftModel.from_pretrained(base_model, output_dir)` (the processor is saved beside the adapter).
 """
 
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import main
+from alt_text_recipes.train.loop import main
+from alt_text_recipes.train.registry import recipe_defaults
 
 if __name__ == "__main__":
     main(recipe_defaults("lora"))

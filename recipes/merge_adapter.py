@@ -12,9 +12,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from alt_text_recipes.config import parse_tool_args
-from alt_text_recipes.errors import RecipeError, exit_on_user_error, require_folder
-from alt_text_recipes.modeling import load_trained
+from alt_text_recipes.data.errors import RecipeError, exit_on_user_error, require_folder
+from alt_text_recipes.train.arguments import parse_tool_args
+from alt_text_recipes.train.modeling import load_trained
 
 
 @dataclass

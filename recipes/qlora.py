@@ -7,8 +7,8 @@ Offline on CPU with the embedded tiny model:
     python recipes/qlora.py --config recipes/configs/tiny/qlora.yaml
 """
 
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import main
+from alt_text_recipes.train.loop import main
+from alt_text_recipes.train.registry import recipe_defaults
 
 if __name__ == "__main__":
     main(recipe_defaults("qlora"))

@@ -6,12 +6,12 @@ One GPU (LLaVA-1.5 7B; any family works: Idefics2, BLIP-2):
 Offline on CPU with the embedded tiny LLaVA:
     python recipes/two_stage.py --config recipes/configs/tiny/two_stage.yaml
 Outputs: <output_dir>/stage1 (full model, stage 2's base) and <output_dir>/stage2 (adapter + connector);
-reload stage 2 with `alt_text_recipes.modeling.load_trained("<output_dir>/stage2")`.
+reload stage 2 with `alt_text_recipes.train.modeling.load_trained("<output_dir>/stage2")`.
 """
 
-from alt_text_recipes.errors import exit_on_user_error
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.two_stage import run_two_stage
+from alt_text_recipes.data.errors import exit_on_user_error
+from alt_text_recipes.train.registry import recipe_defaults
+from alt_text_recipes.train.stages import run_two_stage
 
 if __name__ == "__main__":
     exit_on_user_error(run_two_stage, recipe_defaults("two_stage"))

@@ -36,9 +36,9 @@ SESSION_ENV = dict(os.environ)
 # Set to 1, every process the tests start starts cold (as `python`), none forked from the warm server.
 COLD_SWITCH = "ALT_TEXT_TESTS_COLD"
 
-from alt_text_recipes.families import FAMILIES  # noqa: E402  (after the offline settings above)
+from alt_text_recipes.train.families import FAMILIES  # noqa: E402  (after the offline settings above)
 
-# Every family's tiny twins, as its module declares them (recipes/alt_text_recipes/families/).
+# Every family's tiny twins, as its module declares them (recipes/alt_text_recipes/train/families/).
 ALL_TWINS = {twin.name: REPO_ROOT / twin.folder for family in FAMILIES.values() for twin in family.twins}
 TINY_MODELS = {twin.builds: REPO_ROOT / twin.folder for twin in FAMILIES["blip2"].twins}  # "opt", "t5"
 CHAT_TWINS = {
@@ -52,7 +52,7 @@ DATASET = REPO_ROOT / "data/gourmetgram-mini"
 
 @pytest.fixture(scope="session")
 def food_splits():
-    from alt_text_recipes.data import load_caption_dataset
+    from alt_text_recipes.data.sources import load_caption_dataset
 
     return load_caption_dataset(str(DATASET))
 
@@ -60,7 +60,7 @@ def food_splits():
 @pytest.fixture(scope="session", params=sorted(TINY_MODELS))
 def tiny_model(request):
     """(family, model, processor) for each tiny BLIP-2."""
-    from alt_text_recipes.modeling import load_trained
+    from alt_text_recipes.train.modeling import load_trained
 
     model, processor = load_trained(TINY_MODELS[request.param])
     return request.param, model, processor

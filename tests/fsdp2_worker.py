@@ -20,9 +20,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from alt_text_recipes.collator import AltTextCollator
-from alt_text_recipes.data import load_caption_dataset
-from alt_text_recipes.modeling import load_trained
+from alt_text_recipes.data.sources import load_caption_dataset
+from alt_text_recipes.train.collators import AltTextCollator
+from alt_text_recipes.train.modeling import load_trained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

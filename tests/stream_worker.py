@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from alt_text_recipes.evaluation import GenerationSettings
-from alt_text_recipes.streaming import StreamCheck, checked_stream, load_caption_stream, rank_share
-from alt_text_recipes.trainer import AltTextTrainer
+from alt_text_recipes.data.streaming import StreamCheck, checked_stream, load_caption_stream, rank_share
+from alt_text_recipes.outputs.evaluation import GenerationSettings
+from alt_text_recipes.train.trainer import AltTextTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

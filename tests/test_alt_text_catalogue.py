@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from alt_text_recipes.errors import RecipeError
+from alt_text_recipes.data.errors import RecipeError
 
 from conftest import CPU_ONLY_ENV, DATASET, REPO_ROOT, TINY_MODELS, accelerate_launch
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alt_text_recipes.collator import IGNORE_INDEX, AltTextCollator
-from alt_text_recipes.generation import generate_alt_text
-from alt_text_recipes.modeling import is_encoder_decoder
+from alt_text_recipes.outputs.generation import generate_alt_text
+from alt_text_recipes.train.collators import IGNORE_INDEX, AltTextCollator
+from alt_text_recipes.train.modeling import is_encoder_decoder
 
 from conftest import ALL_TWINS
 
@@ -17,7 +17,7 @@ def _examples(split, indices):
 
 
 def test_decoder_only_labels_cover_caption_and_eos_only(food_splits):
-    from alt_text_recipes.modeling import load_processor
+    from alt_text_recipes.train.modeling import load_processor
 
     from conftest import TINY_MODELS
 
@@ -47,7 +47,7 @@ def test_decoder_only_labels_cover_caption_and_eos_only(food_splits):
 
 
 def test_encoder_decoder_caption_is_only_the_decoder_target(food_splits):
-    from alt_text_recipes.modeling import load_processor
+    from alt_text_recipes.train.modeling import load_processor
 
     from conftest import TINY_MODELS
 
@@ -97,9 +97,9 @@ def test_loss_and_generated_text_change_when_only_the_image_changes(tiny_model, 
 
 @pytest.mark.parametrize("twin", sorted(ALL_TWINS))
 def test_a_long_caption_is_cut_and_still_ends_with_the_stop_token(twin, food_splits):
-    from alt_text_recipes.collator import make_collator
-    from alt_text_recipes.families import family_of
-    from alt_text_recipes.modeling import load_config, load_processor
+    from alt_text_recipes.train.collators import make_collator
+    from alt_text_recipes.train.families import family_of
+    from alt_text_recipes.train.modeling import load_config, load_processor
 
     processor, config = load_processor(str(ALL_TWINS[twin])), load_config(str(ALL_TWINS[twin]))
     tokenizer = processor.tokenizer

@@ -9,11 +9,11 @@ import sys
 import pytest
 import yaml
 
-from alt_text_recipes.config import parse_recipe_args
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import main
-from alt_text_recipes.two_stage import TwoStageArguments
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.loop import main
+from alt_text_recipes.train.registry import recipe_defaults
+from alt_text_recipes.train.stages import TwoStageArguments
 
 from conftest import REPO_ROOT
 
@@ -55,7 +55,7 @@ def test_every_preset_describes_itself_in_keys(preset):
 
 
 def test_matrix_titles_are_read_from_the_presets():
-    from alt_text_recipes.experiments import load_preset
+    from alt_text_recipes.outputs.experiment_matrix import load_preset
 
     assert load_preset("baseline").title == "baseline: OPT-2.7B, batch 64, fp32, AdamW"
 
@@ -89,7 +89,7 @@ def test_quantized_full_fine_tuning_is_refused():
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
 def test_help_lists_script_trainer_and_model_flags(recipe):
-    from alt_text_recipes.config import make_parser
+    from alt_text_recipes.train.arguments import make_parser
 
     text = make_parser(recipe_defaults(recipe)).format_help()
     for flag in (

@@ -8,7 +8,7 @@ import re
 import pytest
 from datasets import Dataset, DatasetDict, Image
 
-from alt_text_recipes.data import DatasetError, load_caption_dataset, select_split
+from alt_text_recipes.data.sources import DatasetError, load_caption_dataset, select_split
 
 from conftest import DATASET
 from make_gourmetgram_mini import DISHES, HELD_OUT_PAIRS, SINGULAR

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, Image
 
-from alt_text_recipes.data import DatasetError, load_caption_dataset
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import run
+from alt_text_recipes.data.sources import DatasetError, load_caption_dataset
+from alt_text_recipes.train.loop import run
+from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import DATASET
 

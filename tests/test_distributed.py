@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alt_text_recipes.estimator import load_config, meta_model
-from alt_text_recipes.experiments import cpu_deepspeed_flags
-from alt_text_recipes.parallel import (
+from alt_text_recipes.memory.estimator import load_config, meta_model
+from alt_text_recipes.outputs.experiment_matrix import cpu_deepspeed_flags
+from alt_text_recipes.train.parallel import (
     align_query_tokens_for_fsdp,
     describe_device_map,
     plan_device_map,
@@ -298,9 +298,9 @@ def test_model_parallel_plan_keeps_layers_whole_and_balances_them():
 def test_device_map_option_loads_with_the_map_and_rejects_bad_ones():
     from trl import ModelConfig
 
-    from alt_text_recipes.errors import RecipeError
-    from alt_text_recipes.modeling import load_model
-    from alt_text_recipes.parallel import parse_device_map
+    from alt_text_recipes.data.errors import RecipeError
+    from alt_text_recipes.train.modeling import load_model
+    from alt_text_recipes.train.parallel import parse_device_map
 
     assert parse_device_map("balanced") == "balanced"
     model = load_model(ModelConfig(model_name_or_path=str(TINY_MODELS["opt"])), parse_device_map('{"": "cpu"}'))
@@ -316,7 +316,7 @@ def test_learning_rate_scaling_rules():
 
 
 def test_query_tokens_follow_the_embeddings_dtype_under_fsdp():
-    from alt_text_recipes.modeling import load_trained
+    from alt_text_recipes.train.modeling import load_trained
 
     model, _ = load_trained(TINY_MODELS["opt"])
     model.to(torch.bfloat16)

@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from alt_text_recipes.config import parse_recipe_args
-from alt_text_recipes.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
-from alt_text_recipes.experiments import launch_command, load_preset, read_measurements
-from alt_text_recipes.families import FAMILIES
-from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.memory.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
+from alt_text_recipes.outputs.experiment_matrix import launch_command, load_preset, read_measurements
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.families import FAMILIES
+from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import REPO_ROOT, python_for_runs, run_recipe, selected_params
 
@@ -293,7 +293,7 @@ def test_families_llava_default_lora_targets_leave_the_vision_tower_alone():
 def test_the_estimator_refuses_a_gpu_that_cannot_exist(flags, refusal):
     from estimate import run_estimate  # recipes/estimate.py
 
-    from alt_text_recipes.errors import RecipeError
+    from alt_text_recipes.data.errors import RecipeError
 
     with pytest.raises(RecipeError, match=refusal):
         run_estimate(["lora", "--config", "recipes/configs/tiny/lora.yaml", "--output_dir", "unused", *flags])

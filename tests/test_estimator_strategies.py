@@ -12,9 +12,8 @@ import sys
 import pytest
 import yaml
 
-from alt_text_recipes.config import parse_recipe_args
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.estimator import (
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.memory.estimator import (
     GB,
     estimate,
     image_processor_settings,
@@ -23,8 +22,9 @@ from alt_text_recipes.estimator import (
     meta_model,
     trainer_hidden_size,
 )
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.strategies import (
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.registry import recipe_defaults
+from alt_text_recipes.train.strategies import (
     STRATEGY_NAMES,
     Strategy,
     accelerate_strategy,
@@ -267,7 +267,7 @@ def test_idefics3_stacks_follow_its_processor():
 
 
 def test_idefics3_is_estimated_and_out_of_memory_advice_predicts():
-    from alt_text_recipes.resources import out_of_memory_advice
+    from alt_text_recipes.memory.oom_advice import out_of_memory_advice
 
     script_args, training_args, model_args = parse_recipe_args(
         recipe_defaults("lora"), ["--model_name_or_path", IDEFICS3]
@@ -281,7 +281,7 @@ def test_idefics3_is_estimated_and_out_of_memory_advice_predicts():
 
 
 def test_out_of_memory_advice_without_an_estimate_still_lists_the_techniques(monkeypatch):
-    from alt_text_recipes import resources
+    from alt_text_recipes.memory import oom_advice as resources
 
     def no_estimate(*args, **kwargs):
         raise RecipeError("the memory estimator has no layer arithmetic for 'x' models yet (it knows blip-2).")

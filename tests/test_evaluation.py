@@ -17,15 +17,15 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText
 
-from alt_text_recipes.alt_text import shorten
-from alt_text_recipes.data import DatasetError
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.evaluation import images_with_references
-from alt_text_recipes.generation import generate_alt_text
-from alt_text_recipes.metrics import caption_scores
-from alt_text_recipes.modeling import load_trained
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import run
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.data.sources import DatasetError
+from alt_text_recipes.outputs.alt_text_files import shorten
+from alt_text_recipes.outputs.evaluation import images_with_references
+from alt_text_recipes.outputs.generation import generate_alt_text
+from alt_text_recipes.outputs.metrics import caption_scores
+from alt_text_recipes.train.loop import run
+from alt_text_recipes.train.modeling import load_trained
+from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import DATASET, TINY_MODELS, run_recipe
 from hub_standin import LocalHub
@@ -161,7 +161,7 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
 
 
 def _test_images(count):
-    from alt_text_recipes.data import load_caption_dataset
+    from alt_text_recipes.data.sources import load_caption_dataset
 
     return list(load_caption_dataset(str(DATASET))["test"].select(range(count))["image"])
 
@@ -351,7 +351,7 @@ MULTI_REFERENCE = {
 @pytest.fixture
 def counted_generation(monkeypatch):
     """Generation replaced by MULTI_REFERENCE's caption for each image's colour; records every image asked for."""
-    import alt_text_recipes.generation
+    import alt_text_recipes.outputs.generation
 
     asked = []
 
@@ -360,12 +360,12 @@ def counted_generation(monkeypatch):
         asked.extend(colours)
         return [MULTI_REFERENCE[colour][0] for colour in colours]
 
-    monkeypatch.setattr(alt_text_recipes.generation, "generate_alt_text", generate)
+    monkeypatch.setattr(alt_text_recipes.outputs.generation, "generate_alt_text", generate)
     return asked
 
 
 def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path) -> dict[str, float]:
-    from alt_text_recipes.evaluation import GenerationSettings, evaluate_captions
+    from alt_text_recipes.outputs.evaluation import GenerationSettings, evaluate_captions
 
     return evaluate_captions(None, None, rows, GenerationSettings(), batch_size=2, embedding_model=None).scores
 
@@ -373,9 +373,9 @@ def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path) -> dict[str, flo
 def _scored_by_the_trainer(rows: Dataset, tmp_path: Path) -> dict[str, float]:
     from transformers import TrainingArguments
 
-    from alt_text_recipes.evaluation import GenerationSettings
-    from alt_text_recipes.model_card import RunSummary
-    from alt_text_recipes.trainer import AltTextTrainer
+    from alt_text_recipes.outputs.evaluation import GenerationSettings
+    from alt_text_recipes.outputs.model_card import RunSummary
+    from alt_text_recipes.train.trainer import AltTextTrainer
 
     model, processor = load_trained(TINY_MODELS["opt"])
     trainer = AltTextTrainer(

@@ -16,11 +16,13 @@ import torch
 import yaml
 from transformers import AutoModelForImageTextToText
 
-import alt_text_recipes.families
-from alt_text_recipes.collator import IGNORE_INDEX, ChatCollator, make_collator
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.estimator import image_processor_settings, layer_stacks, load_config, meta_model
-from alt_text_recipes.families import (
+import alt_text_recipes.train.families
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.data.paths import SHIPPED_CONFIGS, shipped_config
+from alt_text_recipes.memory.estimator import image_processor_settings, layer_stacks, load_config, meta_model
+from alt_text_recipes.outputs.generation import generate_alt_text
+from alt_text_recipes.train.collators import IGNORE_INDEX, ChatCollator, make_collator
+from alt_text_recipes.train.families import (
     FAMILIES,
     PARTS,
     family_of,
@@ -28,13 +30,11 @@ from alt_text_recipes.families import (
     parse_train_modules,
     trainable_by_part,
 )
-from alt_text_recipes.generation import generate_alt_text
-from alt_text_recipes.modeling import load_trained
-from alt_text_recipes.paths import SHIPPED_CONFIGS, shipped_config
-from alt_text_recipes.random_weights import twin_of, with_layers
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import run
-from alt_text_recipes.two_stage import run_two_stage
+from alt_text_recipes.train.loop import run
+from alt_text_recipes.train.modeling import load_trained
+from alt_text_recipes.train.random_weights import twin_of, with_layers
+from alt_text_recipes.train.registry import recipe_defaults
+from alt_text_recipes.train.stages import run_two_stage
 
 from conftest import ALL_TWINS, CHAT_TWINS, DATASET, REPO_ROOT, TINY_MODELS, logged_losses
 
@@ -139,7 +139,7 @@ def test_chat_loss_and_generated_text_change_when_only_the_image_changes(chat_tw
 def test_default_lora_targets_stay_off_the_vision_tower():
     from trl import ModelConfig
 
-    from alt_text_recipes.modeling import add_lora
+    from alt_text_recipes.train.modeling import add_lora
 
     for name, folder in ALL_TWINS.items():
         model = AutoModelForImageTextToText.from_pretrained(folder)
@@ -166,9 +166,9 @@ def test_default_lora_targets_stay_off_the_vision_tower():
 def test_one_lora_target_on_the_command_line_is_a_module_name():
     """trl's ModelConfig turns `--lora_target_modules q_proj` into the string 'q_proj', which peft would read as a
     regex for the whole module path and match nothing; a regex and 'all-linear' keep their meaning."""
-    from alt_text_recipes.config import parse_recipe_args
-    from alt_text_recipes.estimator import training_plan
-    from alt_text_recipes.modeling import add_lora
+    from alt_text_recipes.memory.estimator import training_plan
+    from alt_text_recipes.train.arguments import parse_recipe_args
+    from alt_text_recipes.train.modeling import add_lora
 
     def adapted(*targets: str) -> set[str]:
         flags = ["--config", "recipes/configs/tiny/lora.yaml", "--output_dir", "unused"]
@@ -325,7 +325,7 @@ def test_fsdp_wrap_classes_cover_each_family_s_layers():
 
 # --- Every family module is complete --------------------------------------------------------------------------
 
-FAMILY_MODULES = sorted(info.name for info in pkgutil.iter_modules(alt_text_recipes.families.__path__))
+FAMILY_MODULES = sorted(info.name for info in pkgutil.iter_modules(alt_text_recipes.train.families.__path__))
 
 
 @functools.cache
@@ -364,7 +364,7 @@ def test_every_shipped_config_belongs_to_a_family():
 def test_family_module_is_complete(module_name):
     """What a new family module must declare works end to end: its twins load and are recognised, its shipped
     configs are recognised and estimated, its FSDP wrap classes are real layer classes, a recipe trains it."""
-    family = importlib.import_module(f"alt_text_recipes.families.{module_name}").FAMILY
+    family = importlib.import_module(f"alt_text_recipes.train.families.{module_name}").FAMILY
     assert FAMILIES[family.name] is family
     assert family.twins and family.shipped_configs, f"{family.name}: a family needs a tiny twin and a real config"
 

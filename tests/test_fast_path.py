@@ -8,13 +8,13 @@ import torch
 from transformers import AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from alt_text_recipes.collator import AltTextCollator
-from alt_text_recipes.data import load_caption_dataset
-from alt_text_recipes.inputs import prepare_for_training
-from alt_text_recipes.modeling import load_processor
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import run
-from alt_text_recipes.validation import check_split
+from alt_text_recipes.data.checks import check_split
+from alt_text_recipes.data.input_pipeline import prepare_for_training
+from alt_text_recipes.data.sources import load_caption_dataset
+from alt_text_recipes.train.collators import AltTextCollator
+from alt_text_recipes.train.loop import run
+from alt_text_recipes.train.modeling import load_processor
+from alt_text_recipes.train.registry import recipe_defaults
 
 from bad_inputs import USABLE, write_corpus
 from conftest import TINY_MODELS

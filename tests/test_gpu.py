@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from alt_text_recipes.config import parse_recipe_args
-from alt_text_recipes.estimator import estimate
-from alt_text_recipes.random_weights import build_random_model
-from alt_text_recipes.registry import recipe_defaults
+from alt_text_recipes.memory.estimator import estimate
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.random_weights import build_random_model
+from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import TINY_MODELS, logged_losses, run_recipe
 
@@ -176,7 +176,7 @@ def test_memory_report_runs_on_cuda_with_telemetry(tmp_path):
 
 
 def test_nvml_telemetry_reads_real_values():
-    from alt_text_recipes.telemetry import Telemetry, describe
+    from alt_text_recipes.memory.telemetry import Telemetry, describe
 
     telemetry = Telemetry()
     device = torch.device("cuda", torch.cuda.current_device())

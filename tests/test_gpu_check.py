@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from alt_text_recipes.experiments import RunResult, load_preset
+from alt_text_recipes.outputs.experiment_matrix import RunResult, load_preset
 
 import gpu_check
 import gpu_check_matrix

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import alt_text_recipes  # noqa: F401 - importing the package sets up logging
-from alt_text_recipes.logs import BITSANDBYTES_CPU_LOGGER, KERNELS_NOTICE, get_logger
+from alt_text_recipes.data.logs import BITSANDBYTES_CPU_LOGGER, KERNELS_NOTICE, get_logger
 
 
 def _record(message: str, *args) -> logging.LogRecord:

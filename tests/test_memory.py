@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alt_text_recipes.train import run
+from alt_text_recipes.train.loop import run
 
 from conftest import TINY_MODELS
 
@@ -59,7 +59,8 @@ def test_activations_grow_with_batch_size(tmp_path):
     assert large.activations > 3 * small.activations
 
 
-# --- Telemetry: how busy the hardware was at each report (recipes/alt_text_recipes/telemetry.py) ---------------
+# --- Telemetry: how busy the hardware was at each report (recipes/alt_text_recipes/memory/telemetry.py)
+# ---------------
 
 
 def test_cpu_run_reports_cpu_utilisation_in_the_line_and_the_logs(tmp_path, capsys):
@@ -121,7 +122,7 @@ def test_gpu_telemetry_fills_the_report_with_nvml(fake_cuda, capsys):
 
     import torch
 
-    from alt_text_recipes.memory import MemoryBreakdown, MemoryBreakdownCallback
+    from alt_text_recipes.memory.measured import MemoryBreakdown, MemoryBreakdownCallback
 
     logged = []
     callback = MemoryBreakdownCallback()
@@ -154,7 +155,7 @@ def test_gpu_telemetry_without_nvml_keeps_the_allocator_figures(fake_cuda, monke
 
     import torch
 
-    from alt_text_recipes.telemetry import Telemetry, describe
+    from alt_text_recipes.memory.telemetry import Telemetry, describe
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
     values = Telemetry().sample(torch.device("cuda", 0))
@@ -166,7 +167,7 @@ def test_gpu_telemetry_without_nvml_keeps_the_allocator_figures(fake_cuda, monke
 def test_nvml_numbers_the_device_as_cuda_visible_devices_maps_it(fake_cuda, monkeypatch):
     import torch
 
-    from alt_text_recipes.telemetry import Telemetry
+    from alt_text_recipes.memory.telemetry import Telemetry
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     Telemetry().sample(torch.device("cuda", 1))
@@ -177,7 +178,7 @@ def test_peak_memory_follows_the_training_device(monkeypatch):
     """A CPU run on a GPU machine (CUDA initialised by something else) measures the process, not the GPU."""
     import torch
 
-    from alt_text_recipes.memory import peak_memory
+    from alt_text_recipes.memory.measured import peak_memory
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)

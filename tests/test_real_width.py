@@ -2,7 +2,8 @@
 
 The tiny twins cannot test the estimator (their memory is mostly the Python process), so each family's
 shipped real config is built with its real widths, vocabulary and sequence lengths but one layer per stack,
-and one optimizer step runs through the recipe (recipes/alt_text_recipes/real_width.py). Parameters, gradients and
+and one optimizer step runs through the recipe (recipes/alt_text_recipes/memory/measured_step.py). Parameters,
+gradients and
 optimizer state are the tensors' storages; activations are what autograd saves while each stack runs.
 These cases cover full fine-tuning with AdamW and 8-bit AdamW and LoRA, in fp32, with activation
 checkpointing on and off, over three families; `python benchmarks/real_width.py` runs more cases, Idefics2 and
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from alt_text_recipes.real_width import Case, measure_cases, table
+from alt_text_recipes.memory.measured_step import Case, measure_cases, table
 
 TOLERANCE = 0.10
 # fp32 at real width (one layer per stack and one photo per batch keep each case to seconds: the estimate covers

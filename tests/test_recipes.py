@@ -11,10 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from alt_text_recipes.generation import generate_alt_text
-from alt_text_recipes.modeling import load_trained
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import main
+from alt_text_recipes.outputs.generation import generate_alt_text
+from alt_text_recipes.train.loop import main
+from alt_text_recipes.train.modeling import load_trained
+from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import ALL_TWINS, TINY_MODELS, finished, logged_losses, run_recipe, run_recipes, selected_params
 

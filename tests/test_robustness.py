@@ -21,14 +21,14 @@ import transformers.utils.hub
 from safetensors.torch import load_file
 from transformers.utils import is_torch_tf32_available
 
-from alt_text_recipes.config import _has_accelerator, parse_recipe_args, parse_tool_args
-from alt_text_recipes.data import load_caption_dataset
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.images import open_checked
-from alt_text_recipes.modeling import load_processor
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import run
-from alt_text_recipes.validation import check_split
+from alt_text_recipes.data.checks import check_split
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.data.images import open_checked
+from alt_text_recipes.data.sources import load_caption_dataset
+from alt_text_recipes.train.arguments import _has_accelerator, parse_recipe_args, parse_tool_args
+from alt_text_recipes.train.loop import run
+from alt_text_recipes.train.modeling import load_processor
+from alt_text_recipes.train.registry import recipe_defaults
 
 from bad_inputs import BAD, USABLE, write_corpus
 from conftest import TINY_MODELS, start_recipe
@@ -60,7 +60,7 @@ def test_every_bad_input_has_its_outcome_and_no_valid_example_is_dropped(corpus)
     assert report.kept == len(kept) == len(USABLE) and set(kept["text"]) == set(USABLE.values())
     assert report.truncated_captions == 1  # the overlong caption is used, truncated, and counted
     images = {caption: image for caption, image in zip(kept["text"], kept["image"], strict=True)}
-    from alt_text_recipes.images import to_rgb
+    from alt_text_recipes.data.images import to_rgb
 
     assert all(to_rgb(image).mode == "RGB" for image in images.values())
 
@@ -195,7 +195,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
 
 
 def test_incomplete_checkpoints_are_never_resumed(tmp_path):
-    from alt_text_recipes.trainer import resume_checkpoint
+    from alt_text_recipes.train.trainer import resume_checkpoint
 
     for step, complete in ((5, True), (10, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -211,7 +211,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
 
 
 def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_path, monkeypatch):
-    from alt_text_recipes.trainer import AltTextTrainer
+    from alt_text_recipes.train.trainer import AltTextTrainer
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -257,7 +257,7 @@ def test_gpu_only_options_follow_the_hardware(flags, refusal, supported):
 def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
     """Both branches on any machine: CUDA's presence simulated (parse_recipe_args itself is not called with
     it faked, since TrainingArguments would then set up a device that is not there)."""
-    from alt_text_recipes.config import check_hardware, make_parser
+    from alt_text_recipes.train.arguments import check_hardware, make_parser
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -483,7 +483,7 @@ def test_an_output_folder_blocked_by_a_file_is_refused_before_anything_runs(tmp_
 
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):
-    from alt_text_recipes.modeling import load_config, load_trained
+    from alt_text_recipes.train.modeling import load_config, load_trained
 
     (tmp_path / "notes.txt").write_text("not a model")
     for load in (load_processor, load_config, load_trained):
@@ -496,7 +496,7 @@ def test_bad_data_and_unsupported_models_stop_the_run_before_the_weights_load(tm
     model's load."""
     from transformers import GPT2Config
 
-    import alt_text_recipes.train as train_module
+    import alt_text_recipes.train.loop as train_module
 
     def weights_loaded(*args, **kwargs):
         raise AssertionError("the weights were loaded before the bad input was found")
@@ -561,7 +561,7 @@ def test_a_command_line_error_is_its_own_line_without_the_usage(capsys):
     ],
 )
 def test_two_stage_settings_out_of_range_are_refused(flags, refusal):
-    from alt_text_recipes.two_stage import TwoStageArguments
+    from alt_text_recipes.train.stages import TwoStageArguments
 
     with pytest.raises(RecipeError, match=refusal):
         parse_recipe_args(

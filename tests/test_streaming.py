@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from alt_text_recipes.config import parse_recipe_args
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.streaming import BadStreamExample, StreamCheck, checked_stream, load_caption_stream
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.data.streaming import BadStreamExample, StreamCheck, checked_stream, load_caption_stream
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import DATASET, REPO_ROOT, logged_losses, run_recipe, torchrun
 
@@ -176,7 +176,7 @@ def test_an_imagefolder_streams_every_row_of_its_metadata():
 def test_the_out_of_memory_advice_for_a_stream_does_not_read_the_stream_ahead(tmp_path):
     """The advice's estimate takes the caption-length cap for a stream: reading the whole training split
     ahead (possibly larger than the disk) to count its tokens is what streaming avoids."""
-    from alt_text_recipes.estimator import caption_token_count
+    from alt_text_recipes.memory.estimator import caption_token_count
 
     script_args, _, model_args = parse_recipe_args(
         recipe_defaults("full_ft"),

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, TENSORS, EventAccumulator
 
-from alt_text_recipes.caption_samples import SAMPLE_IMAGE_SIDE, small_copy
-from alt_text_recipes.errors import RecipeError
-from alt_text_recipes.registry import recipe_defaults
-from alt_text_recipes.train import run
-from alt_text_recipes.trainer import AltTextTrainer
+from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.outputs.caption_samples import SAMPLE_IMAGE_SIDE, small_copy
+from alt_text_recipes.train.loop import run
+from alt_text_recipes.train.registry import recipe_defaults
+from alt_text_recipes.train.trainer import AltTextTrainer
 
 SAMPLES = 3
 EVAL_ROWS = 4  # more rows than samples: only the first SAMPLES are shown
@@ -138,7 +138,7 @@ def test_no_caption_samples_logs_no_images(generated, tmp_path):
 
 def test_no_samples_are_made_when_nothing_shows_them(generated, tmp_path, monkeypatch):
     made: list[int] = []
-    monkeypatch.setattr("alt_text_recipes.trainer.first_samples", lambda *args: made.append(args[-1]) or [])
+    monkeypatch.setattr("alt_text_recipes.train.trainer.first_samples", lambda *args: made.append(args[-1]) or [])
     run(
         recipe_defaults("lora"),
         [*WATCHED_RUN, "--output_dir", str(tmp_path), "--report_to", "none", "--max_steps", "2"],

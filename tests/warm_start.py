@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 # The stack every recipe imports: what the server imports once.
-PRELOAD = ["torch", "accelerate", "datasets", "transformers", "peft", "alt_text_recipes.train"]
+PRELOAD = ["torch", "accelerate", "datasets", "transformers", "peft", "alt_text_recipes.train.loop"]
 # The server's environment, as JSON in `<socket>.env`: a client whose environment differs runs cold.
 SERVER_ENV_SUFFIX = ".env"
 

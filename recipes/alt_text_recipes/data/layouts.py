@@ -1,0 +1,367 @@
+"""Recognise how a caption data set is laid out, and read it into `image` / `text` rows.
+
+People hand over captions in many shapes; each is detected from what is there:
+- a CSV, JSON, JSONL or Parquet file (or a glob of them) with an image column (paths relative to the file's
+  folder, absolute paths, or image bytes) and a caption column;
+- such a file in a folder of photos (the "photos + captions.csv" hand-off); a file named after a split
+  (`train.csv`, `val.jsonl`, `captions_test2017.json`) holds that split, any other the training rows;
+- COCO captions JSON (`images` + `annotations`) and Karpathy's split file (`images` with `sentences` and
+  `split`), the photos beside the file, in a folder beside it, or in a folder beside its own (COCO's
+  `annotations/` next to `train2017/`);
+- chat rows as TRL and LLaMA-Factory write them (`messages`, or sharegpt `conversations`, with `images`):
+  the assistant's answer is the caption;
+- an `imagefolder` folder (photos with `metadata.jsonl`/`metadata.csv` naming `file_name`), a
+  `datasets.save_to_disk` folder, or a Hub dataset id.
+Every split comes out with `image` (an undecoded `datasets.Image` keeping the real path) and `text` (one
+caption a row: an image with five captions gives five rows with the same path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from glob import glob
+from pathlib import Path
+
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    List,
+    Value,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
+from datasets.exceptions import DatasetGenerationError
+
+from alt_text_recipes.data.errors import DatasetError
+from alt_text_recipes.data.paths import REPO_ROOT, places_looked
+
+TABLE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+SPLIT_IN_NAME = re.compile(r"(?<![a-z])(train|training|validation|valid|val|dev|test|testing)(?![a-z])")
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
+ROWS = Features({"image": Image(decode=False), "text": Value("string")})
+ACCEPTED = (
+    "a CSV/JSON/JSONL/Parquet file or glob of image paths (or bytes) and captions, a folder of photos "
+    "holding such a file, COCO captions or Karpathy split JSON, chat rows (messages or conversations with "
+    "images), an imagefolder folder, a save_to_disk folder, or a Hub dataset id"
+)
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether `source` names a Hub dataset rather than a local file, folder, glob or URL."""
+    return not (
+        URL.match(source) or _is_glob(source) or _local_path(source) or Path(source).suffix.lower() in TABLE_BUILDERS
+    )
+
+
+def read_source(
+    source: str, image_column: str = "image", caption_column: str = "text", config_name: str | None = None
+) -> DatasetDict:
+    """Every split of the data set at `source`, whatever its layout, as `image` / `text` rows."""
+    if URL.match(source):
+        raise DatasetError(
+            f"{source} is a URL; data sets are read from local files or the Hub, never downloaded "
+            "from a URL at training time. Download it and pass the local path."
+        )
+    if _is_glob(source):
+        return _read_files(_expand_glob(source), image_column, caption_column)
+    path = _local_path(source)
+    if path is not None:
+        return (
+            _read_files([path], image_column, caption_column)
+            if path.is_file()
+            else _read_folder(path, image_column, caption_column)
+        )
+    if Path(source).suffix.lower() in TABLE_BUILDERS or source.startswith((".", "/", "~")):
+        raise DatasetError(f"no file or folder {source} (looked in {places_looked()}).")
+    return _read_hub(source, image_column, caption_column, config_name)
+
+
+def read_split_files(files: dict[str, str], image_column: str = "image", caption_column: str = "text") -> DatasetDict:
+    """`--train_file` / `--validation_file` / `--test_file`: each source gives the split it is named for."""
+    splits = {}
+    for name, source in files.items():
+        read = read_source(source, image_column, caption_column)
+        if name not in read and len(read) > 1:
+            raise DatasetError(
+                f"{source} holds the splits {list(read)} and no '{name}' split; pass it as "
+                "--dataset_name to use its own splits."
+            )
+        splits[name] = read[name] if name in read else next(iter(read.values()))
+    return DatasetDict(splits)
+
+
+def standardise(
+    split: Dataset, image_column: str, caption_column: str, source: str, split_name: str, root: Path | None = None
+) -> Dataset:
+    """Keep the image and caption columns as `image` (undecoded) and `text`, one caption a row; with `root`,
+    image paths are resolved against it (the folder of the file that names them)."""
+    missing = [column for column in (image_column, caption_column) if column not in split.column_names]
+    if missing:
+        raise DatasetError(
+            f"{source} split '{split_name}' has no column {', '.join(map(repr, missing))}; its columns are "
+            f"{split.column_names}. Pass --image_column / --caption_column to name the right ones."
+        )
+    split = split.select_columns([image_column, caption_column])
+    split = split.rename_columns(
+        {old: new for old, new in ((image_column, "image"), (caption_column, "text")) if old != new}
+    )
+    if root is not None and getattr(split.features["image"], "dtype", None) in ("string", "large_string"):
+        split = split.map(
+            lambda batch: {"image": [image_path(value, root) for value in batch["image"]]},
+            batched=True,
+            desc="resolving image paths",
+        )
+    split = split.cast_column("image", Image(decode=False))
+    if isinstance(split.features["text"], List):
+        split = split.map(_one_row_per_caption, batched=True, features=ROWS, desc="one row per caption")
+    return split
+
+
+def image_path(value: str | None, root: Path) -> str | None:
+    """An image path from the data, made absolute: relative ones must stay inside `root`; URLs are refused."""
+    if not value:
+        return None  # reported as "no image" by the bad-example check
+    if URL.match(value):
+        raise DatasetError(
+            f"image {value} is a URL; images are not downloaded at training time. Download them "
+            f"and name the local files (relative to {root}, or absolute)."
+        )
+    if os.path.isabs(value):
+        return os.path.normpath(value)
+    root = os.path.abspath(root)
+    resolved = os.path.normpath(os.path.join(root, value))
+    if os.path.commonpath([resolved, root]) != root:
+        raise DatasetError(
+            f"image path {value} points outside the data folder {root}; give images outside it as absolute paths."
+        )
+    return resolved
+
+
+def _one_row_per_caption(batch: dict) -> dict:
+    rows = {"image": [], "text": []}
+    for image, captions in zip(batch["image"], batch["text"], strict=True):
+        for caption in captions or [None]:  # an image without captions stays, to be counted as "missing caption"
+            rows["image"].append(image)
+            rows["text"].append(caption)
+    return rows
+
+
+def _is_glob(source: str) -> bool:
+    return any(character in source for character in "*?[")
+
+
+def _local_path(source: str) -> Path | None:
+    """`source` as an existing file or folder, relative to the current directory or the repository root."""
+    for candidate in (Path(source).expanduser(), REPO_ROOT / source):
+        if candidate.exists():
+            return candidate.absolute()
+    return None
+
+
+def _expand_glob(pattern: str) -> list[Path]:
+    for base in (Path.cwd(), REPO_ROOT):
+        files = sorted(Path(path) for path in glob(os.path.join(base, os.path.expanduser(pattern)), recursive=True))
+        if files:
+            unreadable = [file.name for file in files if file.suffix.lower() not in TABLE_BUILDERS]
+            if unreadable:
+                raise DatasetError(f"{pattern} matches files that are not CSV/JSON/JSONL/Parquet: {unreadable[:5]}.")
+            return files
+    raise DatasetError(f"{pattern} matches no file (looked in {places_looked()}).")
+
+
+def _read_hub(source: str, image_column: str, caption_column: str, config_name: str | None) -> DatasetDict:
+    try:
+        raw = load_dataset(source, config_name)
+    except (ConnectionError, FileNotFoundError) as error:
+        raise DatasetError(
+            f"{source} is no local file or folder, and not a Hub dataset that can be loaded "
+            f"({error}). Accepted: {ACCEPTED}."
+        ) from None
+    return DatasetDict(
+        {name: standardise(split, image_column, caption_column, source, name) for name, split in raw.items()}
+    )
+
+
+def is_saved_to_disk(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("dataset_dict.json", "dataset_info.json", "state.json"))
+
+
+def _is_imagefolder_metadata(file: Path) -> bool:
+    """imagefolder's own `metadata.csv/jsonl/parquet` (a `file_name` column), left to the imagefolder loader."""
+    if file.stem != "metadata":
+        return False
+    first_row = next(
+        iter(load_dataset(TABLE_BUILDERS[file.suffix.lower()], data_files=str(file), split="train", streaming=True)),
+        {},
+    )
+    return "file_name" in first_row
+
+
+def _read_folder(folder: Path, image_column: str, caption_column: str) -> DatasetDict:
+    if is_saved_to_disk(folder):
+        loaded = load_from_disk(str(folder))
+        raw = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        return DatasetDict(
+            {name: standardise(split, image_column, caption_column, str(folder), name) for name, split in raw.items()}
+        )
+    tables = [
+        file
+        for file in sorted(folder.iterdir())
+        if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in TABLE_BUILDERS
+    ]
+    caption_files = [file for file in tables if not _is_imagefolder_metadata(file)]
+    if caption_files:
+        return _read_files(caption_files, image_column, caption_column)
+    if any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.rglob("*")):
+        # Photos beside a top-level metadata file are one train split; given as data_dir, datasets 5.2
+        # would read them without their captions.
+        raw = (
+            load_dataset("imagefolder", data_files={"train": str(folder / "**")})
+            if tables
+            else load_dataset("imagefolder", data_dir=str(folder))
+        )
+        return DatasetDict(
+            {name: standardise(split, image_column, caption_column, str(folder), name) for name, split in raw.items()}
+        )
+    found = sorted(path.name for path in folder.iterdir())[:10]
+    raise DatasetError(
+        f"{folder} holds no photos and no caption file (found: {found or 'nothing'}). Accepted: {ACCEPTED}."
+    )
+
+
+def _read_files(files: list[Path], image_column: str, caption_column: str) -> DatasetDict:
+    """Each file read with its paths relative to its own folder; a file named after a split gives that split."""
+    parts = defaultdict(list)
+    for file in files:
+        read = _read_file(file, image_column, caption_column)
+        named = SPLIT_IN_NAME.search(file.stem.lower())
+        if named and list(read) == ["train"]:
+            read = {SPLIT_NAMES[named.group(1)]: read["train"]}
+        for name, split in read.items():
+            parts[name].append(split)
+    return DatasetDict({name: concatenate_datasets(splits) for name, splits in parts.items()})
+
+
+def _read_file(file: Path, image_column: str, caption_column: str) -> DatasetDict:
+    suffix = file.suffix.lower()
+    if suffix not in TABLE_BUILDERS:
+        raise DatasetError(f"{file} is not a CSV, JSON, JSONL or Parquet file. Accepted: {ACCEPTED}.")
+    document = _json_document(file) if suffix == ".json" else None
+    if isinstance(document, dict) and "images" in document:
+        return _read_captions_json(document, file)
+    try:
+        table = load_dataset(TABLE_BUILDERS[suffix], data_files=str(file), split="train")
+    except DatasetGenerationError as error:
+        raise DatasetError(f"{file} could not be read as {suffix[1:].upper()}: {error.__cause__ or error}") from None
+    if caption_column not in table.column_names and {"messages", "conversations"} & set(table.column_names):
+        table = _chat_rows(table, file)
+        image_column, caption_column = "image", "text"
+    return DatasetDict({"train": standardise(table, image_column, caption_column, str(file), "train", file.parent)})
+
+
+def _json_document(file: Path) -> object | None:
+    """A `.json` file that is one JSON document (COCO, Karpathy, a list of rows); None for JSON lines."""
+    with file.open(encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError:
+            return None
+
+
+def _read_captions_json(document: dict, file: Path) -> DatasetDict:
+    """COCO captions (`images` + `annotations`) or Karpathy's split file (`images` with `sentences`)."""
+    images = document["images"]
+    if "annotations" in document:
+        paths = {image["id"]: image["file_name"] for image in images}
+        unknown = sorted({note["image_id"] for note in document["annotations"]} - set(paths))
+        if unknown:
+            raise DatasetError(f"{file}: annotations name image ids that `images` does not list: {unknown[:5]}.")
+        rows = {"train": [(paths[note["image_id"]], note.get("caption")) for note in document["annotations"]]}
+    elif images and "sentences" in images[0]:
+        unknown = sorted({image.get("split") for image in images} - set(KARPATHY_SPLITS), key=str)
+        if unknown:
+            raise DatasetError(f"{file}: Karpathy splits must be {sorted(KARPATHY_SPLITS)}; found {unknown}.")
+        rows = defaultdict(list)
+        for image in images:
+            path = "/".join(part for part in (image.get("filepath"), image["filename"]) if part)
+            rows[KARPATHY_SPLITS[image["split"]]] += [
+                (path, sentence.get("raw")) for sentence in image["sentences"] or [{}]
+            ]
+    else:
+        raise DatasetError(
+            f"{file} has `images` but neither COCO `annotations` nor Karpathy `sentences`. Accepted: {ACCEPTED}."
+        )
+    root = _image_root(file.parent, next((path for split in rows.values() for path, _ in split), ""))
+    return DatasetDict(
+        {
+            name: standardise(
+                Dataset.from_dict({"image": [path for path, _ in split], "text": [caption for _, caption in split]}),
+                "image",
+                "text",
+                str(file),
+                name,
+                root,
+            )
+            for name, split in rows.items()
+        }
+    )
+
+
+def _image_root(folder: Path, first_image: str) -> Path:
+    """Where the photos a captions JSON names live: beside it, in a folder beside it, or one folder up
+    (COCO's `annotations/` next to `train2017/`). None found: beside it (the data check reports them missing)."""
+    candidates = [
+        folder,
+        *sorted(p for p in folder.iterdir() if p.is_dir()),
+        folder.parent,
+        *sorted(p for p in folder.parent.iterdir() if p.is_dir() and p != folder),
+    ]
+    return next((candidate for candidate in candidates if (candidate / first_image).is_file()), folder)
+
+
+def _chat_rows(table: Dataset, file: Path) -> Dataset:
+    """Chat rows (TRL / LLaMA-Factory `messages`, sharegpt `conversations`) as image path and caption."""
+    turns_column = "messages" if "messages" in table.column_names else "conversations"
+    images_column = next((name for name in ("images", "image") if name in table.column_names), None)
+    if images_column is None:
+        raise DatasetError(f"{file} has chat rows ('{turns_column}') but no 'images' column naming each row's photo.")
+    images, captions = [], []
+    for row, (turns, row_images) in enumerate(zip(table[turns_column], table[images_column], strict=True)):
+        row_images = [row_images] if isinstance(row_images, str) else row_images or []
+        answers = [
+            _turn_text(turn) for turn in turns if (turn.get("role") or turn.get("from")) in ("assistant", "gpt")
+        ]
+        if len(row_images) > 1 or len(answers) > 1:
+            raise DatasetError(
+                f"{file} row {row} has {len(row_images)} images and {len(answers)} answers; each row "
+                "must be one photo and one assistant answer (its alt text)."
+            )
+        images.append(row_images[0] if row_images else None)
+        captions.append(answers[0] if answers else None)
+    return Dataset.from_dict({"image": images, "text": captions})
+
+
+def _turn_text(turn: dict) -> str:
+    """A turn's text: a string (without `<image>` placeholders) or the text parts of a content list."""
+    content = turn.get("content", turn.get("value"))
+    if isinstance(content, list):
+        content = " ".join(part.get("text") or "" for part in content if part.get("type") == "text")
+    return (content or "").replace("<image>", "").strip()
