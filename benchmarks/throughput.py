@@ -9,7 +9,8 @@
 
 1. Input pipeline alone, on --images generated photos (640×480 JPEGs, or --image_size N×N, --image_format png):
    the plain pattern (the data set decodes each photo in the main process, the processor resizes and
-   normalises it in the training step) against ours (recipes/alt_text_recipes/data/input_pipeline.py: draft-mode decoding and
+   normalises it in the training step) against ours (recipes/alt_text_recipes/data/input_pipeline.py: draft-mode
+   decoding and
    resizing in DataLoader workers), in images/s, at the model's input size and at 224² (real BLIP-2) when
    that differs.
 2. Training on the same model, photos, batch and precision, each variant in a fresh process (so peak
@@ -54,12 +55,12 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from alt_text_recipes.train.collators import AltTextCollator
-from alt_text_recipes.train.arguments import COMMON_DEFAULTS
-from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.data.input_pipeline import default_num_workers, prepare_for_training
-from alt_text_recipes.train.modeling import load_processor
 from alt_text_recipes.data.paths import EMBEDDED_DATASET
+from alt_text_recipes.data.sources import load_caption_dataset
+from alt_text_recipes.train.arguments import COMMON_DEFAULTS
+from alt_text_recipes.train.collators import Blip2Collator
+from alt_text_recipes.train.modeling import load_processor
 from alt_text_recipes.train.random_weights import build_random_model
 
 # Siblings, found as gpu_check.py finds its own (this script's folder is first on sys.path when it runs by path):
@@ -134,7 +135,7 @@ def measure_input_pipeline(photos: Path, model_folder: str, batch_size: int, wor
     rows = []
     for size in sizes:
         processor.image_processor.size = {"height": size, "width": size}
-        collator = AltTextCollator(processor, is_encoder_decoder=False)
+        collator = Blip2Collator(processor, is_encoder_decoder=False)
         plain = images_per_second(plain_batches(dataset, collator, batch_size))
         in_workers = images_per_second(
             our_batches(prepare_for_training(dataset, processor), collator, batch_size, workers)

@@ -20,15 +20,15 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed
 
-from alt_text_recipes.train.collators import AltTextCollator, make_collator
-from alt_text_recipes.train.arguments import parse_recipe_args
-from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.data.input_pipeline import prepare_for_training
+from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.memory.measured import peak_memory
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.collators import Blip2Collator, make_collator
+from alt_text_recipes.train.loop import apply_lr_scaling, build_trainer
 from alt_text_recipes.train.modeling import add_lora, is_encoder_decoder, load_processor
 from alt_text_recipes.train.random_weights import instantiate, is_skeleton
 from alt_text_recipes.train.registry import recipe_defaults
-from alt_text_recipes.train.loop import apply_lr_scaling, build_trainer
 
 PARTS = ("vision_model", "qformer", "language_projection", "language_model")
 
@@ -190,9 +190,7 @@ def train_plain(args: argparse.Namespace, model_folder: str, photos: Path) -> di
     # the tutorial's fp32 load, then a cast to the training dtype
     model = loop_model(model_folder, torch.float32, dtype, "eager", device, training_args, model_args)
     processor = load_processor(model_folder)
-    collator = AltTextCollator(
-        processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens
-    )
+    collator = Blip2Collator(processor, is_encoder_decoder(model), script_args.prompt, script_args.max_caption_tokens)
     dataset = load_caption_dataset(str(photos))["train"].shuffle(seed=training_args.seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=training_args.bf16)
     start = time.perf_counter()

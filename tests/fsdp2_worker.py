@@ -21,7 +21,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from alt_text_recipes.data.sources import load_caption_dataset
-from alt_text_recipes.train.collators import AltTextCollator
+from alt_text_recipes.train.collators import Blip2Collator
 from alt_text_recipes.train.modeling import load_trained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def main(out_path: str, lora: bool) -> None:
     examples = load_caption_dataset(str(REPO_ROOT / "data/gourmetgram-mini"))["train"].select(
         range(4 * rank, 4 * rank + 4)
     )
-    batch = AltTextCollator(processor, is_encoder_decoder=False)(list(examples))
+    batch = Blip2Collator(processor, is_encoder_decoder=False)(list(examples))
     batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []

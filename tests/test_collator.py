@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alt_text_recipes.outputs.generation import generate_alt_text
-from alt_text_recipes.train.collators import IGNORE_INDEX, AltTextCollator
+from alt_text_recipes.train.collators import IGNORE_INDEX, Blip2Collator
 from alt_text_recipes.train.modeling import is_encoder_decoder
 
 from conftest import ALL_TWINS
@@ -23,7 +23,7 @@ def test_decoder_only_labels_cover_caption_and_eos_only(food_splits):
 
     processor = load_processor(str(TINY_MODELS["opt"]))
     tokenizer = processor.tokenizer
-    collator = AltTextCollator(processor, is_encoder_decoder=False, prompt="alt text:")
+    collator = Blip2Collator(processor, is_encoder_decoder=False, prompt="alt text:")
     examples = _examples(food_splits["train"], range(6))
     batch = collator(examples)
     image_token_id = collator.image_token_id
@@ -53,7 +53,7 @@ def test_encoder_decoder_caption_is_only_the_decoder_target(food_splits):
 
     processor = load_processor(str(TINY_MODELS["t5"]))
     tokenizer = processor.tokenizer
-    collator = AltTextCollator(processor, is_encoder_decoder=True)
+    collator = Blip2Collator(processor, is_encoder_decoder=True)
     examples = _examples(food_splits["train"], range(6))
     batch = collator(examples)
 
@@ -71,7 +71,7 @@ def test_encoder_decoder_caption_is_only_the_decoder_target(food_splits):
 
 def test_loss_and_generated_text_change_when_only_the_image_changes(tiny_model, food_splits):
     family, model, processor = tiny_model
-    collator = AltTextCollator(processor, is_encoder_decoder(model))
+    collator = Blip2Collator(processor, is_encoder_decoder(model))
     split = food_splits["train"]
     examples = _examples(split, range(4))
     # Same captions, other photos (rolled by one), everything else identical.

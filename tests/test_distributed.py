@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alt_text_recipes.memory.estimator import load_config, meta_model
 from alt_text_recipes.outputs.experiment_matrix import cpu_deepspeed_flags
+from alt_text_recipes.train.modeling import load_config, meta_model
 from alt_text_recipes.train.parallel import (
     align_query_tokens_for_fsdp,
     describe_device_map,
@@ -273,7 +273,7 @@ def test_fsdp2_shards_the_configured_layers_with_mixed_dtypes_and_gathers_a_relo
 
 
 def test_model_parallel_plan_keeps_layers_whole_and_balances_them():
-    model = meta_model(load_config("Salesforce/blip2-opt-2.7b"))
+    model = meta_model(load_config("Salesforce/blip2-opt-2.7b", shipped_first=True))
     plan = plan_device_map(model, num_gpus=4, gpu_memory_gb=20, dtype="bfloat16")
     assert set(plan.values()) == {0, 1, 2, 3}
     layer_prefixes = ("vision_model.encoder.layers.", "qformer.encoder.layer.", "language_model.model.decoder.layers.")

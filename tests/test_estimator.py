@@ -11,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from alt_text_recipes.memory.estimator import GB, estimate, layer_stacks, load_config, meta_model, training_plan
+from alt_text_recipes.memory.estimator import GB, estimate, layer_stacks, training_plan
 from alt_text_recipes.outputs.experiment_matrix import launch_command, load_preset, read_measurements
 from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.families import FAMILIES
+from alt_text_recipes.train.modeling import load_config, meta_model
 from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import REPO_ROOT, python_for_runs, run_recipe, selected_params
@@ -33,7 +34,10 @@ REAL_PARAMETER_COUNTS = {
 
 @pytest.mark.parametrize("model", sorted(REAL_PARAMETER_COUNTS))
 def test_shipped_configs_give_exact_parameter_counts(model):
-    assert sum(p.numel() for p in meta_model(load_config(model)).parameters()) == REAL_PARAMETER_COUNTS[model]
+    assert (
+        sum(p.numel() for p in meta_model(load_config(model, shipped_first=True)).parameters())
+        == REAL_PARAMETER_COUNTS[model]
+    )
 
 
 def _estimate(preset_name: str, *flags: str, caption_tokens: int = 20, **options):
@@ -207,7 +211,7 @@ def _recipe_estimate(recipe: str, *flags: str):
 
 
 def test_families_idefics2_parts_add_up_to_the_model():
-    model = meta_model(load_config(IDEFICS2))
+    model = meta_model(load_config(IDEFICS2, shipped_first=True))
     counts = {part: 0 for part in (*IDEFICS2_PART_COUNTS, "other")}
     for name, parameter in model.named_parameters():
         counts[FAMILIES["idefics2"].part_of(name)] += parameter.numel()
@@ -218,7 +222,7 @@ def test_families_idefics2_parts_add_up_to_the_model():
 @pytest.mark.parametrize("model", sorted(REAL_PARAMETER_COUNTS))
 def test_families_layer_stacks_name_real_layer_lists(model):
     """The stacks the activation arithmetic uses exist in the model (model parallel places them by name)."""
-    config = load_config(model)
+    config = load_config(model, shipped_first=True)
     module = meta_model(config)
     stacks, _ = layer_stacks(config, 20, 1, {})
     for stack in stacks:
@@ -282,7 +286,7 @@ def test_families_llava_default_lora_targets_leave_the_vision_tower_alone():
     assert unchecked.parts["activations_by_part_gb"]["vision"] == 0
     assert result.parts["stack_modes"]["connector"] == result.parts["stack_modes"]["language_model"] == "lora"
     script_args, _, model_args = parse_recipe_args(recipe_defaults("lora"), ["--model_name_or_path", LLAVA])
-    plan = training_plan(meta_model(load_config(LLAVA)), script_args, model_args)
+    plan = training_plan(meta_model(load_config(LLAVA, shipped_first=True)), script_args, model_args)
     assert plan.adapters and not [name for name in plan.adapters if FAMILIES["llava"].part_of(name) == "vision"]
 
 

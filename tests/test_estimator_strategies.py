@@ -18,11 +18,10 @@ from alt_text_recipes.memory.estimator import (
     estimate,
     image_processor_settings,
     layer_stacks,
-    load_config,
-    meta_model,
     trainer_hidden_size,
 )
 from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.modeling import load_config, meta_model
 from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.strategies import (
     STRATEGY_NAMES,
@@ -104,7 +103,7 @@ def test_deepspeed_flag_estimates_as_the_accelerate_config_naming_the_same_file(
     assert "GPU assumed" not in via_accelerate.strategy_detail  # num_processes: 1
     # On the GPU: the bf16 params and two reduce buckets of hidden² ("auto"); the host: fp32 master weights,
     # moments and gradients (16 B/param) and, with gradient accumulation, a bf16 gradient buffer.
-    n, hidden = 12_098_000_384, trainer_hidden_size(load_config("Salesforce/blip2-flan-t5-xxl"))
+    n, hidden = 12_098_000_384, trainer_hidden_size(load_config("Salesforce/blip2-flan-t5-xxl", shipped_first=True))
     assert via_flag.grads_gb == pytest.approx(2 * hidden**2 * 2 / GB)
     assert via_flag.host_gb == pytest.approx((16 + 2) * n / GB)
     assert json.loads(via_flag.to_json())["strategy_detail"] == via_flag.strategy_detail
@@ -250,7 +249,7 @@ def test_every_strategy_name_round_trips_and_the_cli_offers_them():
 
 
 def test_idefics3_stacks_follow_its_processor():
-    config = load_config(IDEFICS3)
+    config = load_config(IDEFICS3, shipped_first=True)
     processor = image_processor_settings(IDEFICS3)
     assert processor["do_image_splitting"] and processor["size"]["longest_edge"] == 1456
     stacks, seq = layer_stacks(config, 20, 30, processor)

@@ -19,7 +19,7 @@ from transformers import AutoModelForImageTextToText
 import alt_text_recipes.train.families
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.paths import SHIPPED_CONFIGS, shipped_config
-from alt_text_recipes.memory.estimator import image_processor_settings, layer_stacks, load_config, meta_model
+from alt_text_recipes.memory.estimator import image_processor_settings, layer_stacks
 from alt_text_recipes.outputs.generation import generate_alt_text
 from alt_text_recipes.train.collators import IGNORE_INDEX, ChatCollator, make_collator
 from alt_text_recipes.train.families import (
@@ -31,7 +31,7 @@ from alt_text_recipes.train.families import (
     trainable_by_part,
 )
 from alt_text_recipes.train.loop import run
-from alt_text_recipes.train.modeling import load_trained
+from alt_text_recipes.train.modeling import load_config, load_trained, meta_model
 from alt_text_recipes.train.random_weights import twin_of, with_layers
 from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.stages import run_two_stage
@@ -334,7 +334,7 @@ def _held_classes(family_name: str) -> frozenset[str]:
     per stack: the classes, not the size)."""
     family = FAMILIES[family_name]
     models = [load_trained(REPO_ROOT / twin.folder)[0] for twin in family.twins]
-    models += [meta_model(with_layers(load_config(name), 1)) for name in family.shipped_configs]
+    models += [meta_model(with_layers(load_config(name, shipped_first=True), 1)) for name in family.shipped_configs]
     return frozenset(type(module).__name__ for model in models for module in model.modules())
 
 
@@ -373,7 +373,7 @@ def test_family_module_is_complete(module_name):
         assert family_of(model) is family, twin.name
         assert twin_of(model.config) == twin.folder  # the twin stands in for real models of its own kind
     for name in family.shipped_configs:
-        config = load_config(name)
+        config = load_config(name, shipped_first=True)
         assert family_of(config) is family, name
         assert config.model_type in family.layer_stacks, f"{name}: the estimator has no layer arithmetic for it"
         stacks, loss_seq = layer_stacks(config, 20, 1, image_processor_settings(name))

@@ -11,7 +11,7 @@ from transformers.utils import is_torchvision_available
 from alt_text_recipes.data.checks import check_split
 from alt_text_recipes.data.input_pipeline import prepare_for_training
 from alt_text_recipes.data.sources import load_caption_dataset
-from alt_text_recipes.train.collators import AltTextCollator
+from alt_text_recipes.train.collators import Blip2Collator
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_processor
 from alt_text_recipes.train.registry import recipe_defaults
@@ -23,7 +23,7 @@ BF16_RELATIVE_STEP = 2**-7  # the spacing of bf16 numbers near 1, relative
 
 
 def _batches(split, processor, is_encoder_decoder):
-    collator = AltTextCollator(processor, is_encoder_decoder)
+    collator = Blip2Collator(processor, is_encoder_decoder)
     rows = range(len(split))
     plain = collator([split[i] for i in rows])
     in_workers = collator([prepare_for_training(split, processor)[i] for i in rows])

@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 
 from alt_text_recipes.data.images import BadImage, open_checked
 from alt_text_recipes.data.logs import get_logger
-from alt_text_recipes.data.sources import DatasetError
-from alt_text_recipes.outputs.metrics import as_reference_list
+from alt_text_recipes.data.sources import DatasetError, as_reference_list
 
 logger = get_logger(__name__)
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The files read as photos, wherever photos are looked for (caption folders, alt-text inputs).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
 # Larger than any photo a caption model needs; a decompression bomb is far above it.
 MAX_PIXELS = 50_000_000
 # A 20000×50 strip resized to the model's square input shows nothing.

@@ -39,10 +39,10 @@ from datasets import (
 from datasets.exceptions import DatasetGenerationError
 
 from alt_text_recipes.data.errors import DatasetError
+from alt_text_recipes.data.images import IMAGE_SUFFIXES
 from alt_text_recipes.data.paths import REPO_ROOT, places_looked
 
 TABLE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 SPLIT_IN_NAME = re.compile(r"(?<![a-z])(train|training|validation|valid|val|dev|test|testing)(?![a-z])")
 SPLIT_NAMES = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any
+from typing import Any, Sequence
 
 from datasets import Dataset, DatasetDict, Image
 
@@ -19,6 +19,11 @@ from alt_text_recipes.data.errors import DatasetError  # noqa: F401  (imported f
 from alt_text_recipes.data.layouts import read_source, read_split_files
 
 HELD_OUT_FROM = "train"
+
+
+def as_reference_list(captions: str | Sequence[str]) -> list[str]:
+    """One image's references: a caption column holds one string or a list of them."""
+    return [captions] if isinstance(captions, str) else list(captions)
 
 
 def load_caption_dataset(

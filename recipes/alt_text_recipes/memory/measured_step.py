@@ -26,11 +26,12 @@ import torch
 from PIL import Image
 
 from alt_text_recipes.data.paths import REPO_ROOT
-from alt_text_recipes.memory.estimator import GB, Stack, estimate, layer_stacks, load_config
+from alt_text_recipes.memory.estimator import GB, Stack, estimate, layer_stacks
 from alt_text_recipes.memory.measured import MemoryBreakdownCallback, SavedActivationMeter
 from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.families import base_model_of
 from alt_text_recipes.train.loop import build_trainer
+from alt_text_recipes.train.modeling import load_config
 from alt_text_recipes.train.registry import MEASURED_RUN_FLAGS, recipe_defaults
 
 PARTS = ("params", "grads", "optimizer")
@@ -151,7 +152,7 @@ def measure_step(
         *flags,
     ]
     script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), args)
-    config = load_config(model_folder)
+    config = load_config(model_folder, shipped_first=True)
     stacks, _ = layer_stacks(config, 1, 1)
     trainer = build_trainer(script_args, training_args, model_args)
     memory = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MemoryBreakdownCallback))

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from alt_text_recipes.memory.estimator import estimate
+from alt_text_recipes.memory.estimator import caption_token_count, estimate
 from alt_text_recipes.memory.measured import GB
 
 
@@ -50,6 +50,12 @@ def next_techniques(training_args, model_args) -> list[tuple[str, object, object
             )
         )
     return options
+
+
+def advice_for_run(script_args, training_args, model_args, tokenizer) -> str:
+    """`out_of_memory_advice` for a run that ran out, its captions' length counted with its own tokenizer."""
+    caption_tokens = caption_token_count(script_args, model_args, training_args.seed, tokenizer)
+    return out_of_memory_advice(script_args, training_args, model_args, caption_tokens)
 
 
 def out_of_memory_advice(script_args, training_args, model_args, caption_tokens: int) -> str:

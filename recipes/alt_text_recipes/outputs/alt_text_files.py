@@ -15,9 +15,8 @@ from urllib.parse import quote
 from PIL import Image
 
 from alt_text_recipes.data.errors import RecipeError
-from alt_text_recipes.data.images import BadImage, open_checked
+from alt_text_recipes.data.images import IMAGE_SUFFIXES, BadImage, open_checked
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Words that leave a shortened description hanging ("a bowl of soup with").
 DANGLING_WORDS = {"a", "an", "the", "and", "or", "with", "of", "on", "in", "at", "to", "topped", "by", "for"}
 

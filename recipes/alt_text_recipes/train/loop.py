@@ -24,9 +24,7 @@ from alt_text_recipes.data.input_pipeline import prepare_for_training
 from alt_text_recipes.data.logs import get_logger
 from alt_text_recipes.data.sources import select_split
 from alt_text_recipes.data.streaming import first_examples, load_caption_stream, streamed_splits
-from alt_text_recipes.memory.estimator import caption_token_count, meta_model
 from alt_text_recipes.memory.measured import GB, MemoryBreakdownCallback, format_bytes, peak_memory
-from alt_text_recipes.memory.oom_advice import out_of_memory_advice
 from alt_text_recipes.outputs.generation import generate_alt_text
 from alt_text_recipes.outputs.model_card import run_summary
 from alt_text_recipes.train.arguments import ScriptArguments, parse_recipe_args
@@ -40,6 +38,7 @@ from alt_text_recipes.train.modeling import (
     load_model,
     load_processor,
     lora_targets,
+    meta_model,
 )
 from alt_text_recipes.train.parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
 from alt_text_recipes.train.trainer import AltTextTrainer, resume_checkpoint
@@ -202,14 +201,11 @@ def fit(
         trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
-        raise RecipeError(
-            out_of_memory_advice(
-                script_args,
-                training_args,
-                model_args,
-                caption_token_count(script_args, model_args, training_args.seed, trainer.processing_class.tokenizer),
-            )
-        ) from None
+        # The estimator's predictions for the next techniques: imported only by a run that has run out.
+        from alt_text_recipes.memory.oom_advice import advice_for_run
+
+        tokenizer = trainer.processing_class.tokenizer
+        raise RecipeError(advice_for_run(script_args, training_args, model_args, tokenizer)) from None
     return time.perf_counter() - start
 
 

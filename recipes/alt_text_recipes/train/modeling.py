@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PretrainedConfig, PreTrainedModel
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from alt_text_recipes.data.errors import RecipeError, first_line
 from alt_text_recipes.data.logs import get_logger
-from alt_text_recipes.data.paths import resolve_local
+from alt_text_recipes.data.paths import resolve_local, shipped_config
 from alt_text_recipes.train.families import (
     PARTS,
     bare_parameters,
@@ -26,7 +26,9 @@ from alt_text_recipes.train.families import (
     part_module_names,
     targets_within,
 )
+from alt_text_recipes.train.library_internals import without_zero3_init
 from alt_text_recipes.train.parallel import describe_device_map
+from alt_text_recipes.train.random_weights import instantiate, is_skeleton
 
 logger = get_logger(__name__)
 
@@ -95,8 +97,6 @@ def load_model(
         ] + OUTPUT_LAYERS
     if device_map is None and quantization_config is not None:
         device_map = quantized_device_map(use_cpu)
-    from alt_text_recipes.train.random_weights import is_skeleton  # it imports this module
-
     source = model_source(model_args.model_name_or_path)
     if is_skeleton(source):
         return _instantiate_skeleton(model_args, quantization_config, device_map)
@@ -127,19 +127,28 @@ def _instantiate_skeleton(model_args: ModelConfig, quantization_config, device_m
             "be loaded quantized or split with --device_map. Build it with its weights "
             "(recipes/alt_text_recipes/train/random_weights.build_random_model(..., weights=True))."
         )
-    from alt_text_recipes.train.random_weights import instantiate
-
     device = f"cuda:{PartialState().local_process_index}" if torch.cuda.is_available() else "cpu"
     return instantiate(
         resolve_local(model_args.model_name_or_path), model_args.dtype, model_args.attn_implementation, device
     )
 
 
-def load_config(name_or_path: str, trust_remote_code: bool = False):
+def load_config(name_or_path: str, trust_remote_code: bool = False, shipped_first: bool = False) -> PretrainedConfig:
+    """A model's configuration without its weights. `shipped_first`: a real model's config shipped in
+    data/model_configs is read instead of the Hub's (the estimator and the benchmarks work offline on the real
+    model names; training reads what it will load)."""
+    shipped = shipped_config(name_or_path) if shipped_first else None
     try:
-        return AutoConfig.from_pretrained(model_source(name_or_path), trust_remote_code=trust_remote_code)
+        source = str(shipped) if shipped is not None else model_source(name_or_path)
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise unreachable(name_or_path, error) from None
+
+
+def meta_model(config: PretrainedConfig) -> torch.nn.Module:
+    """The model of `config` on the meta device: its modules and shapes, no memory."""
+    with torch.device("meta"), without_zero3_init():
+        return AutoModelForImageTextToText.from_config(config)
 
 
 def is_encoder_decoder(model: PreTrainedModel) -> bool:

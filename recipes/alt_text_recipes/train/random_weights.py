@@ -21,12 +21,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PretrainedConfig
 
 from alt_text_recipes.data.errors import RecipeError
-from alt_text_recipes.data.paths import SHIPPED_CONFIGS, shipped_config
+from alt_text_recipes.data.paths import SHIPPED_CONFIGS, resolve_local, shipped_config
 from alt_text_recipes.train.families import family_of
-from alt_text_recipes.train.modeling import load_processor
 
 MARKER = "random_weights.json"
 
@@ -112,7 +111,9 @@ def build_random_model(
     when a recipe loads it). Reused when the folder already holds the same model."""
     out_folder = Path(out_folder)
     config = with_layers(real_config(name), layers)
-    processor = adapt_processor(load_processor(twin_of(config)), config, image_splitting)
+    # The twin is a folder of this repository: read as any local processor (modeling.py loads models through
+    # this module's skeletons, so it is not imported here).
+    processor = adapt_processor(AutoProcessor.from_pretrained(resolve_local(twin_of(config))), config, image_splitting)
     _use_twin_token_ids(config, processor.tokenizer)
     marker = out_folder / MARKER
     description = json.dumps({"model": str(name), "layers": layers, "dtype": dtype, "weights": weights})

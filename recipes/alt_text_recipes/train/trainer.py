@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
@@ -28,6 +29,11 @@ from alt_text_recipes.outputs.evaluation import GenerationSettings, images_with_
 from alt_text_recipes.outputs.generation import generate_for_dataset
 from alt_text_recipes.outputs.metrics import caption_scores
 from alt_text_recipes.outputs.model_card import RunSummary, write_model_card
+from alt_text_recipes.train.library_internals import (
+    cached_eval_dataloaders,
+    forget_eval_dataloaders,
+    shut_down_workers,
+)
 
 logger = get_logger(__name__)
 
@@ -81,6 +87,17 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return requested
 
 
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Mark a checkpoint complete once every process has written its part (sharded strategies write one each):
+    a run killed while saving leaves a folder without the marker, which resuming skips."""
+
+    def on_save(self, args: TrainingArguments, state, control, **kwargs):
+        PartialState().wait_for_everyone()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": state.global_step}))
+
+
 class NoGradientsIntoFrozenInputs(TrainerCallback):
     """Undo the input-embedding hooks that activation checkpointing adds, when they are not needed.
 
@@ -114,6 +131,7 @@ class AltTextTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.add_callback(NoGradientsIntoFrozenInputs())
         self.add_callback(CaptionSamplesCallback(self))
+        self.add_callback(MarkCompleteCheckpoints())
         self.generation = generation
         self.embedding_model = embedding_model
         self.caption_metrics = caption_metrics
@@ -123,7 +141,6 @@ class AltTextTrainer(Trainer):
         self.caption_sample_count = caption_samples
         self.caption_samples: list[CaptionSample] = []
         self.caption_samples_name = "eval"
-        self._dataset_under_evaluation: Dataset | None = None
         self._flops_per_token: int | None = None
 
     def train(self, *args, **kwargs):
@@ -147,17 +164,9 @@ class AltTextTrainer(Trainer):
 
     def close_dataloader_workers(self) -> None:
         """Shut down the worker processes that persistent DataLoaders (training, cached evaluation) keep."""
-        loaders = [
-            getattr(self.callback_handler, "train_dataloader", None),
-            *getattr(self, "_eval_dataloaders", {}).values(),
-        ]
-        for loader in loaders:
-            iterator = getattr(loader, "_iterator", None)
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
-                loader._iterator = None
-        if hasattr(self, "_eval_dataloaders"):
-            self._eval_dataloaders = {}
+        for loader in (getattr(self.callback_handler, "train_dataloader", None), *cached_eval_dataloaders(self)):
+            shut_down_workers(loader)
+        forget_eval_dataloaders(self)
 
     def get_train_dataloader(self) -> DataLoader:
         """A stream split by process (`alt_text_recipes.data.streaming.rank_share`) is read by each process itself,
@@ -172,7 +181,7 @@ class AltTextTrainer(Trainer):
         args = self.args
         loader = DataLoader(
             self.train_dataset,
-            batch_size=self._train_batch_size,
+            batch_size=self.args.train_batch_size,  # --auto_find_batch_size is not for streams
             collate_fn=self.data_collator,
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory,
@@ -201,17 +210,18 @@ class AltTextTrainer(Trainer):
         return self._flops_per_token * inputs[main_input].numel()
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        self._dataset_under_evaluation = dataset if isinstance(dataset, Dataset) else None
         self.caption_samples, self.caption_samples_name = [], metric_key_prefix  # none kept from an earlier one
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
     ):
+        """The Trainer's loss over the evaluation split, with the caption metrics of real generation beside it, in the
+        same metrics (logged, reported, and read by --metric_for_best_model and early stopping)."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if self.caption_metrics and description == "Evaluation" and self._dataset_under_evaluation is not None:
-            scores = self.generated_caption_scores(self._dataset_under_evaluation)
+        dataset = dataloader.dataset  # the evaluation split itself: the collator reads its raw columns
+        if self.caption_metrics and description == "Evaluation" and isinstance(dataset, Dataset):
+            scores = self.generated_caption_scores(dataset)
             output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
         return output
 
@@ -251,13 +261,6 @@ class AltTextTrainer(Trainer):
         if world > 1:
             captions = gather_object(captions)  # concatenated in process order
         return captions[: len(dataset)]
-
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()  # every process has written its part (sharded strategies)
-        if self.is_world_process_zero():
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": self.state.global_step}))
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """--push_to_hub makes (or finds) the Hub repository as the trainer is built, before training: without a

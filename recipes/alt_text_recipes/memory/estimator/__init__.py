@@ -95,8 +95,7 @@ not fit on the GPUs count as host memory.
 # trains), weights (params, grads, optimizer state), tokens (prompt and caption lengths), stacks (activations),
 # placement (model parallel), strategy_bytes (DDP, FSDP, DeepSpeed) and predict (`estimate` and `Estimate`).
 # Every name the single estimator.py module offered is importable from here.
-from alt_text_recipes.memory.activations import Stack
-from alt_text_recipes.memory.estimator.model_files import image_processor_settings, load_config, meta_model
+from alt_text_recipes.memory.estimator.model_files import image_processor_settings
 from alt_text_recipes.memory.estimator.placement import (
     busiest_gpu,
     device_map_gpus,
@@ -149,6 +148,7 @@ from alt_text_recipes.memory.estimator.weights import (
     weight_tensors,
 )
 from alt_text_recipes.memory.parts import GB, MemoryParts
+from alt_text_recipes.train.stack_shapes import Stack
 
 __all__ = [
     "CHAT_TEMPLATE_TOKENS",
@@ -181,8 +181,6 @@ __all__ = [
     "is_lora_target",
     "layer_stacks",
     "layers_per_device",
-    "load_config",
-    "meta_model",
     "module_device",
     "optimizer_bytes",
     "outside_bytes",

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 import torch
 
 from alt_text_recipes.data.errors import RecipeError
-from alt_text_recipes.memory.activations import Stack
 from alt_text_recipes.memory.estimator.stacks import outside_bytes, stack_bytes
 from alt_text_recipes.memory.estimator.weights import Weight, embedding_weight_names, optimizer_bytes
 from alt_text_recipes.train.parallel import parse_device_map, plan_device_map
+from alt_text_recipes.train.stack_shapes import Stack
 
 
 @contextmanager

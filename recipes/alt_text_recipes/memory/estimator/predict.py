@@ -7,8 +7,7 @@ import json
 import resource
 from dataclasses import asdict, dataclass, field
 
-from alt_text_recipes.memory.activations import Stack
-from alt_text_recipes.memory.estimator.model_files import image_processor_settings, load_config, meta_model
+from alt_text_recipes.memory.estimator.model_files import image_processor_settings
 from alt_text_recipes.memory.estimator.placement import (
     busiest_gpu,
     device_total,
@@ -37,6 +36,8 @@ from alt_text_recipes.memory.estimator.weights import (
     weight_tensors,
 )
 from alt_text_recipes.memory.parts import GB, MemoryParts
+from alt_text_recipes.train.modeling import load_config, meta_model
+from alt_text_recipes.train.stack_shapes import Stack
 
 CUDA_CONTEXT_GB = 0.5  # what the CUDA context and kernels take outside the allocator's count
 
@@ -124,7 +125,7 @@ def estimate(
     strategy: str | None = None,
     device: str = "cuda",
 ) -> Estimate:
-    config = load_config(model_args.model_name_or_path)
+    config = load_config(model_args.model_name_or_path, shipped_first=True)
     model = meta_model(config)
     plan = training_plan(model, script_args, model_args)
     weights = weight_tensors(model, model_args, plan)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 
 from alt_text_recipes.data.errors import RecipeError
-from alt_text_recipes.memory.activations import Precision, Stack, precision, rms_norm_bytes
-from alt_text_recipes.memory.activations import stack_bytes as layers_bytes
+from alt_text_recipes.memory.activations import Precision, precision, rms_norm_bytes, stack_saved_bytes
 from alt_text_recipes.memory.estimator.plan import TrainingPlan
 from alt_text_recipes.memory.estimator.weights import DTYPE_BYTES, is_quantized_linear
 from alt_text_recipes.train.families import FAMILIES, within
+from alt_text_recipes.train.stack_shapes import Stack
 
 # Each family's layer arithmetic lives in its module (recipes/alt_text_recipes/train/families/<family>.py).
 STACK_BUILDERS = {
@@ -60,7 +60,7 @@ def stack_bytes(
     stack: Stack, mode: str, model_args, training_args, device: str, layers: int | None = None, entry: bool = False
 ) -> float:
     """What one stack (or `layers` of its layers) saves for backward, for one micro-batch."""
-    return layers_bytes(
+    return stack_saved_bytes(
         stack,
         mode,
         precision_of(model_args, training_args, device),

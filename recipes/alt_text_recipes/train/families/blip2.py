@@ -3,8 +3,8 @@ caption follows the image tokens, as it was pre-trained)."""
 
 from __future__ import annotations
 
-from alt_text_recipes.memory.activations import Stack, layers_of
 from alt_text_recipes.train.families import ModelFamily, Twin
+from alt_text_recipes.train.stack_shapes import Stack, layers_of
 
 VISION = "vision_model"
 QFORMER = "qformer"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 
-from alt_text_recipes.memory.activations import Stack, connector_projection, layers_of, llama_decoder
 from alt_text_recipes.train.families import DECODER_PROJECTIONS, ModelFamily, Twin
+from alt_text_recipes.train.stack_shapes import Stack, connector_projection, layers_of, llama_decoder
 
 VISION = "model.vision_model"
 CONNECTOR = "model.connector"
