@@ -3,7 +3,7 @@
 # `make test`: the test suite (what CI runs); on a GPU host it includes the GPU tests.
 # `make test-gpu`: only the GPU tests (tests/test_gpu.py, marker `gpu`); an error on a machine without CUDA.
 # `make gpu-check`: on a machine with one NVIDIA GPU, validate what needs one, in 300 s budgets (calls of <= 6 min)
-#              -> benchmarks/results/gpu-<gpu name>/ (README "Validate on a GPU"). It installs nothing: the
+#              -> benchmarks/results/gpu-<gpu name>/ (docs/gpu-validation.md). It installs nothing: the
 #              packages must import with $(GPU_PYTHON) (on the lent machine, the carried wheels on PYTHONPATH).
 # `make gpu-check-dry`: the same steps on this CPU with the tiny twins (~1.5-2.5 min) -> benchmarks/results/gpu-dry-cpu/
 # `make gpu-wheels`: download/build here the wheels the lent GPU machine lacks -> .whl/ (git-ignored).

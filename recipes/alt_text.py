@@ -71,8 +71,8 @@ class AltTextArguments(GenerationArguments):
     quantize: str = field(
         default="none",
         metadata={
-            "help": "int8: PyTorch dynamic int8 on the linear layers, for CPU servers (README 'Alt text for a "
-            "catalogue' says when it pays); none: as loaded.",
+            "help": "int8: PyTorch dynamic int8 on the linear layers, for CPU servers (docs/alt-text.md, 'Alt "
+            "text for a catalogue', says when it pays); none: as loaded.",
             "choices": ["none", "int8"],
         },
     )

@@ -217,7 +217,7 @@ def main() -> None:
         f"{(total + tree) / 2**20:.1f} MiB of {CALL_LIMIT / 2**20:.0f} MiB"
     )
     if total + tree > CALL_LIMIT:
-        sys.exit("over the 64 MiB a call carries: see README 'Validate on a GPU' (split the wheels over two calls).")
+        sys.exit("over the 64 MiB a call carries: see docs/gpu-validation.md (split the wheels over two calls).")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Presets, the CLI and the README stay true to each other."""
+"""Presets, the CLI, the README and the docs stay true to each other."""
 
 from __future__ import annotations
 
@@ -114,14 +114,59 @@ def test_help_from_the_command_line(monkeypatch, capsys):
     assert printed.startswith("usage: lora.py") and "--dataset_name" in printed and "--lora_target_modules" in printed
 
 
+# README.md and the guides under docs/: what they name must exist, and their links must lead somewhere.
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+NAMED_PATH = re.compile(r"\b((?:recipes|data|docs|scripts|accelerate_configs|ds_configs|tests|benchmarks)/[\w./-]*\w)")
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+")
+CODE_BLOCK = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _doc_name(doc) -> str:
+    return str(doc.relative_to(REPO_ROOT))
+
+
+def _anchors(doc) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", CODE_BLOCK.sub("", doc.read_text()), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
 def test_every_path_the_readme_names_exists():
-    readme = (REPO_ROOT / "README.md").read_text()
-    names = re.finditer(r"\b((?:recipes|data|accelerate_configs|ds_configs|tests|benchmarks)/[\w./-]*\w)", readme)
-    # a name followed by `-<placeholder>` or `*` is a pattern (benchmarks/results/gpu-<gpu name>/), not a file
-    paths = {m.group(1) for m in names if not readme[m.end() : m.end() + 2].startswith(("-<", "*"))}
-    assert len(paths) > 10
-    missing = [path for path in paths if not (REPO_ROOT / path).exists()]
-    assert not missing, f"README names missing files: {missing}"
+    """Every repository path README.md or a docs/ page names exists (code blocks included: they are commands)."""
+    assert len(DOCS) > 5, "the guides in docs/ are missing"
+    missing = []
+    for doc in DOCS:
+        text = URL.sub("", doc.read_text())
+        names = NAMED_PATH.finditer(text)
+        # a name followed by `-<placeholder>` or `*` is a pattern (benchmarks/results/gpu-<gpu name>/), not a file
+        paths = {m.group(1) for m in names if not text[m.end() : m.end() + 2].startswith(("-<", "*"))}
+        if doc.name == "README.md":
+            assert len(paths) > 10
+        missing += [f"{_doc_name(doc)}: {path}" for path in sorted(paths) if not (REPO_ROOT / path).exists()]
+    assert not missing, "the README or docs name missing files:\n" + "\n".join(missing)
+
+
+def test_every_link_in_the_readme_and_docs_resolves():
+    """Relative links ([text](path), [text](path#anchor), images) lead to a file, and an anchor to a heading there;
+    the README links every docs page, and every docs page links back to the README."""
+    readme, pages = DOCS[0], DOCS[1:]
+    broken, linked_from = [], {}
+    for doc in DOCS:
+        linked_from[doc] = set()
+        for target in LINK.findall(CODE_BLOCK.sub("", doc.read_text())):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not a file here
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            linked_from[doc].add(linked)
+            if not linked.exists():
+                broken.append(f"{_doc_name(doc)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{_doc_name(doc)}: {target} (no heading with that anchor)")
+    broken += [f"README.md: no link to {_doc_name(page)}" for page in pages if page not in linked_from[readme]]
+    broken += [f"{_doc_name(page)}: no link back to the README" for page in pages if readme not in linked_from[page]]
+    assert not broken, "broken links in the README or docs:\n" + "\n".join(broken)
 
 
 @pytest.mark.parametrize("config", sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)

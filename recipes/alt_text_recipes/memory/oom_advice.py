@@ -91,7 +91,7 @@ def out_of_memory_advice(script_args, training_args, model_args, caption_tokens:
             lines.append(f"  {flags}: {predicted.total_gb:.1f} GB{'' if predicted.fits else ' (still too much)'}")
         except Exception:  # an estimate that cannot be made must not hide the advice
             lines.append(f"  {flags}: (no estimate for this change)")
-    lines.append("More: `python recipes/estimate.py <recipe> ...` and the technique matrix in the README.")
+    lines.append("More: `python recipes/estimate.py <recipe> ...` and the technique matrix in docs/memory.md.")
     return "\n".join(lines)
 
 
