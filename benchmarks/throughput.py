@@ -58,10 +58,10 @@ from torch.utils.data import DataLoader
 from alt_text_recipes.data.input_pipeline import default_num_workers, prepare_for_training
 from alt_text_recipes.data.paths import EMBEDDED_DATASET
 from alt_text_recipes.data.sources import load_caption_dataset
-from alt_text_recipes.train.arguments import COMMON_DEFAULTS
 from alt_text_recipes.train.collators import Blip2Collator
 from alt_text_recipes.train.modeling import load_processor
 from alt_text_recipes.train.random_weights import build_random_model
+from alt_text_recipes.train.training_arguments import AltTextModelConfig
 
 # Siblings, found as gpu_check.py finds its own (this script's folder is first on sys.path when it runs by path):
 # the training loops and the fresh-process run of one variant, and the report.
@@ -287,7 +287,7 @@ def main() -> None:
         print(f"generating {args.images} {photo_kind} photos ...", flush=True)
         photos = make_photos(scratch / "photos", args.images, size=size, image_format=args.image_format)
         model_folder = (
-            preset.get("model_name_or_path", COMMON_DEFAULTS["model_name_or_path"])
+            preset.get("model_name_or_path", AltTextModelConfig.model_name_or_path)
             if not args.model_config
             else str(build_random_model(args.model_config, scratch / "model", weights=False))
         )

@@ -28,7 +28,6 @@ from alt_text_recipes.train.collators import Blip2Collator, make_collator
 from alt_text_recipes.train.loop import apply_lr_scaling, build_trainer
 from alt_text_recipes.train.modeling import add_lora, is_encoder_decoder, load_processor
 from alt_text_recipes.train.random_weights import instantiate, is_skeleton
-from alt_text_recipes.train.registry import recipe_defaults
 
 PARTS = ("vision_model", "qformer", "language_projection", "language_model")
 
@@ -102,9 +101,7 @@ def recipe_arguments(args: argparse.Namespace, model_folder: str, photos: Path, 
 
 def parsed_recipe(args: argparse.Namespace, model_folder: str, photos: Path, extra: tuple[str, ...] = ()) -> tuple:
     with tempfile.TemporaryDirectory() as output_dir:
-        return parse_recipe_args(
-            recipe_defaults(args.recipe), recipe_arguments(args, model_folder, photos, output_dir) + list(extra)
-        )
+        return parse_recipe_args(args.recipe, recipe_arguments(args, model_folder, photos, output_dir) + list(extra))
 
 
 def timing(args: argparse.Namespace, times: list[float], start: float, samples: int) -> dict:
@@ -134,7 +131,7 @@ def train_ours(args: argparse.Namespace, model_folder: str, photos: Path, compil
         cli = recipe_arguments(args, model_folder, photos, output_dir) + (
             ["--torch_compile", "true"] if compile_model else []
         )
-        script_args, training_args, model_args = parse_recipe_args(recipe_defaults(args.recipe), cli)
+        script_args, training_args, model_args = parse_recipe_args(args.recipe, cli)
         apply_lr_scaling(script_args, training_args)
         set_seed(training_args.seed)
         trainer = build_trainer(script_args, training_args, model_args)

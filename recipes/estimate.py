@@ -10,13 +10,14 @@
 It takes the recipe's own YAML and flags, so anything a recipe accepts can be estimated. The arithmetic:
 """
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
 from alt_text_recipes.data.errors import exit_on_user_error, require_setting
 from alt_text_recipes.memory.estimator import __doc__ as ARITHMETIC
 from alt_text_recipes.memory.estimator import estimate_run
-from alt_text_recipes.train.registry import SINGLE_RUN_RECIPES, recipe_defaults
+from alt_text_recipes.train.registry import SINGLE_RUN_RECIPES
 from alt_text_recipes.train.strategies import STRATEGY_NAMES
 
 __doc__ += ARITHMETIC
@@ -42,6 +43,13 @@ class EstimatorArguments:
             "choices": STRATEGY_NAMES,
         },
     )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "The accelerate config the run is launched with (its strategy and process count; default: "
+            "the preset's `accelerate_config`)."
+        },
+    )
     device: str = field(
         default="cuda",
         metadata={"help": "cuda (a GPU run) or cpu (a CPU run: the process counts).", "choices": ["cuda", "cpu"]},
@@ -61,9 +69,9 @@ def run_estimate(argv: list[str]):
         )
     from alt_text_recipes.train.arguments import parse_recipe_args
 
-    script_args, training_args, model_args, options = parse_recipe_args(
-        recipe_defaults(argv[0]), argv[1:], extra=(EstimatorArguments,)
-    )
+    script_args, training_args, model_args, options = parse_recipe_args(argv[0], argv[1:], extra=(EstimatorArguments,))
+    if options.accelerate_config:  # the flag over what the preset says it is launched with
+        script_args.preset = dataclasses.replace(script_args.preset, accelerate_config=options.accelerate_config)
     result = estimate_run(
         script_args,
         training_args,

@@ -38,7 +38,6 @@ from alt_text_recipes.outputs.experiment_matrix import (
     recipe_args,
     run_command,
 )
-from alt_text_recipes.train.registry import recipe_defaults
 
 
 def predict(
@@ -48,7 +47,7 @@ def predict(
     from alt_text_recipes.train.arguments import parse_recipe_args
 
     script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults(preset.recipe), recipe_args(preset, tiny, output_dir, extra_args)
+        preset.recipe, recipe_args(preset, tiny, output_dir, extra_args)
     )
     result = estimate_run(
         script_args,

@@ -9,7 +9,6 @@ Offline on CPU with the embedded tiny model and food photos:
 """
 
 from alt_text_recipes.train.loop import main
-from alt_text_recipes.train.registry import recipe_defaults
 
 if __name__ == "__main__":
-    main(recipe_defaults("full_ft"))
+    main("full_ft")

@@ -9,7 +9,6 @@ Reload: `PeftModel.from_pretrained(base_model, output_dir)` (the processor is sa
 """
 
 from alt_text_recipes.train.loop import main
-from alt_text_recipes.train.registry import recipe_defaults
 
 if __name__ == "__main__":
-    main(recipe_defaults("lora"))
+    main("lora")

@@ -8,7 +8,6 @@ Offline on CPU with the embedded tiny model:
 """
 
 from alt_text_recipes.train.loop import main
-from alt_text_recipes.train.registry import recipe_defaults
 
 if __name__ == "__main__":
-    main(recipe_defaults("qlora"))
+    main("qlora")

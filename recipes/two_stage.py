@@ -10,8 +10,7 @@ reload stage 2 with `alt_text_recipes.train.modeling.load_trained("<output_dir>/
 """
 
 from alt_text_recipes.data.errors import exit_on_user_error
-from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.stages import run_two_stage
 
 if __name__ == "__main__":
-    exit_on_user_error(run_two_stage, recipe_defaults("two_stage"))
+    exit_on_user_error(run_two_stage, "two_stage")

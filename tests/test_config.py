@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import re
 import sys
@@ -12,7 +14,6 @@ import yaml
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.loop import main
-from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.stages import TwoStageArguments
 
 from conftest import REPO_ROOT
@@ -32,9 +33,7 @@ def test_every_preset_parses_for_its_recipe(preset):
     recipe = _recipe_of(preset)
     assert (REPO_ROOT / "recipes" / f"{recipe}.py").exists()
     extra = (TwoStageArguments,) if recipe == "two_stage" else ()
-    script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults(recipe), ["--config", str(preset)], extra=extra
-    )[:3]
+    script_args, training_args, model_args = parse_recipe_args(recipe, ["--config", str(preset)], extra=extra)[:3]
     assert training_args.remove_unused_columns is False
     assert model_args.model_name_or_path
 
@@ -62,36 +61,34 @@ def test_matrix_titles_are_read_from_the_presets():
 
 def test_precedence_recipe_defaults_then_yaml_then_cli():
     preset = str(REPO_ROOT / "recipes/configs/tiny/lora.yaml")
-    _, training_args, model_args = parse_recipe_args(recipe_defaults("lora"), ["--config", preset])
+    _, training_args, model_args = parse_recipe_args("lora", ["--config", preset])
     assert model_args.use_peft is True  # recipe default
     assert training_args.learning_rate == 3e-3  # YAML over the recipe's 2e-4
-    _, training_args, _ = parse_recipe_args(recipe_defaults("lora"), ["--config", preset, "--learning_rate", "0.5"])
+    _, training_args, _ = parse_recipe_args("lora", ["--config", preset, "--learning_rate", "0.5"])
     assert training_args.learning_rate == 0.5  # CLI over YAML
 
 
 def test_real_model_is_the_default():
-    _, training_args, model_args = parse_recipe_args(recipe_defaults("qlora"), [])
+    _, training_args, model_args = parse_recipe_args("qlora", [])
     assert model_args.model_name_or_path == "Salesforce/blip2-opt-2.7b"
     assert model_args.load_in_4bit and model_args.use_peft and training_args.bf16
 
 
 def test_preset_for_another_recipe_is_refused():
     with pytest.raises(RecipeError, match="this preset is for recipes/lora.py"):
-        parse_recipe_args(
-            recipe_defaults("full_ft"), ["--config", str(REPO_ROOT / "recipes/configs/matrix/lora.yaml")]
-        )
+        parse_recipe_args("full_ft", ["--config", str(REPO_ROOT / "recipes/configs/matrix/lora.yaml")])
 
 
 def test_quantized_full_fine_tuning_is_refused():
     with pytest.raises(RecipeError, match="only be trained with LoRA"):
-        parse_recipe_args(recipe_defaults("full_ft"), ["--load_in_4bit", "true"])
+        parse_recipe_args("full_ft", ["--load_in_4bit", "true"])
 
 
 @pytest.mark.parametrize("recipe", ["full_ft", "lora", "qlora"])
 def test_help_lists_script_trainer_and_model_flags(recipe):
     from alt_text_recipes.train.arguments import make_parser
 
-    text = make_parser(recipe_defaults(recipe)).format_help()
+    text = make_parser(recipe).format_help()
     for flag in (
         "--dataset_name",
         "--image_column",
@@ -108,7 +105,7 @@ def test_help_from_the_command_line(monkeypatch, capsys):
     # `python recipes/lora.py --help`, through the entry point the script calls, in this process.
     monkeypatch.setattr(sys, "argv", ["recipes/lora.py", "--help"])
     with pytest.raises(SystemExit) as exit:
-        main(recipe_defaults("lora"))
+        main("lora")
     assert exit.value.code == 0
     printed = capsys.readouterr().out
     assert printed.startswith("usage: lora.py") and "--dataset_name" in printed and "--lora_target_modules" in printed
@@ -191,3 +188,53 @@ def test_deepspeed_configs_leave_trainer_values_to_auto(name):
     ):
         assert settings[key] == "auto"
     assert settings["bf16"]["enabled"] == "auto" and settings["zero_optimization"]["reduce_bucket_size"] == "auto"
+
+
+# --- The parsed settings of every preset and recipe, against the record in tests/preset_settings.json --------
+# The record was written before the defaults moved into the argument classes (registry.py), and a change to any
+# default shows here as the settings it changes. After an intended change, rewrite the record with
+#     python tests/test_config.py --write-preset-settings
+PRESET_SETTINGS = REPO_ROOT / "tests" / "preset_settings.json"
+MACHINE_DEPENDENT = {"use_cpu", "dataloader_num_workers", "dataloader_persistent_workers"}
+NOT_SETTINGS = {"recipe", "preset"}  # what the run is, not how it is set (ScriptArguments' non-flag fields)
+
+
+def parsed_settings(source: str) -> dict:
+    """Every field of the dataclasses a preset (or a bare recipe, `recipes/<name>.py`) parses into, as JSON."""
+    path = REPO_ROOT / source
+    recipe, args = (path.stem, []) if source.endswith(".py") else (_recipe_of(path), ["--config", str(path)])
+    extra = (TwoStageArguments,) if recipe == "two_stage" else ()
+    settings = {}
+    for parsed in parse_recipe_args(recipe, args, extra=extra):
+        for settings_field in dataclasses.fields(parsed):
+            name = settings_field.name
+            if name not in MACHINE_DEPENDENT | NOT_SETTINGS and not name.startswith("_"):
+                settings[name] = json.loads(json.dumps(getattr(parsed, name), default=_as_json))
+    return settings
+
+
+def _as_json(value):
+    return value.value if isinstance(value, enum.Enum) else repr(value)
+
+
+def _sources() -> list[str]:
+    bare = [f"recipes/{name}.py" for name in ("full_ft", "lora", "qlora", "two_stage")]
+    return bare + [str(path.relative_to(REPO_ROOT)) for path in PRESETS]
+
+
+@pytest.mark.parametrize("source", _sources())
+def test_parsed_settings_match_the_record(source):
+    recorded = json.loads(PRESET_SETTINGS.read_text())
+    assert source in recorded, f"{source} is not in {PRESET_SETTINGS.name}: rewrite the record (see above)"
+    settings = parsed_settings(source)
+    changed = {
+        name: (recorded[source].get(name, "<absent>"), settings.get(name, "<absent>"))
+        for name in recorded[source].keys() | settings.keys()
+        if recorded[source].get(name, "<absent>") != settings.get(name, "<absent>")
+    }
+    assert not changed, f"{source}: (recorded, parsed now) {changed}"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-preset-settings"]:
+    lines = [f"{json.dumps(source)}: {json.dumps(parsed_settings(source), sort_keys=True)}" for source in _sources()]
+    PRESET_SETTINGS.write_text("{\n" + ",\n".join(lines) + "\n}\n")

@@ -16,7 +16,6 @@ from datasets import Dataset, Image
 
 from alt_text_recipes.data.sources import DatasetError, load_caption_dataset
 from alt_text_recipes.train.loop import run
-from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import DATASET
 
@@ -289,7 +288,7 @@ def test_each_layout_trains_the_tiny_twin(layout, photos, tmp_path):
     write, flags = LAYOUTS[layout]
     source = write(photos, tmp_path)
     result = run(
-        recipe_defaults("lora"),
+        "lora",
         [
             "--config",
             "recipes/configs/tiny/lora.yaml",

@@ -16,7 +16,6 @@ from alt_text_recipes.outputs.experiment_matrix import launch_command, load_pres
 from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.families import FAMILIES
 from alt_text_recipes.train.modeling import load_config, meta_model
-from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import REPO_ROOT, python_for_runs, run_recipe, selected_params
 
@@ -42,9 +41,7 @@ def test_shipped_configs_give_exact_parameter_counts(model):
 
 def _estimate(preset_name: str, *flags: str, caption_tokens: int = 20, **options):
     preset = load_preset(preset_name)
-    script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults(preset.recipe), ["--config", str(preset.path), *flags]
-    )
+    script_args, training_args, model_args = parse_recipe_args(preset.recipe, ["--config", str(preset.path), *flags])
     return estimate(script_args, training_args, model_args, caption_tokens, **options)
 
 
@@ -169,7 +166,7 @@ def test_experiment_runner_writes_results_a_table_and_a_chart(tmp_path):
 def test_multi_gpu_presets_are_estimated_per_gpu_as_their_strategy_divides():
     def multi(name):
         path = REPO_ROOT / f"recipes/configs/multi_gpu/{name}.yaml"
-        script_args, training_args, model_args = parse_recipe_args(recipe_defaults("full_ft"), ["--config", str(path)])
+        script_args, training_args, model_args = parse_recipe_args("full_ft", ["--config", str(path)])
         return estimate(script_args, training_args, model_args, 20)
 
     single, ddp, fsdp = multi("single_gpu_baseline"), multi("ddp4_bf16"), multi("fsdp4_bf16")
@@ -199,14 +196,12 @@ IDEFICS2_PRESETS = {
 @functools.cache
 def _idefics2(name: str, *flags: str, **options):
     preset = load_preset(str(REPO_ROOT / f"recipes/configs/idefics2/{name}.yaml"))
-    script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults(preset.recipe), ["--config", str(preset.path), *flags]
-    )
+    script_args, training_args, model_args = parse_recipe_args(preset.recipe, ["--config", str(preset.path), *flags])
     return estimate(script_args, training_args, model_args, 20, **options)
 
 
 def _recipe_estimate(recipe: str, *flags: str):
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), list(flags))
+    script_args, training_args, model_args = parse_recipe_args(recipe, list(flags))
     return estimate(script_args, training_args, model_args, 20)
 
 
@@ -285,7 +280,7 @@ def test_families_llava_default_lora_targets_leave_the_vision_tower_alone():
     unchecked = _recipe_estimate("lora", "--model_name_or_path", LLAVA, "--gradient_checkpointing", "false")
     assert unchecked.parts["activations_by_part_gb"]["vision"] == 0
     assert result.parts["stack_modes"]["connector"] == result.parts["stack_modes"]["language_model"] == "lora"
-    script_args, _, model_args = parse_recipe_args(recipe_defaults("lora"), ["--model_name_or_path", LLAVA])
+    script_args, _, model_args = parse_recipe_args("lora", ["--model_name_or_path", LLAVA])
     plan = training_plan(meta_model(load_config(LLAVA, shipped_first=True)), script_args, model_args)
     assert plan.adapters and not [name for name in plan.adapters if FAMILIES["llava"].part_of(name) == "vision"]
 

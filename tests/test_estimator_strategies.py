@@ -22,7 +22,6 @@ from alt_text_recipes.memory.estimator import (
 )
 from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.modeling import load_config, meta_model
-from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.strategies import (
     STRATEGY_NAMES,
     Strategy,
@@ -62,7 +61,7 @@ def _preset(tmp_path, base: str, drop=(), **changes) -> str:
 
 
 def _estimate(preset: str, *flags: str, recipe: str = "full_ft", **options):
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), ["--config", preset, *flags])
+    script_args, training_args, model_args = parse_recipe_args(recipe, ["--config", preset, *flags])
     return estimate(script_args, training_args, model_args, 20, **options)
 
 
@@ -268,9 +267,7 @@ def test_idefics3_stacks_follow_its_processor():
 def test_idefics3_is_estimated_and_out_of_memory_advice_predicts():
     from alt_text_recipes.memory.oom_advice import out_of_memory_advice
 
-    script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults("lora"), ["--model_name_or_path", IDEFICS3]
-    )
+    script_args, training_args, model_args = parse_recipe_args("lora", ["--model_name_or_path", IDEFICS3])
     lora = estimate(script_args, training_args, model_args, 20)
     assert lora.num_params == 8_462_086_384 and 0 < lora.trainable_params < 0.01 * lora.num_params
     assert lora.parts["stack_modes"] == {"vision": "frozen", "connector": "frozen", "language_model": "lora"}
@@ -286,7 +283,7 @@ def test_out_of_memory_advice_without_an_estimate_still_lists_the_techniques(mon
         raise RecipeError("the memory estimator has no layer arithmetic for 'x' models yet (it knows blip-2).")
 
     monkeypatch.setattr(resources, "estimate", no_estimate)
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults("full_ft"), [])
+    script_args, training_args, model_args = parse_recipe_args("full_ft", [])
     lines = resources.out_of_memory_advice(script_args, training_args, model_args, 20).splitlines()
     techniques = [flags for flags, _, _ in resources.next_techniques(training_args, model_args)]
     assert len(techniques) >= 3

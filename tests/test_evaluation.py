@@ -25,7 +25,6 @@ from alt_text_recipes.outputs.generation import generate_alt_text
 from alt_text_recipes.outputs.metrics import caption_scores
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_trained
-from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import DATASET, TINY_MODELS, run_recipe
 from hub_standin import LocalHub
@@ -125,7 +124,7 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
     hub = LocalHub(tmp_path / "hub")
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", hub)
     run(
-        recipe_defaults("qlora"),
+        "qlora",
         [
             "--config",
             "recipes/configs/tiny/qlora.yaml",

@@ -33,7 +33,6 @@ from alt_text_recipes.train.families import (
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_config, load_trained, meta_model
 from alt_text_recipes.train.random_weights import twin_of, with_layers
-from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.stages import run_two_stage
 
 from conftest import ALL_TWINS, CHAT_TWINS, DATASET, REPO_ROOT, TINY_MODELS, logged_losses
@@ -172,9 +171,7 @@ def test_one_lora_target_on_the_command_line_is_a_module_name():
 
     def adapted(*targets: str) -> set[str]:
         flags = ["--config", "recipes/configs/tiny/lora.yaml", "--output_dir", "unused"]
-        script_args, _, model_args = parse_recipe_args(
-            recipe_defaults("lora"), [*flags, "--lora_target_modules", *targets]
-        )
+        script_args, _, model_args = parse_recipe_args("lora", [*flags, "--lora_target_modules", *targets])
         model = AutoModelForImageTextToText.from_pretrained(TINY_MODELS["opt"])
         planned = training_plan(meta_model(model.config), script_args, model_args).adapters
         peft_model = add_lora(model, model_args, gradient_checkpointing=False)
@@ -207,7 +204,7 @@ def test_train_modules_parse_and_freeze_by_part():
 
 def test_full_ft_trains_only_the_named_parts(tmp_path, capsys):
     output_dir = tmp_path / "out"
-    full_ft = recipe_defaults("full_ft")
+    full_ft = "full_ft"
     run(
         full_ft,
         [
@@ -254,7 +251,7 @@ def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path, 
     """In this process (the entry script itself is launched on two ranks in tests/test_distributed.py)."""
     output_dir = tmp_path / "two"
     common = ["--config", "recipes/configs/tiny/two_stage.yaml", "--output_dir", str(output_dir)]
-    run_two_stage(recipe_defaults("two_stage"), [*common, "--stage1_max_steps", "10", "--max_steps", "20"])
+    run_two_stage("two_stage", [*common, "--stage1_max_steps", "10", "--max_steps", "20"])
     stdout = capsys.readouterr().out
     assert "stage 1 of 2" in stdout and f"starting from {output_dir / 'stage1'}" in stdout
     family = FAMILIES["llava"]
@@ -277,7 +274,7 @@ def test_two_stage_aligns_the_connector_then_adds_lora_from_stage_one(tmp_path, 
         losses = logged_losses(output_dir / stage)
         assert losses[-1] < losses[0], f"{stage}: {losses}"
 
-    run_two_stage(recipe_defaults("two_stage"), [*common, "--max_steps", "2"])
+    run_two_stage("two_stage", [*common, "--max_steps", "2"])
     stdout = capsys.readouterr().out
     assert "holds a finished stage 1 model" in stdout and "stage 1 of 2" not in stdout
 

@@ -14,7 +14,6 @@ from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.train.collators import Blip2Collator
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_processor
-from alt_text_recipes.train.registry import recipe_defaults
 
 from bad_inputs import USABLE, write_corpus
 from conftest import TINY_MODELS
@@ -83,7 +82,7 @@ def test_fast_and_plain_loss_curves_match_within_bf16(tmp_path):
     curves = {}
     for fast in ("false", "true"):
         result = run(
-            recipe_defaults("full_ft"),
+            "full_ft",
             [
                 "--config",
                 "recipes/configs/tiny/full_ft.yaml",

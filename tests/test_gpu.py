@@ -20,7 +20,6 @@ from transformers import AutoModelForImageTextToText
 from alt_text_recipes.memory.estimator import estimate
 from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.random_weights import build_random_model
-from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import TINY_MODELS, logged_losses, run_recipe
 
@@ -96,7 +95,7 @@ def _check_run(result, output_dir: Path, recipe: str, model: Path, args: list[st
     measured = _memory_logs(output_dir)[-1]  # the report after the first optimizer step
     assert measured["memory/grads_gb"] > 0 and measured["memory/optimizer_gb"] > 0, measured
     script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults(recipe), [*args, "--model_name_or_path", str(model), "--output_dir", str(output_dir)]
+        recipe, [*args, "--model_name_or_path", str(model), "--output_dir", str(output_dir)]
     )
     predicted = estimate(script_args, training_args, model_args, caption_tokens=20)
     for part in ("params", "grads", "optimizer"):

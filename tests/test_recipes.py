@@ -14,7 +14,6 @@ from transformers import AutoModelForImageTextToText
 from alt_text_recipes.outputs.generation import generate_alt_text
 from alt_text_recipes.train.loop import main
 from alt_text_recipes.train.modeling import load_trained
-from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import ALL_TWINS, TINY_MODELS, finished, logged_losses, run_recipe, run_recipes, selected_params
 
@@ -107,7 +106,7 @@ def test_lora_targets_that_match_nothing_fail_loudly(tmp_path, monkeypatch, caps
     argv = ["--config", "recipes/configs/tiny/lora.yaml", "--output_dir", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", ["recipes/lora.py", *argv, "--lora_target_modules", "q", "v"])  # T5 names
     with pytest.raises(SystemExit) as exit:
-        main(recipe_defaults("lora"))  # on the OPT model
+        main("lora")  # on the OPT model
     message = str(exit.value.code)
     assert message.startswith("error: ") and "LoRA target modules" in message and "q_proj" in message
     assert not (tmp_path / "adapter_model.safetensors").exists()

@@ -28,7 +28,6 @@ from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.train.arguments import _has_accelerator, parse_recipe_args, parse_tool_args
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_processor
-from alt_text_recipes.train.registry import recipe_defaults
 
 from bad_inputs import BAD, USABLE, write_corpus
 from conftest import TINY_MODELS, start_recipe
@@ -80,7 +79,7 @@ def test_colour_modes_are_converted_faithfully(corpus):
 def test_training_on_a_messy_collection_skips_reports_and_trains(corpus, tmp_path, capsys):
     output_dir = tmp_path / "out"
     trained = run(
-        recipe_defaults("full_ft"),
+        "full_ft",
         [*TINY_TRAIN, "--dataset_name", str(corpus), "--output_dir", str(output_dir), "--max_steps", "4"],
     )
     assert trained.train_seconds > 0 and (output_dir / "model.safetensors").exists()
@@ -94,7 +93,7 @@ def test_training_on_a_messy_collection_skips_reports_and_trains(corpus, tmp_pat
 def test_bad_examples_stop_the_run_when_asked_to(corpus, tmp_path):
     with pytest.raises(RecipeError, match=rf"^{len(BAD)} bad example\(s\) .*--on_bad_example skip"):
         run(
-            recipe_defaults("full_ft"),
+            "full_ft",
             [*TINY_TRAIN, "--dataset_name", str(corpus), "--output_dir", str(tmp_path), "--on_bad_example", "error"],
         )
 
@@ -106,7 +105,7 @@ def test_a_split_with_no_usable_example_is_a_clear_error(tmp_path):
     (split / "metadata.jsonl").write_text(json.dumps({"file_name": "broken.jpg", "text": "a plate"}) + "\n")
     with pytest.raises(RecipeError, match="split 'train' has no usable example"):
         run(
-            recipe_defaults("full_ft"),
+            "full_ft",
             [*TINY_TRAIN, "--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")],
         )
 
@@ -178,12 +177,12 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, cap
     )
     killer.start()
     reference = tmp_path / "reference"
-    run(recipe_defaults(recipe), [*args, "--output_dir", str(reference)])
+    run(recipe, [*args, "--output_dir", str(reference)])
     killer.join()
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (interrupted / "trainer_state.json").exists()
 
-    run(recipe_defaults(recipe), [*args, "--output_dir", str(interrupted), "--resume_from_checkpoint", "auto"])
+    run(recipe, [*args, "--output_dir", str(interrupted), "--resume_from_checkpoint", "auto"])
     assert "resume: from " in capsys.readouterr().out
     expected, resumed = _losses(reference), _losses(interrupted)
     assert sorted(resumed) == sorted(expected) == list(range(1, 9))
@@ -203,7 +202,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
         (folder / "model.safetensors").write_bytes(b"")
         if complete:
             (folder / "checkpoint-complete.json").write_text("{}")
-    _, training_args, _ = parse_recipe_args({}, ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "auto"])
+    _, training_args, _ = parse_recipe_args(None, ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "auto"])
     assert resume_checkpoint(training_args) == str(tmp_path / "checkpoint-5")
     training_args.resume_from_checkpoint = str(tmp_path / "checkpoint-10")
     with pytest.raises(RecipeError, match="incomplete"):
@@ -218,7 +217,7 @@ def test_out_of_memory_ends_with_the_next_techniques_and_their_estimates(tmp_pat
 
     monkeypatch.setattr(AltTextTrainer, "train", out_of_memory)
     with pytest.raises(RecipeError) as error:
-        run(recipe_defaults("full_ft"), [*TINY_TRAIN, "--output_dir", str(tmp_path)])
+        run("full_ft", [*TINY_TRAIN, "--output_dir", str(tmp_path)])
     message = str(error.value)
     assert "out of memory" in message and "Estimated for these settings" in message
     for technique in (
@@ -246,11 +245,11 @@ GPU_ONLY_OPTIONS = [
 def test_gpu_only_options_follow_the_hardware(flags, refusal, supported):
     """Refused at start, before any weights load, without a GPU; accepted with one."""
     if supported():
-        _, training_args, _ = parse_recipe_args(recipe_defaults("full_ft"), ["--output_dir", "unused", *flags])
+        _, training_args, _ = parse_recipe_args("full_ft", ["--output_dir", "unused", *flags])
         assert not training_args.use_cpu
     else:
         with pytest.raises(RecipeError, match=refusal.replace("-", r"\-")):
-            parse_recipe_args(recipe_defaults("full_ft"), ["--output_dir", "unused", *flags])
+            parse_recipe_args("full_ft", ["--output_dir", "unused", *flags])
 
 
 @pytest.mark.parametrize("cuda", [False, True], ids=["no_gpu", "gpu"])
@@ -264,7 +263,7 @@ def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
     if hasattr(torch, "xpu"):
         monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
     assert _has_accelerator() is cuda
-    parser = make_parser(recipe_defaults("full_ft"))
+    parser = make_parser("full_ft")
     assert parser.get_default("use_cpu") is (not cuda)  # no --use_cpu: the GPU where there is one
     for use_cpu, fp16, refusal in (
         (False, False, "--use_cpu false asks for a GPU"),
@@ -282,7 +281,7 @@ def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
 def test_an_unreachable_model_id_names_itself_and_the_local_folder_option(tmp_path):
     with pytest.raises(RecipeError) as error:
         run(
-            recipe_defaults("full_ft"),
+            "full_ft",
             ["--model_name_or_path", "Salesforce/blip2-opt-2.7b", "--output_dir", str(tmp_path), "--max_steps", "1"],
         )
     assert "cannot load 'Salesforce/blip2-opt-2.7b'" in str(error.value)
@@ -295,7 +294,7 @@ def test_hub_token_never_reaches_files_or_logs_and_weights_are_safetensors(tmp_p
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", LocalHub(tmp_path / "hub"))
     output_dir = tmp_path / "out"
     run(
-        recipe_defaults("lora"),
+        "lora",
         [
             "--config",
             "recipes/configs/tiny/lora.yaml",
@@ -353,12 +352,12 @@ def test_a_hub_that_cannot_be_reached_ends_in_one_line_before_training_or_after_
     # Before training: the repository is made as the trainer is built, so nothing trains in vain.
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", UnreachableHub(tmp_path / "hub", "create_repo"))
     with pytest.raises(RecipeError, match="--push_to_hub: cannot create or reach the Hub repository 'gourmetgram/alt"):
-        run(recipe_defaults("lora"), [*push, "--output_dir", str(tmp_path / "early")])
+        run("lora", [*push, "--output_dir", str(tmp_path / "early")])
     assert not (tmp_path / "early" / "adapter_model.safetensors").exists()
     # After training: the upload fails, the model and its card are on disk, and the message says how to upload.
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", UnreachableHub(tmp_path / "hub", "upload_folder"))
     with pytest.raises(RecipeError) as error:
-        run(recipe_defaults("lora"), [*push, "--output_dir", str(tmp_path / "late")])
+        run("lora", [*push, "--output_dir", str(tmp_path / "late")])
     assert f"the model is saved in {tmp_path / 'late'}" in str(error.value)
     assert f"hf upload gourmetgram/alt-text {tmp_path / 'late'}" in str(error.value)
     for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "processor_config.json"):
@@ -403,7 +402,7 @@ def test_a_setting_out_of_range_is_refused_as_it_is_parsed(flags, refusal):
     recipe = "lora" if "--use_peft" in flags else "full_ft"
     flags = [flag for flag in flags if flag != "--use_peft"]
     with pytest.raises(RecipeError, match=refusal):
-        parse_recipe_args(recipe_defaults(recipe), [*_tiny(recipe), "--output_dir", "unused", *flags])
+        parse_recipe_args(recipe, [*_tiny(recipe), "--output_dir", "unused", *flags])
 
 
 def _tiny(recipe: str) -> list[str]:
@@ -412,7 +411,7 @@ def _tiny(recipe: str) -> list[str]:
 
 def test_the_edges_of_each_range_are_accepted():
     script_args, training_args, model_args = parse_recipe_args(
-        recipe_defaults("lora"),
+        "lora",
         [
             *_tiny("lora"),
             "--output_dir",
@@ -474,7 +473,7 @@ def test_an_output_folder_blocked_by_a_file_is_refused_before_anything_runs(tmp_
     a_file.write_text("a file where a folder should be")
     for output in (a_file, a_file / "run"):  # the folder itself, or one above it
         with pytest.raises(RecipeError, match=f"--output_dir {output}: {a_file} is a file; give a folder"):
-            parse_recipe_args(recipe_defaults("full_ft"), [*TINY_TRAIN, "--output_dir", str(output)])
+            parse_recipe_args("full_ft", [*TINY_TRAIN, "--output_dir", str(output)])
         for tool, required in ((AltTextArguments, []), (MergeArguments, ["--adapter_dir", "x"])):
             with pytest.raises(RecipeError, match=f"--output_dir {output}: {a_file} is a file"):
                 parse_tool_args(tool, ["--output_dir", str(output), *required])
@@ -504,18 +503,18 @@ def test_bad_data_and_unsupported_models_stop_the_run_before_the_weights_load(tm
     monkeypatch.setattr(train_module, "load_model", weights_loaded)
     args = [*TINY_TRAIN, "--output_dir", str(tmp_path / "out")]
     with pytest.raises(RecipeError, match="data/no-such-photos is no local file or folder"):
-        run(recipe_defaults("full_ft"), [*args, "--dataset_name", "data/no-such-photos"])
+        run("full_ft", [*args, "--dataset_name", "data/no-such-photos"])
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "text-only")
     with pytest.raises(RecipeError, match="model type 'gpt2' has no family adapter"):
-        run(recipe_defaults("full_ft"), [*args, "--model_name_or_path", str(tmp_path / "text-only")])
+        run("full_ft", [*args, "--model_name_or_path", str(tmp_path / "text-only")])
     lora_args = [*_tiny("lora"), "--output_dir", str(tmp_path / "lora"), "--lora_target_modules", "q_prj"]
     with pytest.raises(RecipeError, match="LoRA target modules \\['q_prj'\\] match no module"):
-        run(recipe_defaults("lora"), lora_args)
+        run("lora", lora_args)
     # and with good inputs the same path reaches the weights
     with pytest.raises(AssertionError, match="the weights were loaded"):
-        run(recipe_defaults("full_ft"), args)
+        run("full_ft", args)
     with pytest.raises(AssertionError, match="the weights were loaded"):
-        run(recipe_defaults("lora"), lora_args[:-2])
+        run("lora", lora_args[:-2])
 
 
 def test_an_unknown_setting_is_named_with_the_nearest_known_one(tmp_path):
@@ -536,13 +535,13 @@ def test_an_unknown_setting_is_named_with_the_nearest_known_one(tmp_path):
     ]
     for flags, message in cases:
         with pytest.raises(RecipeError) as error:
-            parse_recipe_args(recipe_defaults("lora"), ["--output_dir", "unused", *flags])
+            parse_recipe_args("lora", ["--output_dir", "unused", *flags])
         assert str(error.value) == f"{message}. `--help` lists every setting."
 
 
 def test_a_command_line_error_is_its_own_line_without_the_usage(capsys):
     with pytest.raises(SystemExit) as ended:
-        parse_recipe_args(recipe_defaults("lora"), ["--output_dir", "unused", "--per_device_train_batch_size", "two"])
+        parse_recipe_args("lora", ["--output_dir", "unused", "--per_device_train_batch_size", "two"])
     assert ended.value.code == 2
     printed = capsys.readouterr().err.strip().splitlines()
     assert len(printed) == 2, printed  # argparse alone prints its 150-line usage first
@@ -564,6 +563,4 @@ def test_two_stage_settings_out_of_range_are_refused(flags, refusal):
     from alt_text_recipes.train.stages import TwoStageArguments
 
     with pytest.raises(RecipeError, match=refusal):
-        parse_recipe_args(
-            recipe_defaults("lora"), [*_tiny("lora"), "--output_dir", "unused", *flags], extra=(TwoStageArguments,)
-        )
+        parse_recipe_args("lora", [*_tiny("lora"), "--output_dir", "unused", *flags], extra=(TwoStageArguments,))

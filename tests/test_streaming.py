@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.streaming import BadStreamExample, StreamCheck, checked_stream, load_caption_stream
 from alt_text_recipes.train.arguments import parse_recipe_args
-from alt_text_recipes.train.registry import recipe_defaults
 
 from conftest import DATASET, REPO_ROOT, logged_losses, run_recipe, torchrun
 
@@ -138,7 +137,7 @@ def test_streaming_recipe_trains_from_shards_and_reports_the_skipped_examples(tm
 
 def test_streaming_without_max_steps_is_refused_with_the_reason():
     with pytest.raises(RecipeError, match="--streaming needs --max_steps: a streamed data set has no length"):
-        parse_recipe_args(recipe_defaults("full_ft"), ["--streaming", "--output_dir", "unused"])
+        parse_recipe_args("full_ft", ["--streaming", "--output_dir", "unused"])
 
 
 def test_a_bad_example_stops_the_stream_with_one_clear_error_under_the_error_policy(tmp_path):
@@ -179,7 +178,7 @@ def test_the_out_of_memory_advice_for_a_stream_does_not_read_the_stream_ahead(tm
     from alt_text_recipes.memory.estimator import caption_token_count
 
     script_args, _, model_args = parse_recipe_args(
-        recipe_defaults("full_ft"),
+        "full_ft",
         ["--streaming", "--max_steps", "2", "--dataset_name", str(tmp_path / "gone-*.tar"), "--output_dir", "x"],
     )
     assert caption_token_count(script_args, model_args, seed=0) == script_args.max_caption_tokens + 1

@@ -16,7 +16,6 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALA
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.outputs.caption_samples import SAMPLE_IMAGE_SIDE, small_copy
 from alt_text_recipes.train.loop import run
-from alt_text_recipes.train.registry import recipe_defaults
 from alt_text_recipes.train.trainer import AltTextTrainer
 
 SAMPLES = 3
@@ -65,7 +64,7 @@ def same_picture(png: bytes, image: Image.Image) -> bool:
 
 
 def test_tensorboard_shows_the_first_images_with_their_alt_text_at_each_evaluation(food_splits, generated, tmp_path):
-    run(recipe_defaults("lora"), [*WATCHED_RUN, "--output_dir", str(tmp_path), "--report_to", "tensorboard"])
+    run("lora", [*WATCHED_RUN, "--output_dir", str(tmp_path), "--report_to", "tensorboard"])
 
     events = event_file_of(tmp_path)
     assert [event.step for event in events.Scalars("eval/cider")] == EVAL_STEPS
@@ -93,7 +92,7 @@ def test_wandb_gets_a_table_of_images_alt_text_and_references(food_splits, gener
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     try:
-        run(recipe_defaults("lora"), [*WATCHED_RUN, "--output_dir", str(tmp_path / "out"), "--report_to", "wandb"])
+        run("lora", [*WATCHED_RUN, "--output_dir", str(tmp_path / "out"), "--report_to", "wandb"])
     finally:
         wandb.finish()
 
@@ -125,7 +124,7 @@ def test_wandb_gets_a_table_of_images_alt_text_and_references(food_splits, gener
 
 def test_no_caption_samples_logs_no_images(generated, tmp_path):
     run(
-        recipe_defaults("lora"),
+        "lora",
         [*WATCHED_RUN, "--output_dir", str(tmp_path), "--report_to", "tensorboard", "--caption_samples", "0",
          "--max_steps", "2"],
     )  # fmt: skip
@@ -140,7 +139,7 @@ def test_no_samples_are_made_when_nothing_shows_them(generated, tmp_path, monkey
     made: list[int] = []
     monkeypatch.setattr("alt_text_recipes.train.trainer.first_samples", lambda *args: made.append(args[-1]) or [])
     run(
-        recipe_defaults("lora"),
+        "lora",
         [*WATCHED_RUN, "--output_dir", str(tmp_path), "--report_to", "none", "--max_steps", "2"],
     )
 
@@ -149,7 +148,7 @@ def test_no_samples_are_made_when_nothing_shows_them(generated, tmp_path, monkey
 
 def test_a_negative_number_of_caption_samples_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"--caption_samples -1: give a number of images, 0 for none"):
-        run(recipe_defaults("lora"), [*WATCHED_RUN, "--output_dir", str(tmp_path), "--caption_samples", "-1"])
+        run("lora", [*WATCHED_RUN, "--output_dir", str(tmp_path), "--caption_samples", "-1"])
 
 
 def test_logged_images_are_small_copies_of_large_photos():

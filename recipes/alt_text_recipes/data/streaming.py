@@ -11,7 +11,7 @@ Sources (`--streaming --dataset_name ...`):
 
 Each process reads its own part (`split_dataset_by_node`: whole shards when their count divides by the
 number of processes, otherwise every N-th example), and the Trainer is kept from splitting it again
-(`AltTextTrainer.get_train_dataloader`). The bad-example policy of `validation.py` applies as the stream
+(`AltTextTrainer.get_train_dataloader`). The bad-example policy of `checks.py` applies as the stream
 is read (`StreamCheck`); the counts go to `data_report.json` when training ends.
 """
 

@@ -32,7 +32,7 @@ from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.families import base_model_of
 from alt_text_recipes.train.loop import build_trainer
 from alt_text_recipes.train.modeling import load_config
-from alt_text_recipes.train.registry import MEASURED_RUN_FLAGS, recipe_defaults
+from alt_text_recipes.train.registry import MEASURED_RUN_FLAGS
 
 PARTS = ("params", "grads", "optimizer")
 CAPTION = "a white plate of pasta with basil and tomatoes on a wooden table"
@@ -151,7 +151,7 @@ def measure_step(
         str(device == "cpu").lower(),
         *flags,
     ]
-    script_args, training_args, model_args = parse_recipe_args(recipe_defaults(recipe), args)
+    script_args, training_args, model_args = parse_recipe_args(recipe, args)
     config = load_config(model_folder, shipped_first=True)
     stacks, _ = layer_stacks(config, 1, 1)
     trainer = build_trainer(script_args, training_args, model_args)

@@ -1,5 +1,5 @@
-"""The parts training memory is told in, shared by what measures it (memory.py), what predicts it (estimator/)
-and what reports both (experiments.py: the results table and chart, benchmarks/gpu_check.py).
+"""The parts training memory is told in, shared by what measures it (measured.py), what predicts it (estimator/)
+and what reports both (outputs/experiment_matrix.py: the results table and chart, benchmarks/gpu_check.py).
 
 Held in bytes; converted to GB only at the edges (logs, JSON, tables), under the keys those have always used:
 `<part>_gb` in the estimator's JSON and results.json, `memory/<part>_gb` in the Trainer's log.

@@ -1,14 +1,16 @@
 """Command-line and YAML configuration shared by every recipe.
 
-A recipe is parsed into three dataclasses, as TRL's example scripts do: `ScriptArguments` (data,
-prompt, reporting, the preset's own title/recipe/launch), `AltTextTrainingArguments` (every Trainer flag,
-with the project's defaults) and `trl.ModelConfig` (model, dtype, LoRA, quantization). `--config preset.yaml`
-sets any of their fields; flags on the command line override the file; recipe defaults sit underneath both,
-over the dataclasses' own defaults.
+A recipe is parsed into three dataclasses, as TRL's example scripts do: `ScriptArguments` (data, prompt,
+reporting), the recipe's `AltTextTrainingArguments` (every Trainer flag) and its `AltTextModelConfig` (trl's
+`ModelConfig`: model, dtype, LoRA, quantization), whose field defaults are the project's and the recipe's
+(training_arguments.py, registry.py). `--config preset.yaml` sets any of their fields; flags on the command line
+override the file. What a preset says about itself (`title`, `recipe`, `launch`, `accelerate_config`) is not a
+setting: it is read from the YAML into `ScriptArguments.preset`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,8 @@ from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.outputs.evaluation import GenerationSettings
 from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL
 from alt_text_recipes.train.library_internals import option_names
-from alt_text_recipes.train.training_arguments import AltTextTrainingArguments, _has_accelerator
+from alt_text_recipes.train.registry import recipe_named
+from alt_text_recipes.train.training_arguments import _has_accelerator
 from alt_text_recipes.train.training_arguments import (
     check_hardware as check_hardware,  # where the tests and tools have found it
 )
@@ -183,24 +186,21 @@ class ScoringArguments:
     )
 
 
-@dataclass
-class PresetArguments:
-    """What a YAML preset says about itself: data for the tools that list and launch presets, not settings."""
+PRESET_KEYS = ("title", "recipe", "launch", "accelerate_config")
 
-    title: str | None = field(default=None, metadata={"help": "A preset's one-line description."})
-    recipe: str | None = field(
-        default=None,
-        metadata={"help": "The recipe a preset is for (full_ft, lora, qlora); set in presets, checked at start."},
-    )
-    launch: str | None = field(default=None, metadata={"help": "The command a preset is meant to be run with."})
-    accelerate_config: str | None = field(
-        default=None,
-        metadata={"help": "The accelerate config a preset is meant to be launched with (read by the runner)."},
-    )
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """What a YAML preset says about itself, for the tools that list, launch and estimate presets."""
+
+    title: str | None = None  # a one-line description
+    recipe: str | None = None  # the recipe it is for (full_ft, lora, qlora, two_stage); checked at start
+    launch: str | None = None  # the command it is meant to be run with
+    accelerate_config: str | None = None  # the accelerate config it is launched with (the estimator reads it)
 
 
 @dataclass
-class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments, PresetArguments):
+class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (optional)."})
     test_split: str = field(default="test", metadata={"help": "Split the closing examples come from."})
@@ -268,6 +268,10 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments, Pres
         },
     )
 
+    # Not settings (no flags): set by `parse_recipe_args` from the recipe that runs and the preset's YAML.
+    recipe: str | None = field(default=None, init=False)
+    preset: PresetInfo = field(default_factory=PresetInfo, init=False)
+
     def __post_init__(self) -> None:
         DataArguments.__post_init__(self)
         GenerationArguments.__post_init__(self)
@@ -285,11 +289,6 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments, Pres
             require_setting(getattr(self, flag) >= 0, flag, getattr(self, flag), expected)
 
 
-# The model defaults every recipe starts from (trl.ModelConfig's fields); the Trainer's are the field defaults of
-# AltTextTrainingArguments.
-COMMON_DEFAULTS: dict[str, Any] = {"model_name_or_path": "Salesforce/blip2-opt-2.7b", "dtype": "bfloat16"}
-
-
 def check_lora_settings(model_args: ModelConfig) -> None:
     """trl's ModelConfig checks none of these; a rank of 0 would fail deep inside peft."""
     require_setting(model_args.lora_r >= 1, "lora_r", model_args.lora_r, "give a rank of at least 1")
@@ -300,18 +299,40 @@ def check_lora_settings(model_args: ModelConfig) -> None:
 
 
 class SettingsParser(TrlParser):
-    """TrlParser whose command-line errors (a bad choice, a value of the wrong type, an ambiguous abbreviation)
-    end in their one line: argparse's own `error` prints the whole usage first, 150 lines for a recipe."""
+    """TrlParser that keeps a preset's description out of the settings, honours a bool field's
+    default_factory, and ends a command-line error (a bad choice, a value of the wrong type, an ambiguous
+    abbreviation) in its one line: argparse's own `error` prints the whole usage first, 150 lines for a recipe."""
+
+    def __init__(self, dataclass_types, **kwargs):
+        super().__init__(dataclass_types, **kwargs)
+        self.preset = PresetInfo()
+        # HfArgumentParser gives a bool field with a default_factory the default False; the factory (the CPU
+        # when there is no GPU) is called here, when the parser is built, as it is for every other type.
+        if dataclasses.is_dataclass(dataclass_types):  # one dataclass, as HfArgumentParser also takes it
+            dataclass_types = [dataclass_types]
+        factories = {
+            settings_field.name: settings_field.default_factory
+            for dataclass_type in dataclass_types
+            for settings_field in dataclasses.fields(dataclass_type)
+            if settings_field.init and settings_field.default_factory is not dataclasses.MISSING
+        }
+        for action in self._actions:
+            if action.dest in factories and action.const is True:  # a bool flag: `--use_cpu` alone is true
+                action.default = factories[action.dest]()
+
+    def set_defaults_with_config(self, **config) -> list[str]:
+        """A YAML preset's settings; its description (PRESET_KEYS) goes to `self.preset`."""
+        self.preset = PresetInfo(**{key: config.pop(key) for key in PRESET_KEYS if key in config})
+        return super().set_defaults_with_config(**config)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n`--help` lists every setting.\n")
 
 
-def make_parser(defaults: dict[str, Any], extra: tuple[type, ...] = ()) -> TrlParser:
-    parser = SettingsParser((ScriptArguments, AltTextTrainingArguments, ModelConfig, *extra))
-    # The parser takes no default_factory for a bool field: the CPU-or-GPU default is given to it here.
-    parser.set_defaults(**{**COMMON_DEFAULTS, "use_cpu": not _has_accelerator(), **defaults})
-    return parser
+def make_parser(recipe: str | None, extra: tuple[type, ...] = ()) -> SettingsParser:
+    """The parser of recipe `recipe`'s settings (None: the project's defaults alone), plus `extra` dataclasses."""
+    chosen = recipe_named(recipe)
+    return SettingsParser((ScriptArguments, chosen.training, chosen.model, *extra))
 
 
 def parse_tool_args(arguments: type, args: list[str] | None = None) -> Any:
@@ -364,13 +385,15 @@ def unknown_settings(parser: TrlParser, strings: list[str], where: str) -> str:
     return f"unknown setting{'s' if len(described) > 1 else ''} {where}: {', '.join(described)}"
 
 
-def parse_recipe_args(defaults: dict[str, Any], args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
-    """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for the recipe with these defaults."""
-    parsed = parse_checked(make_parser(defaults, extra), args)
+def parse_recipe_args(recipe: str | None, args: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple:
+    """Parse (ScriptArguments, TrainingArguments, ModelConfig, *extra) for recipe `recipe` (None: the project's
+    defaults alone)."""
+    parser = make_parser(recipe, extra)
+    parsed = parse_checked(parser, args)
     script_args, training_args, model_args = parsed[:3]
-    recipe = defaults.get("recipe")
-    if script_args.recipe and recipe and script_args.recipe != recipe:
-        raise RecipeError(f"this preset is for recipes/{script_args.recipe}.py, not recipes/{recipe}.py.")
+    script_args.recipe, script_args.preset = recipe, parser.preset
+    if parser.preset.recipe and recipe and parser.preset.recipe != recipe:
+        raise RecipeError(f"this preset is for recipes/{parser.preset.recipe}.py, not recipes/{recipe}.py.")
     if script_args.streaming and training_args.max_steps <= 0:
         raise RecipeError(
             "--streaming needs --max_steps: a streamed data set has no length, so epochs cannot be "

@@ -2,14 +2,13 @@
 
 The trainer checks the data before the model's weights load, so a bad data set stops a run in seconds.
 
-Each recipe (full_ft.py, lora.py, qlora.py) calls `main` with its defaults; two_stage.py calls `train` twice.
+Each recipe (full_ft.py, lora.py, qlora.py) calls `main` with its name; two_stage.py calls `train` twice.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -292,9 +291,9 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
 # --- Entry points --------------------------------------------------------------------------------------------
 
 
-def run(defaults: dict[str, Any], args: list[str] | None = None) -> TrainResult:
-    """Parse a recipe's arguments (recipe defaults < YAML < CLI), train, save and report."""
-    result = train(*parse_recipe_args(defaults, args))
+def run(recipe: str, args: list[str] | None = None) -> TrainResult:
+    """Parse recipe `recipe`'s arguments (its defaults < YAML < CLI), train, save and report."""
+    result = train(*parse_recipe_args(recipe, args))
     leave_process_group()
     return result
 
@@ -308,6 +307,6 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def main(defaults: dict[str, Any]) -> None:
+def main(recipe: str) -> None:
     """Entry point of a recipe file: a bad input ends with one readable line, not a traceback."""
-    exit_on_user_error(run, defaults)
+    exit_on_user_error(run, recipe)

@@ -1,24 +1,66 @@
-"""The recipes, in one place: each one's name, technique and the defaults it sets.
+"""The recipes, in one place: each one's name, technique and the defaults it sets differently.
 
-A recipe's defaults sit over the project's common ones (the field defaults of
-`training_arguments.AltTextTrainingArguments`, and `config.COMMON_DEFAULTS` for the model); a YAML preset and then
-the command line override both. The entry scripts (`recipes/full_ft.py`, ...) and the tools that parse a
-recipe's arguments without running it (the estimator, the experiment runner, the tests) read them here.
+The project's defaults are the field defaults of `AltTextTrainingArguments` and `AltTextModelConfig`
+(training_arguments.py); a recipe's differences are the field defaults of its subclasses below, as TRL's
+`SFTConfig` overrides `TrainingArguments`. A YAML preset and then the command line override both. The entry
+scripts (`recipes/full_ft.py`, ...) and the tools that parse a recipe's arguments without running it (the
+estimator, the experiment runner, the tests) name a recipe here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from transformers import TrainingArguments
+from transformers.training_args import OptimizerNames
+from trl import ModelConfig
 
 from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.train.training_arguments import AltTextModelConfig, AltTextTrainingArguments, project_default
+
+
+@dataclass
+class FullFineTuningArguments(AltTextTrainingArguments):
+    learning_rate: float = project_default(TrainingArguments, "learning_rate", 1e-5)
+    optim: OptimizerNames | str = project_default(TrainingArguments, "optim", "adamw_bnb_8bit")
+    output_dir: str | None = project_default(TrainingArguments, "output_dir", "outputs/full_ft")
+
+
+@dataclass
+class LoraTrainingArguments(AltTextTrainingArguments):
+    learning_rate: float = project_default(TrainingArguments, "learning_rate", 2e-4)
+    optim: OptimizerNames | str = project_default(TrainingArguments, "optim", "adamw_torch_fused")
+    output_dir: str | None = project_default(TrainingArguments, "output_dir", "outputs/lora")
+
+
+@dataclass
+class QloraTrainingArguments(LoraTrainingArguments):
+    optim: OptimizerNames | str = project_default(TrainingArguments, "optim", "paged_adamw_8bit")
+    output_dir: str | None = project_default(TrainingArguments, "output_dir", "outputs/qlora")
+
+
+@dataclass
+class TwoStageTrainingArguments(LoraTrainingArguments):
+    output_dir: str | None = project_default(TrainingArguments, "output_dir", "outputs/two_stage")
+
+
+@dataclass
+class LoraModelConfig(AltTextModelConfig):
+    use_peft: bool = project_default(ModelConfig, "use_peft", True)
+
+
+@dataclass
+class QloraModelConfig(LoraModelConfig):
+    load_in_4bit: bool = project_default(ModelConfig, "load_in_4bit", True)
+    bnb_4bit_quant_type: str = project_default(ModelConfig, "bnb_4bit_quant_type", "nf4")
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     technique: str
-    defaults: dict[str, Any] = field(default_factory=dict)
+    training: type[AltTextTrainingArguments] = AltTextTrainingArguments
+    model: type[AltTextModelConfig] = AltTextModelConfig
     single_run: bool = True  # one training run: estimated by recipes/estimate.py and run by the experiment matrix
 
 
@@ -28,29 +70,19 @@ RECIPES = {
         Recipe(
             "full_ft",
             "full fine-tuning: every weight trained (or the parts --train_modules names)",
-            {"learning_rate": 1e-5, "optim": "adamw_bnb_8bit", "output_dir": "outputs/full_ft"},
+            FullFineTuningArguments,
         ),
-        Recipe(
-            "lora",
-            "LoRA: the base frozen, low-rank adapters trained",
-            {"use_peft": True, "learning_rate": 2e-4, "optim": "adamw_torch_fused", "output_dir": "outputs/lora"},
-        ),
+        Recipe("lora", "LoRA: the base frozen, low-rank adapters trained", LoraTrainingArguments, LoraModelConfig),
         Recipe(
             "qlora",
             "QLoRA: the base loaded in 4-bit NF4 and frozen, LoRA adapters trained in bf16",
-            {
-                "use_peft": True,
-                "load_in_4bit": True,
-                "bnb_4bit_quant_type": "nf4",
-                "learning_rate": 2e-4,
-                "optim": "paged_adamw_8bit",
-                "output_dir": "outputs/qlora",
-            },
+            QloraTrainingArguments,
+            QloraModelConfig,
         ),
         Recipe(
             "two_stage",
             "two stages: the connector alone, then the connector with LoRA on the language model",
-            {"learning_rate": 2e-4, "optim": "adamw_torch_fused", "output_dir": "outputs/two_stage"},
+            TwoStageTrainingArguments,
             single_run=False,
         ),
     )
@@ -59,10 +91,14 @@ SINGLE_RUN_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.si
 # What a run made to be measured (benchmarks, the experiment matrix, gpu-check) adds to a recipe's arguments:
 # the loss and the memory breakdown at every step, nothing reported to a tracker.
 MEASURED_RUN_FLAGS = ["--logging_steps", "1", "--memory_report_steps", "1", "--report_to", "none"]
+# Arguments parsed for no recipe (the project's defaults alone), as some tools and tests do.
+NO_RECIPE = Recipe("", "the project's defaults")
 
 
-def recipe_defaults(name: str) -> dict[str, Any]:
-    """The flags recipe `name` sets over the common defaults (a fresh dict: callers may change it)."""
+def recipe_named(name: str | None) -> Recipe:
+    """Recipe `name` (None: the project's defaults alone)."""
+    if name is None:
+        return NO_RECIPE
     if name not in RECIPES:
         raise RecipeError(f"unknown recipe '{name}'; choose one of {', '.join(RECIPES)}.")
-    return {"recipe": name, **RECIPES[name].defaults}
+    return RECIPES[name]

@@ -117,8 +117,8 @@ def is_finished_stage(folder: Path) -> bool:
     )
 
 
-def run_two_stage(defaults: dict[str, Any], args: list[str] | None = None) -> tuple[TrainResult | None, TrainResult]:
-    script_args, training_args, model_args, options = parse_recipe_args(defaults, args, extra=(TwoStageArguments,))
+def run_two_stage(recipe: str, args: list[str] | None = None) -> tuple[TrainResult | None, TrainResult]:
+    script_args, training_args, model_args, options = parse_recipe_args(recipe, args, extra=(TwoStageArguments,))
     if script_args.train_modules:
         raise RecipeError(
             "--train_modules is fixed by the two stages (1: connector; 2: connector + LoRA on the "

@@ -292,7 +292,7 @@ def accelerate_strategy(accelerate_config: str) -> Strategy:
 
 def requested_strategy(script_args, training_args, name: str | None = None) -> Strategy:
     """The strategy the run's arguments ask for (see the module docstring for the order)."""
-    accelerate_config = getattr(script_args, "accelerate_config", None)
+    accelerate_config = getattr(getattr(script_args, "preset", None), "accelerate_config", None)
     from_accelerate = accelerate_strategy(accelerate_config) if accelerate_config else None
     if name:
         strategy = strategy_from_name(name)
