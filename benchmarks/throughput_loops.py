@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageTextToText, TrainerCallback, get_scheduler, set_seed
 
 from alt_text_recipes.data.input_pipeline import prepare_for_training
+from alt_text_recipes.data.library_internals import attention_implementation
 from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.memory.measured import peak_memory
 from alt_text_recipes.train.arguments import parse_recipe_args
@@ -147,7 +148,7 @@ def train_ours(args: argparse.Namespace, model_folder: str, photos: Path, compil
     samples = len(trainer.train_dataset) * int(args.epochs or 0)
     return {
         **timing(args, times, start, samples),
-        "attention": trainer.model.config._attn_implementation,
+        "attention": attention_implementation(trainer.model.config),
         "optimizer": training_args.optim,
         "workers": training_args.dataloader_num_workers,
     }

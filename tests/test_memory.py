@@ -20,8 +20,8 @@ BASE_ARGS = [
 ]
 
 
-def _train_one_step(tmp_path, *extra: str, defaults=None):
-    result = run(defaults or {}, [*BASE_ARGS, "--output_dir", str(tmp_path), *extra])
+def _train_one_step(tmp_path, *extra: str, recipe=None):
+    result = run(recipe, [*BASE_ARGS, "--output_dir", str(tmp_path), *extra])
     steps = [report.step for report in result.memory_reports]
     assert steps == [0, 1]
     return result.memory_reports

@@ -15,6 +15,8 @@ from accelerate.logging import MultiProcessAdapter
 from accelerate.logging import get_logger as accelerate_logger
 from tqdm.auto import tqdm
 
+from alt_text_recipes.data.library_internals import processes_initialized
+
 PACKAGE = __name__.partition(".")[0]  # alt_text_recipes: every module of the package
 
 
@@ -23,7 +25,7 @@ class RecipeLogger(MultiProcessAdapter):
     its "[RANK n]" tag (the lines come from the main process; the tests and tools read them as printed)."""
 
     def log(self, level: int, msg: object, *args, **kwargs) -> None:
-        if not PartialState._shared_state:  # a tool or test calling recipe code outside training: one process
+        if not processes_initialized():  # a tool or test calling recipe code outside training: one process
             PartialState()
         super().log(level, msg, *args, **kwargs)
 

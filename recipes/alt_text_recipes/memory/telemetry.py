@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from alt_text_recipes.data.library_internals import nvml_device_index
+
 GB = 1024**3
 
 
@@ -34,7 +36,7 @@ def cpu_cores() -> int:
 def _nvml_index(device: torch.device) -> int:
     """NVML numbers every GPU of the machine; CUDA only the visible ones (CUDA_VISIBLE_DEVICES)."""
     try:
-        return torch.cuda._get_nvml_device_index(device)
+        return nvml_device_index(device)
     except Exception:  # noqa: BLE001 - a private helper of torch: fall back to the CUDA index
         return device.index or 0
 

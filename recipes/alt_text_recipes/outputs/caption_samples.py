@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback, WandbCallback
 
 from alt_text_recipes.data.images import to_rgb
+from alt_text_recipes.data.library_internals import open_tensorboard_writer
 
 # The longest side of a logged image: enough to recognise the photo, while a real photo (COCO: 640×480) logged at
 # every evaluation does not swell the event file or the W&B run.
@@ -80,7 +81,7 @@ def log_to_tensorboard(
 ) -> None:
     """Each image as `{name}/alt_text_image_{i}` and the table as `{name}/alt_text`, in the callback's run folder."""
     if callback.tb_writer is None:  # closed when training ends: an evaluate() after train() opens it again
-        callback._init_summary_writer(args)
+        open_tensorboard_writer(callback, args)
     writer = callback.tb_writer
     for index, sample in enumerate(samples):
         writer.add_image(f"{name}/alt_text_image_{index}", np.asarray(sample.image), step, dataformats="HWC")
@@ -90,8 +91,9 @@ def log_to_tensorboard(
 
 def log_to_wandb(callback: WandbCallback, name: str, samples: list[CaptionSample], step: int) -> None:
     """One `wandb.Table` (image, generated, reference) as `{name}/alt_text`, in the callback's run."""
-    wandb = callback._wandb
-    if wandb is None or wandb.run is None:
+    import wandb  # installed: the Trainer runs WandbCallback only when it is
+
+    if wandb.run is None:
         return
     table = wandb.Table(columns=list(TABLE_COLUMNS))
     for sample in samples:

@@ -20,11 +20,11 @@ from trl import ModelConfig, TrlParser
 
 from alt_text_recipes.data.errors import RecipeError, require_setting
 from alt_text_recipes.data.images import MAX_ASPECT_RATIO, MAX_PIXELS
+from alt_text_recipes.data.library_internals import option_names
 from alt_text_recipes.data.paths import EMBEDDED_DATASET
 from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.outputs.evaluation import GenerationSettings
 from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL
-from alt_text_recipes.train.library_internals import option_names
 from alt_text_recipes.train.registry import recipe_named
 from alt_text_recipes.train.training_arguments import _has_accelerator
 from alt_text_recipes.train.training_arguments import (

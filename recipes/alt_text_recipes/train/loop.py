@@ -20,6 +20,7 @@ from trl import ModelConfig
 from alt_text_recipes.data.checks import apply_policy, check_split, check_training_split, write_report
 from alt_text_recipes.data.errors import RecipeError, exit_on_user_error
 from alt_text_recipes.data.input_pipeline import prepare_for_training
+from alt_text_recipes.data.library_internals import attention_implementation
 from alt_text_recipes.data.logs import get_logger
 from alt_text_recipes.data.sources import select_split
 from alt_text_recipes.data.streaming import first_examples, load_caption_stream, streamed_splits
@@ -88,7 +89,7 @@ def build_model(
     trainable, total = count_parameters(model)
     logger.info(
         f"model {model_args.model_name_or_path}: {total:,} parameters, {trainable:,} trainable "
-        f"({100 * trainable / total:.2f}%), {model.config._attn_implementation} attention"
+        f"({100 * trainable / total:.2f}%), {attention_implementation(model.config)} attention"
     )
     return model
 
@@ -291,8 +292,9 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
 # --- Entry points --------------------------------------------------------------------------------------------
 
 
-def run(recipe: str, args: list[str] | None = None) -> TrainResult:
-    """Parse recipe `recipe`'s arguments (its defaults < YAML < CLI), train, save and report."""
+def run(recipe: str | None, args: list[str] | None = None) -> TrainResult:
+    """Parse recipe `recipe`'s arguments (its defaults < YAML < CLI; None: the project's defaults alone), train,
+    save and report."""
     result = train(*parse_recipe_args(recipe, args))
     leave_process_group()
     return result

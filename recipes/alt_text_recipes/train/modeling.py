@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from alt_text_recipes.data.errors import RecipeError, first_line
+from alt_text_recipes.data.library_internals import without_zero3_init
 from alt_text_recipes.data.logs import get_logger
 from alt_text_recipes.data.paths import resolve_local, shipped_config
 from alt_text_recipes.train.families import (
@@ -26,7 +27,6 @@ from alt_text_recipes.train.families import (
     part_module_names,
     targets_within,
 )
-from alt_text_recipes.train.library_internals import without_zero3_init
 from alt_text_recipes.train.parallel import describe_device_map
 from alt_text_recipes.train.random_weights import instantiate, is_skeleton
 

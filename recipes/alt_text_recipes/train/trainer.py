@@ -23,17 +23,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from alt_text_recipes.data.errors import RecipeError, first_line
+from alt_text_recipes.data.library_internals import (
+    cached_eval_dataloaders,
+    forget_eval_dataloaders,
+    shut_down_workers,
+)
 from alt_text_recipes.data.logs import get_logger
 from alt_text_recipes.outputs.caption_samples import CaptionSample, CaptionSamplesCallback, first_samples, reported_to
 from alt_text_recipes.outputs.evaluation import GenerationSettings, images_with_references
 from alt_text_recipes.outputs.generation import generate_for_dataset
 from alt_text_recipes.outputs.metrics import caption_scores
 from alt_text_recipes.outputs.model_card import RunSummary, write_model_card
-from alt_text_recipes.train.library_internals import (
-    cached_eval_dataloaders,
-    forget_eval_dataloaders,
-    shut_down_workers,
-)
 
 logger = get_logger(__name__)
 

@@ -1,25 +1,26 @@
 """The private names of the libraries we build on that the recipes still use, in one place.
 
-Each has no public replacement in the pinned versions; tests/test_architecture.py checks that every one of them
-still exists, so an upgrade that renames or removes one fails there with the name, not deep in a run.
-Everything else the recipes do with transformers goes through public API (Trainer methods and callbacks).
+None has a public replacement in the pinned versions; each function says why it needs its name.
+tests/test_architecture.py checks that every name in PRIVATE_NAMES still exists, so an upgrade that renames or
+removes one fails there, naming it, rather than deep in a run. Everything else the recipes do with transformers
+goes through public API (Trainer methods and callbacks). The libraries are imported where used: the package's
+first import (the logger) must stay light.
 """
 
 from __future__ import annotations
 
-import argparse
 from contextlib import contextmanager
+from typing import Any
 
-from torch.utils.data import DataLoader
-from transformers import Trainer
-from transformers.integrations import deepspeed as hf_deepspeed
-
-# Every private name used below, as tests/test_architecture.py checks that each still exists.
 PRIVATE_NAMES = (
     "transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref",
     "transformers.Trainer()._eval_dataloaders",
+    "transformers.integrations.TensorBoardCallback._init_summary_writer",
+    "transformers.PretrainedConfig()._attn_implementation",
     "torch.utils.data.DataLoader()._iterator",
     "torch.utils.data.dataloader._MultiProcessingDataLoaderIter._shutdown_workers",
+    "torch.cuda._get_nvml_device_index",
+    "accelerate.PartialState._shared_state",
     "argparse.ArgumentParser()._option_string_actions",
 )
 
@@ -32,6 +33,8 @@ def without_zero3_init():
     transformers.integrations.deepspeed) and every later `from_config` then builds under deepspeed.zero.Init,
     which a meta-device model cannot. transformers has a public `unset_hf_deepspeed_config` but no public way to
     put the registered config back, which the run itself needs afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
     registered = hf_deepspeed._hf_deepspeed_config_weak_ref
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
@@ -40,7 +43,7 @@ def without_zero3_init():
         hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
-def shut_down_workers(loader: DataLoader | None) -> None:
+def shut_down_workers(loader: Any) -> None:
     """Stop the worker processes of a DataLoader with persistent workers now. torch has no public call for it:
     left to the interpreter's exit, each worker stalls 5 s (torch 2.13, accelerate 1.15)."""
     iterator = getattr(loader, "_iterator", None)
@@ -49,18 +52,44 @@ def shut_down_workers(loader: DataLoader | None) -> None:
         loader._iterator = None
 
 
-def cached_eval_dataloaders(trainer: Trainer) -> list[DataLoader]:
+def cached_eval_dataloaders(trainer: Any) -> list:
     """The evaluation DataLoaders the Trainer keeps between evaluations (with persistent workers), which it
     exposes only as a private attribute."""
     return list(getattr(trainer, "_eval_dataloaders", {}).values())
 
 
-def forget_eval_dataloaders(trainer: Trainer) -> None:
+def forget_eval_dataloaders(trainer: Any) -> None:
     if hasattr(trainer, "_eval_dataloaders"):
         trainer._eval_dataloaders = {}
 
 
-def option_names(parser: argparse.ArgumentParser) -> list[str]:
+def open_tensorboard_writer(callback: Any, args: Any) -> None:
+    """Reopen the TensorBoard callback's writer (closed when training ends, for an evaluate() after train())
+    in the callback's own run folder, which only its private initialiser knows how to choose."""
+    callback._init_summary_writer(args)
+
+
+def attention_implementation(config: Any) -> str:
+    """The attention a loaded model runs (sdpa, eager, ...): transformers keeps it only in a private field."""
+    return config._attn_implementation
+
+
+def nvml_device_index(device: Any) -> int:
+    """The NVML index of a CUDA device: NVML numbers every GPU of the machine, CUDA only the visible ones
+    (CUDA_VISIBLE_DEVICES), and torch maps one to the other only in a private helper."""
+    import torch
+
+    return torch.cuda._get_nvml_device_index(device)
+
+
+def processes_initialized() -> bool:
+    """Whether accelerate's process state exists yet, without creating it (which `PartialState()` would)."""
+    from accelerate import PartialState
+
+    return bool(PartialState._shared_state)
+
+
+def option_names(parser: Any) -> list[str]:
     """Every option string the parser knows (`--learning_rate`, `--learning-rate`, ...): argparse lists them only
     in a private mapping, and the 'did you mean' hint needs them all."""
     return list(parser._option_string_actions)
