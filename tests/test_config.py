@@ -238,3 +238,26 @@ def test_parsed_settings_match_the_record(source):
 if __name__ == "__main__" and sys.argv[1:] == ["--write-preset-settings"]:
     lines = [f"{json.dumps(source)}: {json.dumps(parsed_settings(source), sort_keys=True)}" for source in _sources()]
     PRESET_SETTINGS.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def test_a_presets_description_is_read_from_its_yaml_and_is_no_flag():
+    preset = REPO_ROOT / "recipes/configs/multi_gpu/fsdp4_bf16.yaml"
+    script_args, _, _ = parse_recipe_args("full_ft", ["--config", str(preset)])
+    described = yaml.safe_load(preset.read_text())
+    assert script_args.recipe == "full_ft" and script_args.preset.recipe == "full_ft"
+    assert script_args.preset.title == described["title"]
+    assert script_args.preset.accelerate_config == described["accelerate_config"]
+    with pytest.raises(RecipeError, match="unknown setting on the command line: --title"):
+        parse_recipe_args("full_ft", ["--title", "x"])
+
+
+def test_two_stage_copies_keep_what_the_run_is():
+    from alt_text_recipes.train.stages import STAGE1_PARTS, stage1_arguments
+
+    preset = str(REPO_ROOT / "recipes/configs/tiny/two_stage.yaml")
+    script_args, training_args, model_args, options = parse_recipe_args(
+        "two_stage", ["--config", preset], extra=(TwoStageArguments,)
+    )
+    stage1_script, _, _ = stage1_arguments(script_args, training_args, model_args, options, REPO_ROOT / "unused")
+    assert stage1_script.train_modules == STAGE1_PARTS and stage1_script.show_examples == 0
+    assert stage1_script.recipe == "two_stage" and stage1_script.preset == script_args.preset

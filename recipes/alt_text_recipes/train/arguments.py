@@ -272,6 +272,12 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
     recipe: str | None = field(default=None, init=False)
     preset: PresetInfo = field(default_factory=PresetInfo, init=False)
 
+    def with_changes(self, **changes: Any) -> ScriptArguments:
+        """A copy with `changes`, keeping what the run is (`recipe`, `preset`), which `dataclasses.replace` resets."""
+        changed = dataclasses.replace(self, **changes)
+        changed.recipe, changed.preset = self.recipe, self.preset
+        return changed
+
     def __post_init__(self) -> None:
         DataArguments.__post_init__(self)
         GenerationArguments.__post_init__(self)

@@ -74,7 +74,7 @@ def stage1_arguments(
     options: TwoStageArguments,
     output_dir: Path,
 ) -> tuple:
-    script = dataclasses.replace(script_args, train_modules=STAGE1_PARTS, show_examples=0)
+    script = script_args.with_changes(train_modules=STAGE1_PARTS, show_examples=0)
     # The connector trains in full: no adapters and no 4-bit base in this stage.
     model = dataclasses.replace(model_args, use_peft=False, load_in_4bit=False, load_in_8bit=False)
     training = _training_copy(
@@ -94,7 +94,7 @@ def stage2_arguments(
     stage1_dir: Path,
     output_dir: Path,
 ) -> tuple:
-    script = dataclasses.replace(script_args, train_modules=STAGE2_PARTS)
+    script = script_args.with_changes(train_modules=STAGE2_PARTS)
     model = dataclasses.replace(model_args, model_name_or_path=str(stage1_dir), use_peft=True)
     training = _training_copy(training_args, output_dir / "stage2")
     return script, training, model
