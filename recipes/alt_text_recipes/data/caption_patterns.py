@@ -1,0 +1,21 @@
+"""What does not belong in alt text, as patterns: shared by caption cleaning (data) and the guideline metrics
+(outputs), so both mean the same thing by a URL, a handle, a hashtag, an emoji or a redundant opening."""
+
+from __future__ import annotations
+
+import re
+
+URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+HANDLE = re.compile(r"(?<![\w@])@\w{1,30}")
+HASHTAG = re.compile(r"(?<![\w#&])#(\w*[^\W\d_]\w*)")  # `#pizza`, not `#1` or `&#39;`
+# Emoji and pictographs (the Unicode emoji blocks, dingbats, flags, keycaps) and the joiners that build them.
+EMOJI = re.compile(
+    "[\U0001f000-\U0001faff\U00002600-\U000027bf\U0001f1e6-\U0001f1ff\U00002b00-\U00002bff"
+    "\u200d\ufe0f\u20e3\u2190-\u21ff\u2300-\u23ff]+"
+)
+# Screen readers already say "image" or "graphic": alt text that opens with it repeats them (WCAG, WebAIM).
+REDUNDANT_OPENING = re.compile(
+    r"^\s*(?:an?\s+|the\s+)?(?:image|picture|photo|photograph|graphic|illustration|pic)\s+(?:of|showing|shows|"
+    r"with|depicting)\s+",
+    re.IGNORECASE,
+)
