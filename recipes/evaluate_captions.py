@@ -5,8 +5,9 @@
 
 Prints BLEU-4, CIDEr, ROUGE-L and the embedding distance (0 is best) per model, then a few images'
 reference beside each model's alt text; `--output_file` gets the scores, settings and every caption as JSON.
-Rows go through the training data checks first (`--on_bad_example`, `--max_image_pixels`, `--max_aspect_ratio`);
-rows of the same image (COCO: one per reference) are captioned once and scored against all their references.
+Rows go through the training data checks first (`--on_bad_example`, `--max_image_pixels`, `--max_aspect_ratio`,
+`--clean_captions`: references cleaned as training captions are); rows of the same image (COCO: one per
+reference) are captioned once and scored against all their references.
 """
 
 import json
@@ -58,13 +59,16 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
 def evaluate(args: EvaluationArguments) -> dict:
     models = parse_named_models(args.models)
     splits = args.load_splits(args.seed)
-    # The checks training applies, before any model loads: bad rows skipped and counted, or an error.
+    # The checks training applies, before any model loads: bad rows skipped and counted, or an error; the
+    # references cleaned as training captions are (--clean_captions), so a model trained on cleaned captions
+    # is scored against references like the ones it learnt from.
     dataset, data_report = check_split(
         select_split(splits, args.split, args.max_samples),
         args.split,
         max_pixels=args.max_image_pixels,
         max_aspect_ratio=args.max_aspect_ratio,
         caption_lists=True,
+        clean_captions=args.clean_captions,
     )
     apply_policy([data_report], args.on_bad_example)
     print(
@@ -80,7 +84,12 @@ def evaluate(args: EvaluationArguments) -> dict:
         "dataset": args.data_source(),
         "split": args.split,
         "images": len(references),
-        "data_check": {"rows": data_report.rows, "kept": data_report.kept, "skipped": len(data_report.problems)},
+        "data_check": {
+            "rows": data_report.rows,
+            "kept": data_report.kept,
+            "skipped": len(data_report.problems),
+            "caption_cleaning": asdict(data_report.caption_cleaning),
+        },
         "generation": asdict(args.generation_settings()),
         "models": {
             name: {"path": models[name], "scores": result.scores, "captions": result.captions}

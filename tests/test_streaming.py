@@ -45,13 +45,14 @@ def write_shards(
     broken_image: int | None = None,
     empty_caption: int | None = None,
 ) -> list[str]:
-    """WebDataset shards `<split>-NNN.tar` of 32×32 PNGs captioned "photo N"; returns the captions written."""
+    """WebDataset shards `<split>-NNN.tar` of 32×32 PNGs captioned "a plate of dish N" (long enough to be
+    kept by caption cleaning); returns the captions written."""
     folder.mkdir(parents=True, exist_ok=True)
     captions = []
     for shard in range(shards):
         with tarfile.open(folder / f"{split}-{shard:03d}.tar", "w") as tar:
             for index in range(start + shard * examples // shards, start + (shard + 1) * examples // shards):
-                caption = "" if index == empty_caption else f"photo {index}"
+                caption = "" if index == empty_caption else f"a plate of dish {index}"
                 _add(tar, f"{index:06d}.png", BROKEN_IMAGE if index == broken_image else _png(index))
                 if as_json:
                     _add(tar, f"{index:06d}.json", json.dumps({"caption": caption, "width": 32}).encode())
@@ -80,7 +81,7 @@ def test_two_ranks_read_disjoint_parts_that_together_cover_every_example(tmp_pat
     seen = [set(rank["captions"]) for rank in ranks]
     assert all(len(rank["captions"]) == len(set(rank["captions"])) for rank in ranks)  # nothing twice on a rank
     assert not seen[0] & seen[1]  # nor on both ranks
-    assert seen[0] | seen[1] == set(written) - {"photo 123"}  # every good example, on one rank or the other
+    assert seen[0] | seen[1] == set(written) - {"a plate of dish 123"}  # every good example, on one rank or the other
     assert 100 <= len(seen[0]) <= 200  # each rank read its own part (three of the six shards), not all of it
     reports = [rank["report"] for rank in ranks]
     assert sum(report["rows"] for report in reports) == 300  # counted across each rank's two DataLoader workers

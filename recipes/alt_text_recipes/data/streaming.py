@@ -11,8 +11,9 @@ Sources (`--streaming --dataset_name ...`):
 
 Each process reads its own part (`split_dataset_by_node`: whole shards when their count divides by the
 number of processes, otherwise every N-th example), and the Trainer is kept from splitting it again
-(`AltTextTrainer.get_train_dataloader`). The bad-example policy of `checks.py` applies as the stream
-is read (`StreamCheck`); the counts go to `data_report.json` when training ends.
+(`AltTextTrainer.get_train_dataloader`). The bad-example policy of `checks.py` and caption cleaning
+(`caption_cleaning.py`) apply as the stream is read (`StreamCheck`); the counts go to `data_report.json` when
+training ends.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from datasets import Dataset, Features, Image, IterableDataset, IterableDatasetD
 from datasets.distributed import split_dataset_by_node
 from transformers import TrainerCallback, TrainingArguments
 
+from alt_text_recipes.data.caption_cleaning import CleanedRow, CleaningReport, clean_row
 from alt_text_recipes.data.checks import (
     Problem,
     SplitReport,
@@ -153,28 +155,53 @@ def rank_share(
     return split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
 
 
+def _temporary_file(prefix: str) -> str:
+    handle, path = tempfile.mkstemp(prefix=prefix, suffix=".jsonl")
+    os.close(handle)
+    return path
+
+
 class StreamCheck:
-    """The bad-example check of `validation.check_split`, applied to each example as the stream is read
-    (a `filter` function, run in the DataLoader workers).
+    """The bad-example check of `checks.check_split` and its caption cleaning, applied to each example as the
+    stream is read (a `filter` function, run in the DataLoader workers): a caption left too short by cleaning
+    refuses its example; `checked_stream` cleans the captions of the examples it lets through.
 
-    The counts live in shared memory and the problems in an append-only file, so the training process
-    sees what every worker found. Examples read twice (a stream shorter than --max_steps asks for is read
-    again) are counted twice."""
+    The counts live in shared memory, the problems and cleaning examples in append-only files, so the training
+    process sees what every worker found. Examples read twice (a stream shorter than --max_steps asks for is
+    read again) are counted twice."""
 
-    def __init__(self, split: str, policy: str, max_pixels: int | None = None, max_aspect_ratio: float | None = None):
+    def __init__(
+        self,
+        split: str,
+        policy: str,
+        max_pixels: int | None = None,
+        max_aspect_ratio: float | None = None,
+        clean_captions: bool = True,
+    ):
         self.split = split
         self.policy = policy
         self.limits = image_limits(max_pixels, max_aspect_ratio)
-        self.counts = multiprocessing.get_context().Array("q", 2)  # examples read, examples kept
-        handle, self.problems_path = tempfile.mkstemp(prefix=f"stream-{split}-problems-", suffix=".jsonl")
-        os.close(handle)
+        self.clean_captions = clean_captions
+        context = multiprocessing.get_context()
+        self.counts = context.Array("q", 2)  # examples read, examples kept
+        self.cleaning_counts = context.Array("q", len(CleaningReport().counts()), lock=False)  # under counts' lock
+        self.shown = CleaningReport()  # the examples this worker has written (each worker has its own copy)
+        self.problems_path = _temporary_file(f"stream-{split}-problems-")
+        self.examples_path = _temporary_file(f"stream-{split}-cleaning-")
 
     def __call__(self, example: dict) -> bool:
         reason, path = example_problem(example, self.limits)
+        cleaned = clean_row(example["text"]) if reason is None and self.clean_captions else None
+        if cleaned is not None and cleaned.value is None:
+            reason = cleaned.drop_reason()
         with self.counts.get_lock():
             row = self.counts[0]
             self.counts[0] += 1
             self.counts[1] += reason is None
+            for index, count in enumerate(cleaned.counts() if cleaned else ()):
+                self.cleaning_counts[index] += count
+        if cleaned is not None:
+            self.write_examples(cleaned)
         if reason is None:
             return True
         if self.policy == "error":
@@ -186,19 +213,46 @@ class StreamCheck:
             log.write(json.dumps({"row": row, "path": path, "reason": reason}) + "\n")
         return False
 
+    def write_examples(self, cleaned: CleanedRow) -> None:
+        """This worker's first examples of each rule, for the report (it keeps the first of all workers')."""
+        lines = [
+            json.dumps({"rule": rule, "before": before, "after": after}) + "\n"
+            for rule, (before, after) in cleaned.fired.items()
+            if self.shown.keep_example(rule, before, after)
+        ]
+        if lines:  # one short append, a few times per worker: atomic between workers
+            with open(self.examples_path, "a", encoding="utf-8") as log:
+                log.write("".join(lines))
+
     def report(self) -> SplitReport:
         """What this process's readers have found so far."""
         with open(self.problems_path, encoding="utf-8") as log:
             problems = [Problem(**json.loads(line)) for line in log]
-        return SplitReport(self.split, rows=self.counts[0], kept=self.counts[1], problems=problems)
+        cleaning = CleaningReport(enabled=self.clean_captions)
+        cleaning.add_counts(self.cleaning_counts[:])
+        with open(self.examples_path, encoding="utf-8") as log:
+            for line in log:
+                cleaning.keep_example(**json.loads(line))
+        return SplitReport(
+            self.split, rows=self.counts[0], kept=self.counts[1], problems=problems, caption_cleaning=cleaning
+        )
 
     def close(self) -> None:
         Path(self.problems_path).unlink(missing_ok=True)
+        Path(self.examples_path).unlink(missing_ok=True)
+
+
+def _cleaned_caption(example: dict) -> dict:
+    return {"text": clean_row(example["text"]).value}
 
 
 def checked_stream(stream: IterableDataset, check: StreamCheck) -> IterableDataset:
-    """`stream` without the examples `check` refuses (it reads their stored bytes; decoded after)."""
-    return stream.cast_column("image", Image(decode=False)).filter(check).cast_column("image", Image())
+    """`stream` without the examples `check` refuses (it reads their stored bytes; decoded after), captions
+    cleaned when the check cleans them."""
+    checked = stream.cast_column("image", Image(decode=False)).filter(check)
+    if check.clean_captions:
+        checked = checked.map(_cleaned_caption, features=checked.features)
+    return checked.cast_column("image", Image())
 
 
 def merge_reports(reports: list[SplitReport]) -> SplitReport:
@@ -208,6 +262,7 @@ def merge_reports(reports: list[SplitReport]) -> SplitReport:
         rows=sum(r.rows for r in reports),
         kept=sum(r.kept for r in reports),
         problems=[problem for report in reports for problem in report.problems],
+        caption_cleaning=CleaningReport.merged([report.caption_cleaning for report in reports]),
     )
 
 
@@ -248,7 +303,11 @@ def streamed_splits(
         script_args.dataset_name, script_args.image_column, script_args.caption_column, script_args.dataset_config
     )
     check = StreamCheck(
-        script_args.train_split, script_args.on_bad_example, script_args.max_image_pixels, script_args.max_aspect_ratio
+        script_args.train_split,
+        script_args.on_bad_example,
+        script_args.max_image_pixels,
+        script_args.max_aspect_ratio,
+        script_args.clean_captions,
     )
     share = rank_share(
         select_stream(streams, script_args.train_split),

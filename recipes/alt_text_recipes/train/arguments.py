@@ -76,6 +76,16 @@ class DataArguments:
             "choices": ["skip", "error"],
         },
     )
+    clean_captions: bool = field(
+        default=True,
+        metadata={
+            "help": "Clean user-contributed captions before training and scoring: URLs, @handles, emoji and "
+            "trailing hashtag blocks removed, an inline #tag kept as its word, 'yum!!!' made 'yum!', line "
+            "breaks and runs of spaces collapsed; a caption left with fewer than 3 words skips its row. The "
+            "rows each rule changed, with before/after examples, go to the log and data_report.json. "
+            "false: captions are used verbatim."
+        },
+    )
     max_image_pixels: int = field(default=MAX_PIXELS, metadata={"help": "Larger images are refused (memory)."})
     max_aspect_ratio: float = field(default=MAX_ASPECT_RATIO, metadata={"help": "Longer/narrower images are refused."})
     fast_inputs: bool = field(

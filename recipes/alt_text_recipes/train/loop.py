@@ -277,7 +277,7 @@ def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None
         if script_args.streaming
         else select_split(splits, split_name, script_args.show_examples)
     )
-    examples, _ = check_split(first, split_name)
+    examples, _ = check_split(first, split_name, clean_captions=script_args.clean_captions)
     alt_texts = generate_alt_text(
         trainer.model,
         trainer.processing_class,
