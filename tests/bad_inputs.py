@@ -33,6 +33,7 @@ BAD = {
     "truncated.jpg": ("a red plate of pasta", "unreadable image"),
     "corrupt.png": ("a blue bowl of soup", "unreadable image"),
     "not_an_image.jpg": ("a white tray of pizza", "not an image"),
+    "empty.jpg": ("a plate that never finished uploading", "empty file (0 bytes)"),
     "missing.jpg": ("a plate that is not there", "file not found"),
     "panorama.png": ("a long table of dishes", "extreme aspect ratio"),
     "bomb.png": ("a huge picture", "too large"),
@@ -81,6 +82,7 @@ def write_images(folder: Path) -> None:
     data[60:200] = bytes(140)  # header intact, compressed data destroyed
     (folder / "corrupt.png").write_bytes(bytes(data))
     (folder / "not_an_image.jpg").write_text("this is a text file with an image extension")
+    (folder / "empty.jpg").write_bytes(b"")
     Image.new("RGB", (20000, 50), (90, 90, 90)).save(folder / "panorama.png")
     Image.new("1", (9000, 9000), 0).save(folder / "bomb.png")  # 81 megapixels in a few kB
     for name in ("empty_caption.jpg", "blank_caption.jpg", "no_caption.jpg"):

@@ -1,7 +1,8 @@
 """Bring your own photos: every caption layout loads the right rows and splits, and trains the tiny twin.
 
 Each test writes its data from a few photos of the embedded set: caption files (CSV, JSON lines, Parquet with
-image bytes, globs), a folder of photos with its captions file, COCO and Karpathy JSON, chat rows.
+image bytes, globs), a folder of photos with its captions file, COCO and Karpathy JSON, chat rows, split
+subfolders with imagefolder metadata, a save_to_disk folder; each detected, or declared with --data_format.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from datasets import Dataset, Image
+from datasets import Dataset, DatasetDict, Image
 
+from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.sources import DatasetError, load_caption_dataset
+from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.loop import run
 
 from conftest import DATASET
@@ -139,6 +143,25 @@ def _parquet_with_bytes(photos, path: Path) -> Path:
         {"jpeg": [(folder / name).read_bytes() for name in captions], "caption": list(captions.values())}
     ).to_parquet(str(path))
     return path
+
+
+def _split_folders(photos, root: Path) -> Path:
+    """A downloaded data set's layout: train/ (8 photos) and validation/ (4), each with its metadata.jsonl."""
+    folder, captions = photos
+    names = list(captions)
+    for split, chosen in (("train", names[:8]), ("validation", names[8:])):
+        (root / split).mkdir(parents=True)
+        for name in chosen:
+            shutil.copy(folder / name, root / split / name)
+        _write_jsonl(root / split / "metadata.jsonl", [{"file_name": n, "text": captions[n]} for n in chosen])
+    return root
+
+
+def _saved(photos, root: Path) -> Path:
+    folder, captions = photos
+    rows = {"image": [str(folder / name) for name in captions], "text": list(captions.values())}
+    DatasetDict({"train": Dataset.from_dict(rows)}).save_to_disk(str(root / "saved"))
+    return root / "saved"
 
 
 def _paths(split) -> list[str]:
@@ -324,3 +347,149 @@ def test_each_layout_trains_the_tiny_twin(layout, photos, tmp_path):
     assert len(result.losses) == 2 and all(math.isfinite(loss) for loss in result.losses)
     report = {split["split"]: split for split in json.loads((tmp_path / "out" / "data_report.json").read_text())}
     assert report["train"]["kept"] == report["train"]["rows"] > 0 and report["validation"]["kept"] > 0
+
+
+@pytest.mark.parametrize(
+    "unrelated",
+    [
+        ("dataset_infos.json", {"default": {"description": "food photos", "features": {}}}),
+        ("labels.json", ["pasta", "pizza", "rice"]),
+    ],
+)
+def test_split_subfolders_win_over_an_unrelated_json_at_the_top(photos, tmp_path, unrelated):
+    """A downloaded data set: train/ and validation/ with photos and metadata, and a JSON about the set at the top
+    (it used to be read as the caption file, and failed naming its columns)."""
+    folder, captions = photos
+    root = _split_folders(photos, tmp_path / "download")
+    name, content = unrelated
+    (root / name).write_text(json.dumps(content))
+    loaded = load_caption_dataset(str(root))
+    assert {split: len(rows) for split, rows in loaded.items()} == {"train": 8, "validation": 4}
+    assert loaded["validation"]["text"] == list(captions.values())[8:]
+    assert _paths(loaded["train"]) == [str(root / "train" / name) for name in list(captions)[:8]]
+
+
+def test_a_folder_that_reads_two_ways_names_both_and_the_flag_that_chooses(photos, tmp_path):
+    folder, captions = photos
+    root = _split_folders(photos, tmp_path / "both")
+    _write_jsonl(root / "captions.jsonl", [{"image": str(folder / n), "text": t} for n, t in captions.items()])
+    with pytest.raises(DatasetError) as raised:
+        load_caption_dataset(str(root))
+    message = str(raised.value)
+    assert "can be read two ways" in message and "['captions.jsonl']" in message
+    assert "train/metadata.jsonl" in message and "validation/metadata.jsonl" in message
+    assert "--data_format json for the first, --data_format imagefolder for the second" in message
+    assert list(load_caption_dataset(str(root), data_format="json")) == ["train"]
+    assert len(load_caption_dataset(str(root), data_format="json")["train"]) == PHOTOS
+    assert list(load_caption_dataset(str(root), data_format="imagefolder")) == ["train", "validation"]
+
+
+@pytest.fixture(scope="module")
+def layouts(photos, tmp_path_factory) -> dict[str, tuple[str, str, str, int]]:
+    """Each --data_format's layout: its source, image and caption columns, and the rows it gives (all splits)."""
+    folder, _ = photos
+    root = tmp_path_factory.mktemp("layouts")
+    shutil.copytree(folder, root / folder.name)  # the relative paths of the CSV and chat rows resolve here
+    captions = photos[1]
+    rows = [{"image": str(folder / name), "text": text} for name, text in captions.items()]
+    both = PHOTOS * CAPTIONS_PER_PHOTO
+    return {
+        "csv": (str(_csv(photos, root / "captions.csv")), "image_path", "alt", PHOTOS),
+        "json": (str(_write_jsonl(root / "captions.jsonl", rows)), "image", "text", PHOTOS),
+        "parquet": (str(_parquet_with_bytes(photos, root / "photos.parquet")), "jpeg", "caption", PHOTOS),
+        "coco": (str(_coco(photos, root / "coco")), "image", "text", both),
+        "karpathy": (str(_karpathy(photos, root / "karpathy")), "image", "text", both),
+        "chat": (str(_chat(photos, root / "chat.jsonl", "trl")), "image", "text", PHOTOS),
+        "imagefolder": (str(_split_folders(photos, root / "imagefolder")), "image", "text", PHOTOS),
+        "saved": (str(_saved(photos, root)), "image", "text", PHOTOS),
+    }
+
+
+@pytest.mark.parametrize("data_format", ["csv", "json", "parquet", "coco", "karpathy", "chat", "imagefolder", "saved"])
+def test_each_declared_format_reads_its_layout(layouts, photos, data_format):
+    source, image_column, caption_column, rows = layouts[data_format]
+    loaded = load_caption_dataset(source, image_column, caption_column, data_format=data_format)
+    assert sum(len(split) for split in loaded.values()) == rows
+    texts = {text.removesuffix(" (0)").removesuffix(" (1)") for split in loaded.values() for text in split["text"]}
+    assert texts == set(photos[1].values())
+
+
+@pytest.mark.parametrize(
+    "layout, declared, message",
+    [
+        ("coco", "karpathy", r"is not Karpathy split JSON .*; it reads as coco: pass --data_format coco \(or auto\)"),
+        ("karpathy", "coco", "is not COCO captions JSON .*; it reads as karpathy: pass --data_format karpathy"),
+        ("chat", "json", "has no column 'image' / 'text'; it reads as chat: pass --data_format chat"),
+        ("json", "coco", r"is not COCO captions JSON .* \(a \.json file\); it reads as json: pass --data_format json"),
+        ("csv", "parquet", r"is not Parquet caption files \(a \.parquet file\); it reads as csv"),
+        ("json", "chat", r"has no `messages` or `conversations` column \(its columns: \['image', 'text'\]\)"),
+        ("imagefolder", "saved", "is not a datasets save_to_disk folder: it has no dataset_dict.json"),
+        ("saved", "imagefolder", "is not an imagefolder .*: it holds no photos"),
+        ("imagefolder", "csv", r"holds no \.csv/\.tsv file at its top"),
+        ("csv", "imagefolder", "is a file; imagefolder reads a folder"),
+        ("json", "webdataset", "WebDataset .tar shards, which are read as a stream: add --streaming"),
+    ],
+)
+def test_a_wrong_declared_format_is_a_clear_error(layouts, layout, declared, message):
+    source, image_column, caption_column, _ = layouts[layout]
+    with pytest.raises(DatasetError, match=message) as raised:
+        load_caption_dataset(source, image_column, caption_column, data_format=declared)
+    assert declared == "webdataset" or str(raised.value).startswith(f"--data_format {declared}: ")
+
+
+def test_data_format_values_are_checked_on_the_command_line_and_in_the_config(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_recipe_args("lora", ["--data_format", "xml", "--output_dir", str(tmp_path)])
+    assert "invalid choice: 'xml' (choose from 'auto', 'csv', 'json'" in capsys.readouterr().err
+    config = tmp_path / "preset.yaml"
+    config.write_text("data_format: xml\n")
+    with pytest.raises(RecipeError, match=r"--data_format xml: give one of \['auto', 'csv', 'json'"):
+        parse_recipe_args("lora", ["--config", str(config), "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_csv_separated_by_semicolons_tabs_or_bars_is_read(photos, tmp_path, separator):
+    """Spreadsheets in many locales write `;`; captions with commas then made pandas read the first field as an
+    index (`__index_level_0__`) and the rest as one column."""
+    folder, captions = photos
+    lines = [f"image{separator}text"] + [f'{folder / n}{separator}"{t}, seen from above"' for n, t in captions.items()]
+    (tmp_path / "captions.csv").write_text("\n".join(lines) + "\n")
+    train = load_caption_dataset(str(tmp_path / "captions.csv"))["train"]
+    assert train["text"] == [f"{text}, seen from above" for text in captions.values()]
+    assert _paths(train) == [str(folder / name) for name in captions]
+
+
+def test_a_csv_in_a_legacy_encoding_says_to_save_it_as_utf8(photos, tmp_path):
+    folder, _ = photos
+    path = tmp_path / "captions.csv"
+    path.write_bytes(f"image,text\n{folder / 'a.jpg'},a crème brûlée\n".encode("cp1252"))
+    with pytest.raises(DatasetError, match=r"is not UTF-8 text \(line 2 has the byte 0xe8.*save it as UTF-8"):
+        load_caption_dataset(str(path))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("captions.csv", "", r"is an empty file \(0 bytes\)"),
+        ("captions.csv", "image,text\n", "is empty: it has no rows"),
+        ("captions.json", "[]", "is empty: it has no rows"),
+        ("captions.json", "null\n", "holds no rows: JSON rows are a list or objects"),  # pyarrow 26 crashed on it
+    ],
+)
+def test_an_empty_caption_file_is_named_empty(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        load_caption_dataset(str(path))
+
+
+def test_the_index_pandas_writes_is_not_read_as_a_column(photos, tmp_path):
+    folder, captions = photos
+    frame = pd.DataFrame({"file": [str(folder / n) for n in captions], "alt": list(captions.values())})
+    frame = frame.sample(frac=1, random_state=0)  # a shuffled frame: pandas stores its index as `__index_level_0__`
+    frame.to_parquet(tmp_path / "frame.parquet")
+    with pytest.raises(DatasetError, match=r"its columns are \['file', 'alt'\]\. Pass --image_column"):
+        load_caption_dataset(str(tmp_path / "frame.parquet"))
+    assert (
+        load_caption_dataset(str(tmp_path / "frame.parquet"), "file", "alt")["train"]["text"] == frame["alt"].tolist()
+    )

@@ -183,3 +183,39 @@ def test_the_out_of_memory_advice_for_a_stream_does_not_read_the_stream_ahead(tm
         ["--streaming", "--max_steps", "2", "--dataset_name", str(tmp_path / "gone-*.tar"), "--output_dir", "x"],
     )
     assert caption_token_count(script_args, model_args, seed=0) == script_args.max_caption_tokens + 1
+
+
+def _split_folders(root: Path, rows: int = 3) -> Path:
+    """train/ and validation/ holding the embedded set's first photos and their metadata.jsonl (a download)."""
+    for split in ("train", "validation"):
+        lines = (DATASET / split / "metadata.jsonl").read_text().splitlines()[:rows]
+        (root / split).mkdir(parents=True)
+        (root / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            name = json.loads(line)["file_name"]
+            (root / split / name).write_bytes((DATASET / split / name).read_bytes())
+    return root
+
+
+def test_a_folder_streams_in_the_layout_it_is_read_in_without_streaming(tmp_path):
+    root = _split_folders(tmp_path / "download")
+    (root / "dataset_infos.json").write_text(json.dumps({"default": {"description": "food"}}))
+    streams = load_caption_stream(str(root))
+    assert {name: len(list(split)) for name, split in streams.items()} == {"train": 3, "validation": 3}
+    (root / "captions.csv").write_text("image,text\ntrain/train_0000.jpg,a plate\n")  # a second possible reading
+    with pytest.raises(RecipeError, match="can be read two ways.*--data_format csv .*--data_format imagefolder"):
+        load_caption_stream(str(root))
+    declared = load_caption_stream(str(root), data_format="imagefolder")
+    assert {name: len(list(split)) for name, split in declared.items()} == {"train": 3, "validation": 3}
+    with pytest.raises(RecipeError, match="is read as caption files.*train on it without --streaming"):
+        load_caption_stream(str(root), data_format="csv")
+
+
+def test_a_declared_webdataset_streams_its_shards_and_a_wrong_declaration_is_refused(tmp_path):
+    captions = write_shards(tmp_path / "shards", "train", examples=6, shards=2)
+    streams = load_caption_stream(str(tmp_path / "shards"), data_format="webdataset")
+    assert sorted(example["text"] for example in streams["train"]) == sorted(captions)
+    with pytest.raises(RecipeError, match="--data_format webdataset: .* it holds no .tar shards"):
+        load_caption_stream(str(_split_folders(tmp_path / "photos")), data_format="webdataset")
+    with pytest.raises(RecipeError, match="--data_format imagefolder: .* it holds no photos"):
+        load_caption_stream(str(tmp_path / "shards"), data_format="imagefolder")

@@ -1,9 +1,9 @@
 """Open user photos safely and turn every colour mode into the RGB the image processor expects.
 
 Real collections hold CMYK JPEGs, transparent PNGs, palette GIFs, 16-bit scans, rotated phone photos,
-truncated uploads and files that are not images at all. `open_checked` reads one fully (so a truncated
-file fails here, not inside a training step) and refuses images whose size would exhaust memory or
-whose shape cannot make a picture; `to_rgb` converts what is usable.
+truncated uploads, empty (0-byte) files and files that are not images at all. `open_checked` reads one fully
+(so a truncated file fails here, not inside a training step) and refuses images whose size would exhaust
+memory or whose shape cannot make a picture; `to_rgb` converts what is usable.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def open_checked(
     """Open and fully decode an image file (or its bytes) as RGB, or raise `BadImage` saying why."""
     if isinstance(source, (str, Path)) and not Path(source).is_file():
         raise BadImage("file not found")
+    if isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
+        raise BadImage("empty file (0 bytes)")  # an upload or copy that failed; Pillow calls it "unrecognised"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,8 +1,9 @@
 """Recognise how a caption data set is laid out, and read it into `image` / `text` rows.
 
-People hand over captions in many shapes; each is detected from what is there:
-- a CSV, JSON, JSONL or Parquet file (or a glob of them) with an image column (paths relative to the file's
-  folder, absolute paths, or image bytes) and a caption column;
+People hand over captions in many shapes; each is detected from what is there, or declared with `--data_format`
+(data_formats.py decides which, and reads a folder's layout the same way for streaming):
+- a CSV (separated by `,` `;` tab or `|`), JSON, JSONL or Parquet file (or a glob of them) with an image column
+  (paths relative to the file's folder, absolute paths, or image bytes) and a caption column;
 - such a file in a folder of photos (the "photos + captions.csv" hand-off); a file named after a split
   (`train.csv`, `val.jsonl`, `captions_test2017.json`) holds that split, any other the training rows;
 - COCO captions JSON (`images` + `annotations`) and Karpathy's split file (`images` with `sentences` and
@@ -18,7 +19,6 @@ caption a row: an image with five captions gives five rows with the same path).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict
@@ -36,32 +36,29 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
-from datasets.exceptions import DatasetGenerationError
 
+from alt_text_recipes.data.data_formats import (
+    ACCEPTED,
+    CAPTION_FILE_SUFFIXES,
+    DATA_FORMATS,
+    FOLDER_FORMATS,
+    SPLIT_IN_NAME,
+    SPLIT_NAMES,
+    captions_json_format,
+    file_format,
+    folder_format,
+    imagefolder_files,
+    json_document,
+    needs_streaming,
+    wrong_format,
+)
 from alt_text_recipes.data.errors import DatasetError
-from alt_text_recipes.data.images import IMAGE_SUFFIXES
 from alt_text_recipes.data.paths import REPO_ROOT, places_looked
+from alt_text_recipes.data.table_files import TABLE_BUILDERS, read_table
 
-TABLE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-SPLIT_IN_NAME = re.compile(r"(?<![a-z])(train|training|validation|valid|val|dev|test|testing)(?![a-z])")
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "dev": "validation",
-    "test": "test",
-    "testing": "test",
-}
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
 ROWS = Features({"image": Image(decode=False), "text": Value("string")})
-ACCEPTED = (
-    "a CSV/JSON/JSONL/Parquet file or glob of image paths (or bytes) and captions, a folder of photos "
-    "holding such a file, COCO captions or Karpathy split JSON, chat rows (messages or conversations with "
-    "images), an imagefolder folder, a save_to_disk folder, or a Hub dataset id"
-)
 
 
 def is_hub_id(source: str) -> bool:
@@ -72,33 +69,43 @@ def is_hub_id(source: str) -> bool:
 
 
 def read_source(
-    source: str, image_column: str = "image", caption_column: str = "text", config_name: str | None = None
+    source: str,
+    image_column: str = "image",
+    caption_column: str = "text",
+    config_name: str | None = None,
+    data_format: str = "auto",
 ) -> DatasetDict:
-    """Every split of the data set at `source`, whatever its layout, as `image` / `text` rows."""
+    """Every split of the data set at `source` as `image` / `text` rows, in the layout `data_format` declares
+    (a DATA_FORMATS value; `auto`: the layout detected from what is there)."""
     if URL.match(source):
         raise DatasetError(
             f"{source} is a URL; data sets are read from local files or the Hub, never downloaded "
             "from a URL at training time. Download it and pass the local path."
         )
+    if data_format == "webdataset":
+        raise needs_streaming(source)
     if _is_glob(source):
-        return _read_files(_expand_glob(source), image_column, caption_column)
+        return _read_files(_expand_glob(source), image_column, caption_column, data_format)
     path = _local_path(source)
     if path is not None:
         return (
-            _read_files([path], image_column, caption_column)
+            _read_files([path], image_column, caption_column, data_format)
             if path.is_file()
-            else _read_folder(path, image_column, caption_column)
+            else _read_folder(path, image_column, caption_column, data_format)
         )
-    if Path(source).suffix.lower() in TABLE_BUILDERS or source.startswith((".", "/", "~")):
-        raise DatasetError(f"no file or folder {source} (looked in {places_looked()}).")
+    if Path(source).suffix.lower() in TABLE_BUILDERS or source.startswith((".", "/", "~")) or data_format != "auto":
+        declared = f"; --data_format {data_format} reads local data (a Hub id needs auto)" * (data_format != "auto")
+        raise DatasetError(f"no file or folder {source} (looked in {places_looked()}){declared}.")
     return _read_hub(source, image_column, caption_column, config_name)
 
 
-def read_split_files(files: dict[str, str], image_column: str = "image", caption_column: str = "text") -> DatasetDict:
+def read_split_files(
+    files: dict[str, str], image_column: str = "image", caption_column: str = "text", data_format: str = "auto"
+) -> DatasetDict:
     """`--train_file` / `--validation_file` / `--test_file`: each source gives the split it is named for."""
     splits = {}
     for name, source in files.items():
-        read = read_source(source, image_column, caption_column)
+        read = read_source(source, image_column, caption_column, data_format=data_format)
         if name not in read and len(read) > 1:
             raise DatasetError(
                 f"{source} holds the splits {list(read)} and no '{name}' split; pass it as "
@@ -200,58 +207,27 @@ def _read_hub(source: str, image_column: str, caption_column: str, config_name: 
     )
 
 
-def is_saved_to_disk(folder: Path) -> bool:
-    return any((folder / name).exists() for name in ("dataset_dict.json", "dataset_info.json", "state.json"))
-
-
-def _is_imagefolder_metadata(file: Path) -> bool:
-    """imagefolder's own `metadata.csv/jsonl/parquet` (a `file_name` column), left to the imagefolder loader."""
-    if file.stem != "metadata":
-        return False
-    first_row = next(
-        iter(load_dataset(TABLE_BUILDERS[file.suffix.lower()], data_files=str(file), split="train", streaming=True)),
-        {},
-    )
-    return "file_name" in first_row
-
-
-def _read_folder(folder: Path, image_column: str, caption_column: str) -> DatasetDict:
-    if is_saved_to_disk(folder):
+def _read_folder(folder: Path, image_column: str, caption_column: str, data_format: str) -> DatasetDict:
+    layout, files = folder_format(folder, image_column, caption_column, data_format)
+    if layout == "webdataset":
+        raise needs_streaming(folder)
+    if layout not in FOLDER_FORMATS:
+        return _read_files(files, image_column, caption_column, data_format)
+    if layout == "saved":
         loaded = load_from_disk(str(folder))
-        raw = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-        return DatasetDict(
-            {name: standardise(split, image_column, caption_column, str(folder), name) for name, split in raw.items()}
-        )
-    tables = [
-        file
-        for file in sorted(folder.iterdir())
-        if file.is_file() and not file.name.startswith(".") and file.suffix.lower() in TABLE_BUILDERS
-    ]
-    caption_files = [file for file in tables if not _is_imagefolder_metadata(file)]
-    if caption_files:
-        return _read_files(caption_files, image_column, caption_column)
-    if any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.rglob("*")):
-        # Photos beside a top-level metadata file are one train split; given as data_dir, datasets 5.2
-        # would read them without their captions.
-        raw = (
-            load_dataset("imagefolder", data_files={"train": str(folder / "**")})
-            if tables
-            else load_dataset("imagefolder", data_dir=str(folder))
-        )
-        return DatasetDict(
-            {name: standardise(split, image_column, caption_column, str(folder), name) for name, split in raw.items()}
-        )
-    found = sorted(path.name for path in folder.iterdir())[:10]
-    raise DatasetError(
-        f"{folder} holds no photos and no caption file (found: {found or 'nothing'}). Accepted: {ACCEPTED}."
+    else:
+        loaded = load_dataset("imagefolder", **imagefolder_files(folder))
+    raw = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    return DatasetDict(
+        {name: standardise(split, image_column, caption_column, str(folder), name) for name, split in raw.items()}
     )
 
 
-def _read_files(files: list[Path], image_column: str, caption_column: str) -> DatasetDict:
+def _read_files(files: list[Path], image_column: str, caption_column: str, data_format: str = "auto") -> DatasetDict:
     """Each file read with its paths relative to its own folder; a file named after a split gives that split."""
     parts = defaultdict(list)
     for file in files:
-        read = _read_file(file, image_column, caption_column)
+        read = _read_file(file, image_column, caption_column, data_format)
         named = SPLIT_IN_NAME.search(file.stem.lower())
         if named and list(read) == ["train"]:
             read = {SPLIT_NAMES[named.group(1)]: read["train"]}
@@ -260,55 +236,68 @@ def _read_files(files: list[Path], image_column: str, caption_column: str) -> Da
     return DatasetDict({name: concatenate_datasets(splits) for name, splits in parts.items()})
 
 
-def _read_file(file: Path, image_column: str, caption_column: str) -> DatasetDict:
-    suffix = file.suffix.lower()
-    if suffix not in TABLE_BUILDERS:
-        raise DatasetError(f"{file} is not a CSV, JSON, JSONL or Parquet file. Accepted: {ACCEPTED}.")
-    document = _json_document(file) if suffix == ".json" else None
+def _read_file(file: Path, image_column: str, caption_column: str, data_format: str = "auto") -> DatasetDict:
+    """One caption file in `data_format` (`auto`: COCO / Karpathy by their structure, chat rows by their columns)."""
+    _require_suffix(file, data_format, image_column, caption_column)
+    reads_json = file.suffix.lower() == ".json" and data_format in ("auto", "coco", "karpathy")
+    document = json_document(file) if reads_json else None
     if isinstance(document, dict) and "images" in document:
-        return _read_captions_json(document, file)
-    try:
-        table = load_dataset(TABLE_BUILDERS[suffix], data_files=str(file), split="train")
-    except DatasetGenerationError as error:
-        raise DatasetError(f"{file} could not be read as {suffix[1:].upper()}: {error.__cause__ or error}") from None
-    if caption_column not in table.column_names and {"messages", "conversations"} & set(table.column_names):
-        table = _chat_rows(table, file)
-        image_column, caption_column = "image", "text"
+        return _read_captions_json(document, file, data_format)
+    if data_format in ("coco", "karpathy"):
+        raise _not_declared(file, data_format, "has no `images` list", image_column, caption_column)
+    table, image_column, caption_column = _table_rows(
+        read_table(file), file, data_format, image_column, caption_column
+    )
     return DatasetDict({"train": standardise(table, image_column, caption_column, str(file), "train", file.parent)})
 
 
-def _json_document(file: Path) -> object | None:
-    """A `.json` file that is one JSON document (COCO, Karpathy, a list of rows); None for JSON lines."""
-    with file.open(encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError:
-            return None
+def _require_suffix(file: Path, data_format: str, image_column: str, caption_column: str) -> None:
+    if data_format in FOLDER_FORMATS:
+        raise wrong_format(file, data_format, f"is a file; {data_format} reads a folder: {DATA_FORMATS[data_format]}")
+    suffix = file.suffix.lower()
+    if suffix not in TABLE_BUILDERS:
+        raise DatasetError(f"{file} is not a CSV, JSON, JSONL or Parquet file. Accepted: {ACCEPTED}.")
+    if data_format != "auto" and suffix not in CAPTION_FILE_SUFFIXES[data_format]:
+        suffixes = "/".join(sorted(CAPTION_FILE_SUFFIXES[data_format]))
+        what = f"is not {DATA_FORMATS[data_format]} (a {suffixes} file)"
+        raise _not_declared(file, data_format, what, image_column, caption_column)
 
 
-def _read_captions_json(document: dict, file: Path) -> DatasetDict:
+def _table_rows(
+    table: Dataset, file: Path, data_format: str, image_column: str, caption_column: str
+) -> tuple[Dataset, str, str]:
+    """A table's rows and its image and caption columns: chat rows turned into image + answer where they are
+    declared, or detected (`messages` / `conversations` and no caption column)."""
+    columns = table.column_names
+    chat = {"messages", "conversations"} & set(columns)
+    if data_format == "chat" or (data_format == "auto" and chat and caption_column not in columns):
+        if not chat:
+            what = f"has no `messages` or `conversations` column (its columns: {columns})"
+            raise _not_declared(file, data_format, what, image_column, caption_column)
+        return _chat_rows(table, file), "image", "text"
+    if data_format != "auto" and not {image_column, caption_column} <= set(columns):
+        detected = file_format(file, image_column, caption_column)  # else standardise names the columns there are
+        if detected and detected != data_format:
+            raise wrong_format(file, data_format, f"has no column {image_column!r} / {caption_column!r}", detected)
+    return table, image_column, caption_column
+
+
+def _not_declared(file: Path, declared: str, what: str, image_column: str, caption_column: str) -> DatasetError:
+    """`file` is not in the declared format: said with the format it is in, where one is detected."""
+    detected = file_format(file, image_column, caption_column)
+    return wrong_format(file, declared, what, detected if detected != declared else None)
+
+
+def _read_captions_json(document: dict, file: Path, data_format: str) -> DatasetDict:
     """COCO captions (`images` + `annotations`) or Karpathy's split file (`images` with `sentences`)."""
-    images = document["images"]
-    if "annotations" in document:
-        paths = {image["id"]: image["file_name"] for image in images}
-        unknown = sorted({note["image_id"] for note in document["annotations"]} - set(paths))
-        if unknown:
-            raise DatasetError(f"{file}: annotations name image ids that `images` does not list: {unknown[:5]}.")
-        rows = {"train": [(paths[note["image_id"]], note.get("caption")) for note in document["annotations"]]}
-    elif images and "sentences" in images[0]:
-        unknown = sorted({image.get("split") for image in images} - set(KARPATHY_SPLITS), key=str)
-        if unknown:
-            raise DatasetError(f"{file}: Karpathy splits must be {sorted(KARPATHY_SPLITS)}; found {unknown}.")
-        rows = defaultdict(list)
-        for image in images:
-            path = "/".join(part for part in (image.get("filepath"), image["filename"]) if part)
-            rows[KARPATHY_SPLITS[image["split"]]] += [
-                (path, sentence.get("raw")) for sentence in image["sentences"] or [{}]
-            ]
-    else:
+    layout = captions_json_format(document)
+    if data_format != "auto" and layout != data_format:
+        raise wrong_format(file, data_format, f"is not {DATA_FORMATS[data_format]}", layout)
+    if layout is None:
         raise DatasetError(
             f"{file} has `images` but neither COCO `annotations` nor Karpathy `sentences`. Accepted: {ACCEPTED}."
         )
+    rows = _coco_rows(document, file) if layout == "coco" else _karpathy_rows(document, file)
     root = _image_root(file.parent, next((path for split in rows.values() for path, _ in split), ""))
     return DatasetDict(
         {
@@ -323,6 +312,27 @@ def _read_captions_json(document: dict, file: Path) -> DatasetDict:
             for name, split in rows.items()
         }
     )
+
+
+def _coco_rows(document: dict, file: Path) -> dict[str, list[tuple[str, str | None]]]:
+    paths = {image["id"]: image["file_name"] for image in document["images"]}
+    unknown = sorted({note["image_id"] for note in document["annotations"]} - set(paths))
+    if unknown:
+        raise DatasetError(f"{file}: annotations name image ids that `images` does not list: {unknown[:5]}.")
+    return {"train": [(paths[note["image_id"]], note.get("caption")) for note in document["annotations"]]}
+
+
+def _karpathy_rows(document: dict, file: Path) -> dict[str, list[tuple[str, str | None]]]:
+    images = document["images"]
+    unknown = sorted({image.get("split") for image in images} - set(KARPATHY_SPLITS), key=str)
+    if unknown:
+        raise DatasetError(f"{file}: Karpathy splits must be {sorted(KARPATHY_SPLITS)}; found {unknown}.")
+    rows = defaultdict(list)
+    for image in images:
+        path = "/".join(part for part in (image.get("filepath"), image["filename"]) if part)
+        captions = [sentence.get("raw") for sentence in image["sentences"] or [{}]]
+        rows[KARPATHY_SPLITS[image["split"]]] += [(path, caption) for caption in captions]
+    return rows
 
 
 def _image_root(folder: Path, first_image: str) -> Path:

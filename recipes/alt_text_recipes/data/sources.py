@@ -1,8 +1,7 @@
 """Load caption data sets into the two columns the collator reads: `image` (PIL) and `text`.
 
 `recipes/alt_text_recipes/data/layouts.py` recognises and reads the layouts (caption files, a folder of photos with
-one,
-COCO / Karpathy JSON, chat rows, imagefolder, save_to_disk, Hub ids). Here the splits are completed: data
+one, COCO / Karpathy JSON, chat rows, imagefolder, save_to_disk, Hub ids). Here the splits are completed: data
 that has no validation or test split can hold out a seeded share of its training images for one, grouped by
 image so that no photo (with any of its captions) is in two splits.
 """
@@ -35,18 +34,19 @@ def load_caption_dataset(
     validation_split_percentage: float = 0,
     test_split_percentage: float = 0,
     seed: int = 42,
+    data_format: str = "auto",
 ) -> DatasetDict:
     """Load every split of a caption data set with columns `image` and `text`, one caption a row.
 
     `split_files` ({"train": path, ...}; None values ignored) replaces `name_or_path` when it names any file.
     The percentages hold out that share of the training images as a validation / test split where the
-    data has none (shuffled with `seed`)."""
+    data has none (shuffled with `seed`). `data_format` declares the layout (layouts.py; `auto`: detected)."""
     files = {name: source for name, source in (split_files or {}).items() if source}
     source = ", ".join(files.values()) if files else name_or_path
     raw = (
-        read_split_files(files, image_column, caption_column)
+        read_split_files(files, image_column, caption_column, data_format)
         if files
-        else read_source(name_or_path, image_column, caption_column, config_name)
+        else read_source(name_or_path, image_column, caption_column, config_name, data_format)
     )
     if not raw:
         raise DatasetError(f"{source} holds no splits.")

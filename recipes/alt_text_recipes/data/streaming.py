@@ -8,6 +8,8 @@ Sources (`--streaming --dataset_name ...`):
   A shard holds `KEY.jpg` (or png, webp, ...) with `KEY.txt` (the caption) or `KEY.json` holding a
   `caption` field (or the field `--caption_column` names);
 - an `imagefolder` folder (as `data/gourmetgram-mini`) and Hub dataset ids, which `datasets` streams itself.
+A folder's layout is decided as without --streaming (`data_formats.folder_format`, `--data_format`), except that
+under `auto` .tar shards win; caption files and save_to_disk folders are read without --streaming.
 
 Each process reads its own part (`split_dataset_by_node`: whole shards when their count divides by the
 number of processes, otherwise every N-th example), and the Trainer is kept from splitting it again
@@ -41,9 +43,10 @@ from alt_text_recipes.data.checks import (
     image_limits,
     write_report,
 )
+from alt_text_recipes.data.data_formats import folder_format, has_shards, imagefolder_files
 from alt_text_recipes.data.errors import DatasetError
 from alt_text_recipes.data.input_pipeline import prepare_for_training
-from alt_text_recipes.data.layouts import is_saved_to_disk, standardise
+from alt_text_recipes.data.layouts import standardise
 from alt_text_recipes.data.paths import is_local, resolve_local
 
 # Examples held to shuffle the stream (as undecoded bytes): bounded memory, some mixing across shards.
@@ -74,20 +77,39 @@ def _shard_globs(train_glob: str) -> dict[str, str]:
     }
 
 
-def _load_raw_stream(name_or_path: str, config_name: str | None) -> IterableDatasetDict:
-    if glob.has_magic(name_or_path):
+def _load_raw_stream(
+    name_or_path: str, config_name: str | None, data_format: str, image_column: str, caption_column: str
+) -> IterableDatasetDict:
+    """The raw stream of a glob of shards, a Hub id or a local folder, its layout decided as without --streaming
+    (`folder_format`), except that .tar shards in the folder win under `auto`: they are what streaming is for."""
+    if glob.has_magic(name_or_path) and data_format in ("auto", "webdataset"):
         return load_dataset("webdataset", data_files=_shard_globs(name_or_path), streaming=True)
     if not is_local(name_or_path):
+        if data_format != "auto":
+            raise _not_streamed(name_or_path, f"--data_format {data_format} (a Hub id needs auto)")
         return load_dataset(name_or_path, config_name, streaming=True)
-    folder = resolve_local(name_or_path)
-    if any(Path(folder).glob("**/*.tar")):  # `datasets` finds the splits from the file names
-        return load_dataset("webdataset", data_dir=folder, streaming=True)
-    if is_saved_to_disk(Path(folder)):
+    folder = Path(resolve_local(name_or_path))
+    if data_format == "auto" and has_shards(folder):
+        layout = "webdataset"
+    else:
+        layout = folder_format(folder, image_column, caption_column, data_format)[0]
+    if layout == "webdataset":  # `datasets` finds the splits from the file names
+        return load_dataset("webdataset", data_dir=str(folder), streaming=True)
+    if layout == "imagefolder":
+        return load_dataset("imagefolder", streaming=True, **imagefolder_files(folder))
+    if layout == "saved":
         raise DatasetError(
             f"{name_or_path} is a save_to_disk folder, which is read memory-mapped already: train "
             "on it without --streaming."
         )
-    return load_dataset("imagefolder", data_dir=folder, streaming=True)
+    raise _not_streamed(name_or_path, "caption files, whose rows name the photos (read as training asks for them)")
+
+
+def _not_streamed(source: str, what: str) -> DatasetError:
+    return DatasetError(
+        f"--streaming reads WebDataset shards, imagefolder folders and Hub ids; {source} is read as {what}: "
+        "train on it without --streaming."
+    )
 
 
 def _caption_from_json(example: dict, field: str) -> dict:
@@ -114,10 +136,15 @@ def _webdataset_columns(
 
 
 def load_caption_stream(
-    name_or_path: str, image_column: str = "image", caption_column: str = "text", config_name: str | None = None
+    name_or_path: str,
+    image_column: str = "image",
+    caption_column: str = "text",
+    config_name: str | None = None,
+    data_format: str = "auto",
 ) -> IterableDatasetDict:
-    """Every split of a caption data set as a stream, its columns renamed to `image` and `text`."""
-    raw = _load_raw_stream(name_or_path, config_name)
+    """Every split of a caption data set as a stream, its columns renamed to `image` and `text`; `data_format`
+    as without --streaming (`auto`, `webdataset` or `imagefolder` stream)."""
+    raw = _load_raw_stream(name_or_path, config_name, data_format, image_column, caption_column)
     if not raw:
         raise DatasetError(f"{name_or_path} holds no splits.")
     standardised = {}
@@ -300,7 +327,11 @@ def streamed_splits(
     --fast_inputs, decoded and resized in the DataLoader workers, never cached), the evaluation split read
     into memory and checked now, and the callback that writes the data report when training ends."""
     streams = load_caption_stream(
-        script_args.dataset_name, script_args.image_column, script_args.caption_column, script_args.dataset_config
+        script_args.dataset_name,
+        script_args.image_column,
+        script_args.caption_column,
+        script_args.dataset_config,
+        script_args.data_format,
     )
     check = StreamCheck(
         script_args.train_split,

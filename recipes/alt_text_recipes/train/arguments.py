@@ -18,6 +18,7 @@ from typing import Any
 from datasets import DatasetDict
 from trl import ModelConfig, TrlParser
 
+from alt_text_recipes.data.data_formats import DATA_FORMATS
 from alt_text_recipes.data.errors import RecipeError, require_setting
 from alt_text_recipes.data.images import MAX_ASPECT_RATIO, MAX_PIXELS
 from alt_text_recipes.data.library_internals import option_names
@@ -42,7 +43,17 @@ class DataArguments:
             "help": "The captioned photos, in any layout detected from what is there: a CSV/JSON/JSONL/Parquet "
             "file or glob (image paths or bytes + captions), a folder of photos holding such a file, "
             "COCO captions or Karpathy split JSON, chat rows (messages/conversations + images), an "
-            "imagefolder or save_to_disk folder, or a Hub dataset id."
+            "imagefolder or save_to_disk folder, or a Hub dataset id. --data_format declares which."
+        },
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "The layout of --dataset_name / the split files: 'auto' detects it from what is there (a folder "
+            "that can be read two ways is an error naming both); or declare it: "
+            + "; ".join(f"'{name}' {what}" for name, what in DATA_FORMATS.items() if name != "auto")
+            + ". Declared, nothing is guessed, and data in another layout is an error saying which it is.",
+            "choices": list(DATA_FORMATS),
         },
     )
     train_file: str | None = field(
@@ -120,6 +131,9 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        require_setting(
+            self.data_format in DATA_FORMATS, "data_format", self.data_format, f"give one of {list(DATA_FORMATS)}"
+        )
         for flag in ("validation_split_percentage", "test_split_percentage"):
             value = getattr(self, flag)
             require_setting(0 <= value < 100, flag, value, "give a percentage from 0 up to (not including) 100")
@@ -154,6 +168,7 @@ class DataArguments:
             validation_split_percentage=self.validation_split_percentage,
             test_split_percentage=self.test_split_percentage,
             seed=seed,
+            data_format=self.data_format,
         )
 
 

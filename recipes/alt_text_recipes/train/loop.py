@@ -267,7 +267,11 @@ def gather_peaks(trainer: AltTextTrainer, peak_bytes: int) -> list[int]:
 def show_examples(trainer: AltTextTrainer, script_args: ScriptArguments) -> None:
     if script_args.streaming:
         splits = load_caption_stream(
-            script_args.dataset_name, script_args.image_column, script_args.caption_column, script_args.dataset_config
+            script_args.dataset_name,
+            script_args.image_column,
+            script_args.caption_column,
+            script_args.dataset_config,
+            script_args.data_format,
         )
     else:
         splits = script_args.load_splits(trainer.args.seed)
