@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from datasets import Dataset, Image
 
-from alt_text_recipes.data.sources import image_identity
 from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.data.sources import as_reference_list, image_identity
 from alt_text_recipes.outputs.generation import generate_for_dataset
-from alt_text_recipes.data.sources import as_reference_list
 from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL, METRIC_NAMES, caption_scores
 from alt_text_recipes.train.modeling import inference_device, load_for_inference
 
