@@ -88,11 +88,7 @@ class CatalogueOutput:
         """Every complete entry of every process's log, by image key (a later entry wins)."""
         entries: dict[tuple[str, str], dict] = {}
         for log in sorted(self.parts.glob("process-*.jsonl")):
-            for line in log.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line of a killed process
-                    continue
+            for entry in read_log(log):
                 entries[(entry["resolved"], entry["sha256"])] = entry
         return entries
 
@@ -117,6 +113,20 @@ class AppendLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def read_log(path: Path) -> list[dict]:
+    """The complete entries of an append-only log, in the order written; a torn last line (a process killed
+    while writing it) is ignored, and so is a missing log (nothing written yet)."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def cut_torn_tail(path: Path) -> None:
