@@ -8,6 +8,7 @@ import html
 import io
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -75,8 +76,10 @@ def shorten(text: str, max_chars: int) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Readers (and a rerun after a kill) see the old file or the new one, never half of it."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    """Readers (and a rerun after a kill) see the old file or the new one, never half of it. The partial file's
+    name is unique to this write, so two writers at once (threads of one server, or two servers) never replace
+    each other's partial file."""
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")  # not mkstemp: it would make it 0600
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
