@@ -162,7 +162,7 @@ def build_trainer(
         embedding_model=script_args.embedding_model,
         caption_metrics=script_args.caption_metrics,
         caption_samples=script_args.caption_samples,
-        run_summary=run_summary(script_args, training_args, model_args),
+        run_summary=run_summary(script_args, training_args, model_args, chat=family_of(model).uses_chat_template),
     )
     memory_callback.trainer = trainer
     return trainer
