@@ -40,7 +40,12 @@ from alt_text_recipes.train.modeling import (
     lora_targets,
     meta_model,
 )
-from alt_text_recipes.train.parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
+from alt_text_recipes.train.parallel import (
+    align_query_tokens_for_fsdp,
+    lone_launch_warning,
+    parse_device_map,
+    scaled_learning_rate,
+)
 from alt_text_recipes.train.trainer import AltTextTrainer, resume_checkpoint
 
 logger = get_logger(__name__)
@@ -173,6 +178,8 @@ def build_trainer(
 
 def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
     """Train with parsed arguments, save the model (or adapter) with its processor and card, report."""
+    if warning := lone_launch_warning():
+        logger.warning(warning)
     apply_lr_scaling(script_args, training_args)
     set_seed(training_args.seed)
     trainer = build_trainer(script_args, training_args, model_args)
