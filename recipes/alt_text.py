@@ -39,6 +39,7 @@ from alt_text_recipes.outputs.catalogue import CatalogueImage, CatalogueOutput, 
 from alt_text_recipes.outputs.generation import generate_alt_text
 from alt_text_recipes.train.arguments import GenerationArguments, parse_tool_args
 from alt_text_recipes.train.modeling import load_for_inference
+from alt_text_recipes.train.parallel import lone_launch_warning
 
 logger = get_logger("alt_text")
 
@@ -117,7 +118,7 @@ def check_arguments(args: AltTextArguments) -> None:
         raise RecipeError("--max_chars below 20 leaves no room for a description.")
     if args.quantize == "int8" and not args.use_cpu:
         raise RecipeError(
-            "--quantize int8 uses PyTorch's CPU int8 kernels: add --use_cpu true, or on a GPU use --dtype bfloat16."
+            "--quantize int8 uses PyTorch's CPU int8 kernels: add --use_cpu, or on a GPU use --dtype bfloat16."
         )
     if args.quantize == "int8" and args.dtype not in ("auto", "float32"):
         raise RecipeError("--quantize int8 quantizes float32 weights: leave --dtype at auto or float32.")
@@ -199,6 +200,8 @@ def joined_processes(use_cpu: bool) -> PartialState:
     """This process's place among those `accelerate launch` started. Processes that fail to form one group
     would each write every image, so that is an error."""
     state = PartialState(cpu=use_cpu)
+    if warning := lone_launch_warning():
+        logger.warning(warning)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if state.num_processes != launched:
         raise RecipeError(

@@ -4,16 +4,17 @@
     python recipes/merge_adapter.py --adapter_dir outputs/qlora --output_dir outputs/qlora-merged --dtype bfloat16
 
 The base named in the adapter's config (or `--base_model`) is loaded unquantized in `--dtype`, also for
-QLoRA adapters, so the merged weights are plain bf16/fp32 weights. The processor is saved beside them.
+QLoRA adapters, so the merged weights are plain bf16/fp32 weights. The processor is saved beside them, and a
+model card (README.md) whose loading code and pipeline call run from any folder.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft import PeftModel
-
 from alt_text_recipes.data.errors import RecipeError, exit_on_user_error, require_folder
+from alt_text_recipes.outputs.model_card import write_merged_card
 from alt_text_recipes.train.arguments import parse_tool_args
+from alt_text_recipes.train.families import family_of
 from alt_text_recipes.train.modeling import load_trained
 
 
@@ -35,12 +36,18 @@ class MergeArguments:
 def merge_adapter(args: MergeArguments) -> Path:
     if not (Path(args.adapter_dir) / "adapter_config.json").exists():
         raise RecipeError(f"{args.adapter_dir} holds no adapter_config.json: it is not a LoRA/QLoRA output folder.")
+    # Here, not at the top: importing peft imports bitsandbytes, whose CPU notice the package's log filter (set
+    # when alt_text_recipes is imported) drops; imported before the package, the notice would print.
+    from peft import PeftModel
+
     model, processor = load_trained(args.adapter_dir, args.dtype, args.base_model)
     if not isinstance(model, PeftModel):
         raise RecipeError(f"{args.adapter_dir} did not load as an adapter.")
     merged = model.merge_and_unload()
     merged.save_pretrained(args.output_dir)  # safetensors
     processor.save_pretrained(args.output_dir)
+    base = args.base_model or model.peft_config[model.active_adapter].base_model_name_or_path
+    write_merged_card(args.output_dir, args.adapter_dir, base, family_of(merged).uses_chat_template)
     print(f"merged {args.adapter_dir} into {type(merged).__name__} ({merged.dtype}); saved to {args.output_dir}")
     return Path(args.output_dir)
 

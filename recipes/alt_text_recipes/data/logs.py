@@ -1,7 +1,7 @@
 """The recipes' one way to say something: `logger = get_logger(__name__)` in each module.
 
 Lines go out once, from the main process (accelerate's logger), to stdout as plain lines written above any
-progress bar, at INFO. Also here: the one third-party log record the recipes silence. `setup_logging` runs
+progress bar, at INFO. Also here: the third-party log records the recipes silence. `setup_logging` runs
 when the package is imported (alt_text_recipes/__init__.py).
 """
 
@@ -61,26 +61,45 @@ def get_logger(name: str) -> RecipeLogger:
     return RecipeLogger(accelerate_logger(name).logger, {})
 
 
-# bitsandbytes, on a CPU with AVX512-BF16, tries to download an optional CPU kernel for 4-bit matmuls with the
-# `kernels` package and warns when it cannot ("Failed to load CPU gemm_4bit_forward from kernels-community").
-# Offline (the recipes' normal case) `kernels` could not fetch it either, and bitsandbytes falls back to its
-# own kernel: the warning asks for nothing the user can act on, so exactly that record is dropped.
+class _DropNotice(logging.Filter):
+    """Drops the records of one logger whose message starts with `notice`, when `applies()` says so."""
+
+    def __init__(self, notice: str, applies=lambda: True) -> None:
+        super().__init__()
+        self.notice, self.applies = notice, applies
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith(self.notice) and self.applies())
+
+
+def _no_cuda() -> bool:
+    import torch  # imported by then: DeepSpeed logs while it imports torch's accelerators
+
+    return not torch.cuda.is_available()
+
+
+# The third-party notices the recipes drop, each asking for nothing the user can act on (logger, message start,
+# when). bitsandbytes, on a CPU with AVX512-BF16, tries to download an optional CPU kernel for 4-bit matmuls with
+# the `kernels` package and warns when it cannot: offline (the recipes' normal case) `kernels` could not fetch it
+# either, and bitsandbytes falls back to its own kernel. DeepSpeed, imported by every run (transformers' Trainer,
+# accelerate), warns on a machine without CUDA that it uses the CPU: on such a machine that is the point (with
+# CUDA visible the same line means it failed to find the GPU, and is kept).
 BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 KERNELS_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+DEEPSPEED_LOGGER = "DeepSpeed"
+DEEPSPEED_CPU_NOTICE = "Setting accelerator to CPU"
+NOTICES = ((BITSANDBYTES_CPU_LOGGER, KERNELS_NOTICE, lambda: True), (DEEPSPEED_LOGGER, DEEPSPEED_CPU_NOTICE, _no_cuda))
 
 
-class _NoKernelsNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(KERNELS_NOTICE)
-
-
-def _silence_kernels_notice() -> None:
-    bitsandbytes_logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
-    if not any(isinstance(f, _NoKernelsNotice) for f in bitsandbytes_logger.filters):
-        bitsandbytes_logger.addFilter(_NoKernelsNotice())
+def _drop_notices() -> None:
+    for name, notice, applies in NOTICES:
+        library_logger = logging.getLogger(name)  # the logger the library gets when it imports, filter and all
+        if not any(isinstance(f, _DropNotice) and f.notice == notice for f in library_logger.filters):
+            library_logger.addFilter(_DropNotice(notice, applies))
 
 
 def setup_logging() -> None:
-    """Once per process, when the package is imported (before anything imports bitsandbytes); idempotent."""
+    """Once per process, when the package is imported (before anything imports bitsandbytes or DeepSpeed);
+    idempotent."""
     _send_package_lines_to_stdout()
-    _silence_kernels_notice()
+    _drop_notices()

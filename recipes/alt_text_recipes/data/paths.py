@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -16,6 +17,13 @@ def resolve_local(name_or_path: str) -> str:
         if candidate.is_dir():
             return str(candidate)
     return name_or_path
+
+
+def portable_name(name_or_path: str) -> str:
+    """`name_or_path` as it loads from any folder: the absolute path of a local folder (as `resolve_local` finds
+    it), else unchanged (a Hub id). What a saved output records of the model it was made from."""
+    local = resolve_local(name_or_path)
+    return os.path.abspath(local) if Path(local).is_dir() else name_or_path
 
 
 def places_looked() -> str:

@@ -1,4 +1,4 @@
-"""When the GPU runs out of memory: say how far the run got and what to try next, with predictions."""
+"""When the GPU runs out of memory, or an estimate says it would: say what to try next, with predictions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from alt_text_recipes.memory.estimator import caption_token_count, estimate
+from alt_text_recipes.memory.estimator import Estimate, caption_token_count, estimate
 from alt_text_recipes.memory.measured import GB
 
 
@@ -70,29 +70,46 @@ def out_of_memory_advice(script_args, training_args, model_args, caption_tokens:
         )
     else:
         lines.append("out of memory.")
+    options = {"gpu_memory_gb": device_gb or 80.0}
     try:
-        current = estimate(script_args, training_args, model_args, caption_tokens, gpu_memory_gb=device_gb or 80.0)
+        current = estimate(script_args, training_args, model_args, caption_tokens, **options)
     except Exception as error:  # no estimate must not hide the advice, nor stand in for it
-        current = None
         lines.append(f"No memory estimate can be made for this model ({_first_line(error)}). Try, one at a time:")
+        lines += [f"  {flags}" for flags, _, _ in next_techniques(training_args, model_args)]
     else:
-        lines.append(
-            f"Estimated for these settings: {current.total_gb:.1f} GB per GPU. Try, one at a time "
-            "(predicted GB per GPU with only that change):"
-        )
-    for flags, changed_training, changed_model in next_techniques(training_args, model_args):
-        if current is None:
-            lines.append(f"  {flags}")
-            continue
-        try:
-            predicted = estimate(
-                script_args, changed_training, changed_model, caption_tokens, gpu_memory_gb=device_gb or 80.0
-            )
-            lines.append(f"  {flags}: {predicted.total_gb:.1f} GB{'' if predicted.fits else ' (still too much)'}")
-        except Exception:  # an estimate that cannot be made must not hide the advice
-            lines.append(f"  {flags}: (no estimate for this change)")
-    lines.append("More: `python recipes/estimate.py <recipe> ...` and the technique matrix in docs/memory.md.")
+        lines.append(f"Estimated for these settings: {current.total_gb:.1f} GB per GPU. {TRY}")
+        predictions = predicted_techniques(script_args, training_args, model_args, caption_tokens, **options)
+        lines += technique_lines(predictions)
+    lines.append(MORE)
     return "\n".join(lines)
+
+
+TRY = "Try, one at a time (predicted GB per GPU with only that change):"
+MORE = "More: `python recipes/estimate.py <recipe> ...` and the technique matrix in docs/memory.md."
+
+
+def predicted_techniques(
+    script_args, training_args, model_args, caption_tokens: int, **options
+) -> list[tuple[str, Estimate | None]]:
+    """Each technique not yet in use (`next_techniques`) with the estimate for the run with only that change, under
+    the same `estimate` options (GPU memory, GPU count, strategy, device); None where none can be made."""
+    predictions = []
+    for flags, changed_training, changed_model in next_techniques(training_args, model_args):
+        try:
+            predicted = estimate(script_args, changed_training, changed_model, caption_tokens, **options)
+        except Exception:  # an estimate that cannot be made must not hide the advice
+            predicted = None
+        predictions.append((flags, predicted))
+    return predictions
+
+
+def technique_lines(predictions: list[tuple[str, Estimate | None]]) -> list[str]:
+    return [
+        f"  {flags}: (no estimate for this change)"
+        if predicted is None
+        else f"  {flags}: {predicted.total_gb:.1f} GB{'' if predicted.fits else ' (still too much)'}"
+        for flags, predicted in predictions
+    ]
 
 
 def _first_line(error: Exception) -> str:

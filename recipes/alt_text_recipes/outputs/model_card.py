@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,8 +11,8 @@ from typing import TYPE_CHECKING
 from huggingface_hub import ModelCard, ModelCardData
 
 from alt_text_recipes.data.layouts import is_hub_id
-from alt_text_recipes.data.paths import is_local
-from alt_text_recipes.train.families import trained_parts
+from alt_text_recipes.data.paths import is_local, portable_name
+from alt_text_recipes.train.families import DEFAULT_INSTRUCTION, trained_parts
 
 if TYPE_CHECKING:  # hints only: the card is written from a run's settings, it never parses them
     from transformers import TrainingArguments
@@ -18,6 +20,9 @@ if TYPE_CHECKING:  # hints only: the card is written from a run's settings, it n
 
     from alt_text_recipes.train.arguments import ScriptArguments
 
+# The transformers pipeline these models run in (its "image-to-text" task is gone from transformers 5).
+PIPELINE_TAG = "image-text-to-text"
+TAGS = ["alt-text", "image-captioning", "accessibility"]
 TECHNIQUES = {
     "full_ft": "full fine-tuning (every weight trained)",
     "lora": "LoRA (low-rank adapters on a frozen base)",
@@ -37,10 +42,15 @@ class RunSummary:
     hyperparameters: dict = field(default_factory=dict)
     peak_memory: str | None = None
     train_seconds: float | None = None
+    prompt: str = ""  # what alt text is generated after (BLIP-2), or the instruction (chat families)
+    chat: bool = False  # a chat family (Idefics, LLaVA): the pipeline takes the image and prompt as a user turn
 
 
-def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> RunSummary:
-    """The model card's account of the run: the settings that decide what was learnt and what it cost."""
+def run_summary(
+    script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig, chat: bool = False
+) -> RunSummary:
+    """The model card's account of the run: the settings that decide what was learnt and what it cost.
+    `chat`: the model is of a chat family."""
     hyperparameters = {
         "learning rate": training_args.learning_rate,
         "batch size per device": training_args.per_device_train_batch_size,
@@ -77,6 +87,8 @@ def run_summary(script_args: ScriptArguments, training_args: TrainingArguments, 
         is_adapter=bool(model_args.use_peft),
         generation={"max_new_tokens": script_args.generation_max_new_tokens, "num_beams": script_args.num_beams},
         hyperparameters=hyperparameters,
+        prompt=script_args.prompt,
+        chat=chat,
     )
 
 
@@ -92,40 +104,84 @@ def _latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:
     }
 
 
-def _how_to_load(summary: RunSummary, repo_id: str) -> str:
-    if summary.is_adapter:
-        return (
-            "```python\nfrom peft import PeftModel\n"
-            "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-            f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
-            f'base = AutoModelForImageTextToText.from_pretrained("{summary.base_model}")\n'
-            f'model = PeftModel.from_pretrained(base, "{repo_id}")\n```\n'
-            "`recipes/merge_adapter.py` merges the adapter into a standalone model folder."
-        )
-    return (
-        "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-        f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
-        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}")\n```'
+def how_to_load(
+    model_path: str, base_model: str | None, chat: bool, prompt: str = "", max_new_tokens: int = 40
+) -> str:
+    """Two Python blocks that run as they are, from any folder: load the model at `model_path` (`base_model`:
+    the base an adapter goes on; None for a full model), and write alt text for photo.jpg with the
+    image-text-to-text pipeline (chat families take the image and instruction as a user turn)."""
+    path_line = f'model_path = "{model_path}"  # this folder, or its Hub id once uploaded'
+    if base_model is None:
+        load = [
+            "from transformers import AutoModelForImageTextToText, AutoProcessor\n",
+            path_line,
+            "processor = AutoProcessor.from_pretrained(model_path)",
+            "model = AutoModelForImageTextToText.from_pretrained(model_path)",
+        ]
+    else:
+        load = [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor\n",
+            path_line,
+            "processor = AutoProcessor.from_pretrained(model_path)",
+            f'base = AutoModelForImageTextToText.from_pretrained("{base_model}")',
+            "model = PeftModel.from_pretrained(base, model_path)",
+        ]
+    # json.dumps writes the strings (and the chat turn) as Python literals, quotes in the prompt escaped.
+    if chat:
+        turn = [
+            {"type": "image", "image": "photo.jpg"},
+            {"type": "text", "text": prompt.strip() or DEFAULT_INSTRUCTION},
+        ]
+        call = [
+            f"messages = [{json.dumps({'role': 'user', 'content': turn})}]",
+            f"result = alt_text(text=messages, max_new_tokens={max_new_tokens}, return_full_text=False)",
+        ]
+    else:
+        call = [f'result = alt_text("photo.jpg", text={json.dumps(prompt.strip())}, max_new_tokens={max_new_tokens})']
+    generate = [
+        "from transformers import pipeline\n",
+        path_line,
+        'alt_text = pipeline("image-text-to-text", model=model_path)',
+        *call,
+        'print(result[0]["generated_text"])',
+    ]
+    return "\n".join(["```python", *load, "```", "", "Alt text for a photo:", "", "```python", *generate, "```"])
+
+
+def _metadata(base_model: str, is_adapter: bool, tags: list[str], datasets: list[str] | None = None) -> ModelCardData:
+    return ModelCardData(
+        base_model=None if is_local(base_model) else base_model,
+        datasets=datasets,
+        library_name="peft" if is_adapter else "transformers",
+        pipeline_tag=PIPELINE_TAG,
+        tags=[*TAGS, *tags],
     )
 
 
-def model_card_text(summary: RunSummary, repo_id: str, log_history: list[dict], best: str | None = None) -> str:
-    """The card: metadata header, what was trained how, results, and how to load it."""
-    metadata = ModelCardData(
-        base_model=None if is_local(summary.base_model) else summary.base_model,
-        datasets=[summary.dataset] if is_hub_id(summary.dataset) else None,
-        library_name="peft" if summary.is_adapter else "transformers",
-        pipeline_tag="image-to-text",
-        tags=["alt-text", "image-captioning", "accessibility", *([summary.recipe] if summary.recipe else [])],
+def model_card_text(summary: RunSummary, model_path: str, log_history: list[dict], best: str | None = None) -> str:
+    """The card: metadata header, what was trained how, results, and how to load it from `model_path` (the
+    folder's absolute path, or its Hub id)."""
+    metadata = _metadata(
+        summary.base_model,
+        summary.is_adapter,
+        [summary.recipe] if summary.recipe else [],
+        [summary.dataset] if is_hub_id(summary.dataset) else None,
     )
     technique = TECHNIQUES.get(summary.recipe or "", summary.recipe or "fine-tuning")
     lines = [
         f"---\n{metadata.to_yaml()}\n---",
-        f"# {repo_id.split('/')[-1]}\n",
+        f"# {_name(model_path)}\n",
         f"An alt-text writer: `{summary.base_model}` fine-tuned on `{summary.dataset}` with {technique}.",
         "It writes the short description a screen reader speaks for an image.\n",
         "## How to load\n",
-        _how_to_load(summary, repo_id),
+        how_to_load(
+            model_path,
+            portable_name(summary.base_model) if summary.is_adapter else None,
+            summary.chat,
+            summary.prompt,
+            summary.generation.get("max_new_tokens", 40),
+        ),
         "",
         "## Training\n",
         "| setting | value |",
@@ -156,8 +212,37 @@ def model_card_text(summary: RunSummary, repo_id: str, log_history: list[dict], 
 
 
 def write_model_card(
-    folder: str | Path, summary: RunSummary, repo_id: str, log_history: list[dict], best: str | None = None
+    folder: str | Path, summary: RunSummary, model_path: str, log_history: list[dict], best: str | None = None
 ) -> Path:
     path = Path(folder) / "README.md"
-    ModelCard(model_card_text(summary, repo_id, log_history, best)).save(path)
+    ModelCard(model_card_text(summary, model_path, log_history, best)).save(path)
+    return path
+
+
+def _name(model_path: str) -> str:
+    return model_path.rstrip("/").split("/")[-1]
+
+
+def write_merged_card(folder: str | Path, adapter_dir: str | Path, base_model: str, chat: bool) -> Path:
+    """The card of an adapter merged into its base (recipes/merge_adapter.py): what it was merged from, how to
+    load it without peft, and the adapter card's account of training and results."""
+    adapter_card = Path(adapter_dir) / "README.md"
+    adapter = ModelCard.load(adapter_card) if adapter_card.is_file() else None
+    has_training = adapter is not None and "## Training" in adapter.text
+    training = adapter.text[adapter.text.find("## Training") :] if has_training else ""
+    recipe_tags = [tag for tag in (adapter.data.tags or [] if adapter else []) if tag not in TAGS]
+    metadata = _metadata(base_model, False, [*recipe_tags, "merged"], adapter.data.datasets if adapter else None)
+    model_path = os.path.abspath(folder)
+    lines = [
+        f"---\n{metadata.to_yaml()}\n---",
+        f"# {_name(model_path)}\n",
+        f"An alt-text writer: `{base_model}` with the LoRA adapter `{os.path.abspath(adapter_dir)}` merged into its "
+        "weights (`recipes/merge_adapter.py`), so it loads without peft.\n",
+        "## How to load\n",
+        how_to_load(model_path, None, chat),
+        "",
+        *(["The adapter's training and results, from its card:\n", training] if training else []),
+    ]
+    path = Path(folder) / "README.md"
+    ModelCard("\n".join(lines).rstrip() + "\n").save(path)
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,9 +331,10 @@ def check_lora_settings(model_args: ModelConfig) -> None:
 
 
 class SettingsParser(TrlParser):
-    """TrlParser that keeps a preset's description out of the settings, honours a bool field's
-    default_factory, and ends a command-line error (a bad choice, a value of the wrong type, an ambiguous
-    abbreviation) in its one line: argparse's own `error` prints the whole usage first, 150 lines for a recipe."""
+    """TrlParser that keeps a preset's description out of the settings, takes every bool flag alone as true,
+    honours a bool field's default_factory, and ends a command-line error (a bad choice, a value of the wrong
+    type, an ambiguous abbreviation) in its one line: argparse's own `error` prints the whole usage first, 150
+    lines for a recipe."""
 
     def __init__(self, dataclass_types, **kwargs):
         super().__init__(dataclass_types, **kwargs)
@@ -347,7 +349,18 @@ class SettingsParser(TrlParser):
             for settings_field in dataclasses.fields(dataclass_type)
             if settings_field.init and settings_field.default_factory is not dataclasses.MISSING
         }
+        bool_fields = {
+            name
+            for dataclass_type in dataclass_types
+            for name, hint in typing.get_type_hints(dataclass_type).items()
+            if hint in (bool, bool | None)
+        }
         for action in self._actions:
+            if action.dest in bool_fields and action.nargs is None:
+                # HfArgumentParser makes a `bool | None` field defaulting to None (--use_cpu of alt_text.py,
+                # --tf32, --disable_tqdm...) a flag that must be given a value; like every other bool, alone it
+                # means true.
+                action.nargs, action.const = "?", True
             if action.dest in factories and action.const is True:  # a bool flag: `--use_cpu` alone is true
                 action.default = factories[action.dest]()
 

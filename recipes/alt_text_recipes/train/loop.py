@@ -40,7 +40,12 @@ from alt_text_recipes.train.modeling import (
     lora_targets,
     meta_model,
 )
-from alt_text_recipes.train.parallel import align_query_tokens_for_fsdp, parse_device_map, scaled_learning_rate
+from alt_text_recipes.train.parallel import (
+    align_query_tokens_for_fsdp,
+    lone_launch_warning,
+    parse_device_map,
+    scaled_learning_rate,
+)
 from alt_text_recipes.train.trainer import AltTextTrainer, resume_checkpoint
 
 logger = get_logger(__name__)
@@ -162,7 +167,7 @@ def build_trainer(
         embedding_model=script_args.embedding_model,
         caption_metrics=script_args.caption_metrics,
         caption_samples=script_args.caption_samples,
-        run_summary=run_summary(script_args, training_args, model_args),
+        run_summary=run_summary(script_args, training_args, model_args, chat=family_of(model).uses_chat_template),
     )
     memory_callback.trainer = trainer
     return trainer
@@ -173,6 +178,8 @@ def build_trainer(
 
 def train(script_args: ScriptArguments, training_args: TrainingArguments, model_args: ModelConfig) -> TrainResult:
     """Train with parsed arguments, save the model (or adapter) with its processor and card, report."""
+    if warning := lone_launch_warning():
+        logger.warning(warning)
     apply_lr_scaling(script_args, training_args)
     set_seed(training_args.seed)
     trainer = build_trainer(script_args, training_args, model_args)

@@ -17,7 +17,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 from alt_text_recipes.data.errors import RecipeError, first_line
 from alt_text_recipes.data.library_internals import without_zero3_init
 from alt_text_recipes.data.logs import get_logger
-from alt_text_recipes.data.paths import resolve_local, shipped_config
+from alt_text_recipes.data.paths import portable_name, resolve_local, shipped_config
 from alt_text_recipes.train.families import (
     PARTS,
     bare_parameters,
@@ -226,7 +226,11 @@ def add_lora(
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    return get_peft_model(model, peft_config)
+    adapted = get_peft_model(model, peft_config)
+    # peft records the base as it was loaded, a path relative to where training ran; adapter_config.json gets
+    # one that loads from any folder (PeftModel/AutoPeftModel/pipeline read it).
+    adapted.peft_config[adapted.active_adapter].base_model_name_or_path = portable_name(model_args.model_name_or_path)
+    return adapted
 
 
 def _targets_outside(model: PreTrainedModel, targets: list[str] | str, full_parts: tuple[str, ...]) -> str:

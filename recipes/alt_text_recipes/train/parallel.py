@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -14,6 +16,27 @@ from accelerate.utils import get_balanced_memory
 from alt_text_recipes.data.errors import RecipeError
 
 DEVICE_MAP_KEYWORDS = ("auto", "balanced", "balanced_low_0", "sequential")
+# How a launcher that started several processes tells each how many there are (torchrun, DeepSpeed, MPI).
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def lone_launch_warning(environ: Mapping[str, str] = os.environ) -> str | None:
+    """What to say when `accelerate launch` was asked for several processes and started this one alone.
+
+    Without --multi_gpu (or a config whose distributed_type spreads the run) accelerate launch runs its
+    simple launcher (accelerate/utils/launch.py, `prepare_simple_launcher_cmd_env`): one process, given
+    MASTER_ADDR/MASTER_PORT when more than one process or machine was asked for, but no world size."""
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in environ  # every accelerate launcher sets it
+    if not launched_by_accelerate or "MASTER_ADDR" not in environ:
+        return None
+    if any(variable in environ for variable in WORLD_SIZE_VARIABLES):
+        return None
+    return (
+        "accelerate launch was asked for more than one process (--num_processes or --num_machines) but started "
+        "only this one: without --multi_gpu, or an accelerate config whose distributed_type is MULTI_GPU, "
+        "DEEPSPEED or FSDP, it runs a single process. Add --multi_gpu (on CPUs too, with --use_cpu true) or "
+        "launch with --config_file accelerate_configs/<config>.yaml."
+    )
 
 
 def scaled_learning_rate(learning_rate: float, num_processes: int, rule: str) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -297,11 +298,9 @@ class AltTextTrainer(Trainer):
         """Our card (base model, data, technique, hyper-parameters, metrics, memory peak, how to load)."""
         if not self.is_world_process_zero():
             return
-        repo_id = (
-            getattr(self, "hub_model_id", None)
-            or self.args.hub_model_id
-            or model_name
-            or self.args.output_dir.rstrip("/").split("/")[-1]
+        # Where the card's loading code reads the model from: the Hub repository, else this folder from anywhere.
+        model_path = (
+            getattr(self, "hub_model_id", None) or self.args.hub_model_id or os.path.abspath(self.args.output_dir)
         )
         best = None
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
@@ -309,4 +308,4 @@ class AltTextTrainer(Trainer):
                 f"the best checkpoint by {self.args.metric_for_best_model} ({self.state.best_metric:.4g}), "
                 f"step {self.state.best_global_step}"
             )
-        write_model_card(self.args.output_dir, self.run_summary, repo_id, self.state.log_history, best)
+        write_model_card(self.args.output_dir, self.run_summary, model_path, self.state.log_history, best)

@@ -4,10 +4,11 @@ the strategy)."""
 
 from __future__ import annotations
 
+from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.memory.estimator.placement import device_map_gpus
 from alt_text_recipes.memory.estimator.weights import DTYPE_BYTES, Weight, flat_optimizer_bytes
 from alt_text_recipes.train.families import family_of
-from alt_text_recipes.train.strategies import Strategy, requested_strategy
+from alt_text_recipes.train.strategies import STRATEGY_NAMES, Strategy, requested_strategy
 
 
 def trainer_hidden_size(config) -> int:
@@ -93,12 +94,20 @@ def strategy_and_gpus(
 ) -> tuple[Strategy, int, str]:
     """The strategy (recipes/alt_text_recipes/train/strategies.py: --strategy, else --deepspeed, else --fsdp, else the
     accelerate config's, else model_parallel with --device_map, else single), its GPU count (given, else the accelerate
-    config's, else for model parallel the map's or those visible, else 1) and a line saying what was assumed."""
+    config's, else for model parallel the map's or those visible, else 1) and a line saying what was assumed. More
+    than one GPU with one process (no strategy named) is refused: its figures would be one GPU's."""
     chosen = requested_strategy(script_args, training_args, strategy)
     gpus = num_gpus
     if chosen.kind == "model_parallel":
         gpus = gpus or device_map_gpus(getattr(script_args, "device_map", None))
     gpus = gpus or chosen.processes or 1
+    if chosen.kind == "single" and gpus > 1:
+        raise RecipeError(
+            f"{gpus} GPUs ({'--num_gpus' if num_gpus else chosen.source}) but no strategy to spread the run over "
+            "them: one process trains on one GPU. Pick one with --strategy "
+            f"{', '.join(name for name in STRATEGY_NAMES if name != 'single')} (or --deepspeed, --fsdp, "
+            "--accelerate_config, --device_map), or leave out --num_gpus for one GPU."
+        )
     detail = f"{chosen.description()} ({'' if chosen.source.startswith('default') else 'from '}{chosen.source})"
     if num_gpus is None and chosen.processes is None and chosen.kind in ("ddp", "fsdp", "deepspeed"):
         detail += f"; {gpus} GPU assumed (pass --num_gpus N)"
