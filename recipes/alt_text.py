@@ -37,9 +37,10 @@ from alt_text_recipes.outputs.alt_text_files import (
 )
 from alt_text_recipes.outputs.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
 from alt_text_recipes.outputs.generation import generate_alt_text
-from alt_text_recipes.train.arguments import GenerationArguments, parse_tool_args
+from alt_text_recipes.train.arguments import GenerationArguments
 from alt_text_recipes.train.modeling import load_for_inference
 from alt_text_recipes.train.parallel import lone_launch_warning
+from alt_text_recipes.train.settings_parser import parse_tool_args
 
 logger = get_logger("alt_text")
 

@@ -18,8 +18,9 @@ from alt_text_recipes.data.checks import apply_policy, check_split
 from alt_text_recipes.data.errors import exit_on_user_error, require_folder, require_setting
 from alt_text_recipes.data.sources import select_split
 from alt_text_recipes.outputs.evaluation import examples_text, parse_named_models, score_models, scores_table
-from alt_text_recipes.train.arguments import DataArguments, GenerationArguments, ScoringArguments, parse_tool_args
+from alt_text_recipes.train.arguments import DataArguments, GenerationArguments, ScoringArguments
 from alt_text_recipes.train.families import TWINS
+from alt_text_recipes.train.settings_parser import parse_tool_args
 
 
 @dataclass

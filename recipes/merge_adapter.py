@@ -13,9 +13,9 @@ from pathlib import Path
 
 from alt_text_recipes.data.errors import RecipeError, exit_on_user_error, require_folder
 from alt_text_recipes.outputs.model_card import write_merged_card
-from alt_text_recipes.train.arguments import parse_tool_args
 from alt_text_recipes.train.families import family_of
 from alt_text_recipes.train.modeling import load_trained
+from alt_text_recipes.train.settings_parser import parse_tool_args
 
 
 @dataclass

@@ -24,7 +24,7 @@ from alt_text_recipes.outputs.review_exports import (
     write_summary,
 )
 from alt_text_recipes.outputs.review_store import ReviewStore
-from alt_text_recipes.train.arguments import parse_tool_args
+from alt_text_recipes.train.settings_parser import parse_tool_args
 
 
 @dataclass

@@ -21,9 +21,10 @@ from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.library_internals import option_names
 from alt_text_recipes.data.logs import DEEPSPEED_CPU_NOTICE, KERNELS_NOTICE
 from alt_text_recipes.memory.oom_advice import next_techniques
-from alt_text_recipes.train.arguments import SettingsParser, make_parser, parse_recipe_args, parse_tool_args
+from alt_text_recipes.train.arguments import make_parser, parse_recipe_args
 from alt_text_recipes.train.parallel import lone_launch_warning
 from alt_text_recipes.train.registry import RECIPES
+from alt_text_recipes.train.settings_parser import SettingsParser, parse_tool_args
 from alt_text_recipes.train.stages import TwoStageArguments
 
 from conftest import REPO_ROOT

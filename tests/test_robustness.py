@@ -25,9 +25,10 @@ from alt_text_recipes.data.checks import check_split
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.images import open_checked
 from alt_text_recipes.data.sources import load_caption_dataset
-from alt_text_recipes.train.arguments import _has_accelerator, parse_recipe_args, parse_tool_args
+from alt_text_recipes.train.arguments import _has_accelerator, parse_recipe_args
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_processor
+from alt_text_recipes.train.settings_parser import parse_tool_args
 
 from bad_inputs import BAD, USABLE, write_corpus
 from conftest import TINY_MODELS, start_recipe
