@@ -25,10 +25,11 @@ from alt_text_recipes.data.checks import check_split
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.images import open_checked
 from alt_text_recipes.data.sources import load_caption_dataset
-from alt_text_recipes.train.arguments import _has_accelerator, parse_recipe_args
+from alt_text_recipes.train.arguments import parse_recipe_args
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_processor
 from alt_text_recipes.train.settings_parser import parse_tool_args
+from alt_text_recipes.train.training_arguments import _has_accelerator
 
 from bad_inputs import BAD, USABLE, write_corpus
 from conftest import TINY_MODELS, start_recipe
@@ -259,7 +260,8 @@ def test_gpu_only_options_follow_the_hardware(flags, refusal, supported):
 def test_hardware_check_and_cpu_default_follow_cuda(cuda, monkeypatch):
     """Both branches on any machine: CUDA's presence simulated (parse_recipe_args itself is not called with
     it faked, since TrainingArguments would then set up a device that is not there)."""
-    from alt_text_recipes.train.arguments import check_hardware, make_parser
+    from alt_text_recipes.train.arguments import make_parser
+    from alt_text_recipes.train.training_arguments import check_hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

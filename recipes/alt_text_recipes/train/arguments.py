@@ -26,9 +26,6 @@ from alt_text_recipes.outputs.evaluation import GenerationSettings
 from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL
 from alt_text_recipes.train.registry import recipe_named
 from alt_text_recipes.train.settings_parser import PresetInfo, SettingsParser, parse_checked
-from alt_text_recipes.train.training_arguments import (
-    check_hardware as check_hardware,  # where the tests and tools have found it
-)
 
 
 @dataclass
