@@ -14,10 +14,10 @@ from typing import Sequence
 
 import yaml
 
-from alt_text_recipes.memory.parts import MemoryParts
 from alt_text_recipes.data.errors import RecipeError
-from alt_text_recipes.train.families import TWINS
 from alt_text_recipes.data.paths import REPO_ROOT, shipped_config
+from alt_text_recipes.memory.parts import MemoryParts
+from alt_text_recipes.train.families import TWINS
 from alt_text_recipes.train.registry import MEASURED_RUN_FLAGS
 
 MATRIX_DIR = REPO_ROOT / "recipes" / "configs" / "matrix"
@@ -71,7 +71,8 @@ def tiny_model_for(model_name: str) -> str:
     """The tiny twin a preset's model is rehearsed on: the one its family declares for its shipped config;
     for a model without one, BLIP-2's twin by the name (Flan-T5 or OPT)."""
     if shipped_config(model_name):
-        from alt_text_recipes.train.random_weights import real_config, twin_of  # loads the processors' code: only when asked
+        # imported here: it loads the processors' code, only when asked
+        from alt_text_recipes.train.random_weights import real_config, twin_of
 
         return twin_of(real_config(model_name))
     return TWINS["blip2-t5" if "t5" in model_name.lower() else "blip2-opt"].folder

@@ -9,9 +9,9 @@ from datasets import Dataset
 from PIL import Image
 from tqdm.auto import tqdm
 
+from alt_text_recipes.data.images import to_rgb
 from alt_text_recipes.train.collators import ChatCollator
 from alt_text_recipes.train.families import family_of
-from alt_text_recipes.data.images import to_rgb
 
 
 @torch.no_grad()

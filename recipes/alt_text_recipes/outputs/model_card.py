@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from alt_text_recipes.train.families import trained_parts
 from alt_text_recipes.data.layouts import is_hub_id
 from alt_text_recipes.data.paths import is_local
+from alt_text_recipes.train.families import trained_parts
 
 if TYPE_CHECKING:  # hints only: the card is written from a run's settings, it never parses them
     from transformers import TrainingArguments
