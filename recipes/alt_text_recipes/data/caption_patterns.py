@@ -14,8 +14,9 @@ EMOJI = re.compile(
     "\u200d\ufe0f\u20e3\u2190-\u21ff\u2300-\u23ff]+"
 )
 # Screen readers already say "image" or "graphic": alt text that opens with it repeats them (WCAG, WebAIM).
+# "image of", "A picture showing", "This is a photo of", "Photo: ..." (not "photo-realistic", not "Photos from").
 REDUNDANT_OPENING = re.compile(
-    r"^\s*(?:an?\s+|the\s+)?(?:image|picture|photo|photograph|graphic|illustration|pic)\s+(?:of|showing|shows|"
-    r"with|depicting)\s+",
+    r"^\s*(?:(?:this|here)\s+is\s+)?(?:an?\s+|the\s+)?(?:image|picture|photo|photograph|graphic|illustration|pic)"
+    r"(?:\s+(?:of|showing|shows|that\s+shows|with|depicting)\s+|\s*[:\u2013\u2014-]\s+)",
     re.IGNORECASE,
 )
