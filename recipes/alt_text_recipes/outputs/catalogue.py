@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from alt_text_recipes.outputs.alt_text_files import write_atomically
 from alt_text_recipes.data.errors import RecipeError
+from alt_text_recipes.outputs.alt_text_files import write_atomically
 
 PARTS_FOLDER = "parts"
 SETTINGS_FILE = "settings.json"
-DELIVERABLES = ("alt_text.jsonl", "alt_text.csv", "index.html", "skipped.jsonl")
+DELIVERABLES = ("alt_text.jsonl", "alt_text.csv", "index.html", "skipped.jsonl", "summary.json")
 
 
 @dataclass(frozen=True)
