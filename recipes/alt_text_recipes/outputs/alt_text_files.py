@@ -94,6 +94,8 @@ def enforce_guidelines(generated: str, max_chars: int, drop_opening: bool) -> En
 def summary_of(records: list[AltTextRecord], skipped: int, max_chars: int, drop_opening: bool) -> dict:
     """summary.json: how many images were written or skipped, how many alt texts were cut or lost an opening, and
     the guideline metrics of what the model generated and of what was written."""
+    # Recomputed from the generated text the logs keep: the same for every process and every rerun, since a
+    # catalogue's settings (the limit, dropping openings) never change (CatalogueOutput.check_settings).
     enforced = [enforce_guidelines(record.generated, max_chars, drop_opening) for record in records]
     summary = {
         "images": len(records) + skipped,
