@@ -5,7 +5,9 @@
 
 Trains the presets in `recipes/configs/quality/` with the commands a user types (full fine-tuning,
 LoRA, QLoRA and two LoRA ablations), then scores the untuned base and each result on the test split,
-whose dish/topping combinations never occur in training, with real generation (greedy). Writes
+whose dish/topping combinations never occur in training, with real generation (greedy): the caption metrics and,
+beside them, the accessibility-guideline metrics (share within 125 characters, share with a redundant "image of"
+opening, share with hashtags/URLs/handles/emoji, mean length; docs/alt-text.md, "Guideline metrics"). Writes
 results.json and results.md to --out_dir (default benchmarks/results/quality-cpu) and checks the bars:
 CIDEr of fine-tuning >= 3x the base's, LoRA >= 90% of full fine-tuning's.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from alt_text_recipes.data.paths import EMBEDDED_DATASET
 from alt_text_recipes.data.sources import load_caption_dataset, select_split
 from alt_text_recipes.outputs.evaluation import GenerationSettings, examples_text, score_models, scores_table
+from alt_text_recipes.outputs.guidelines import DEFAULT_MAX_CHARS
 from alt_text_recipes.train.families import TWINS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +101,9 @@ def main() -> None:
         f"{table}\n\n"
         + "\n".join(f"- {label}: {value:.2f}" for label, value in bars.items())
         + f"\n\n{what}\n\nTest split of {EMBEDDED_DATASET}: {len(test_split)} images, greedy decoding, "
-        f"up to {generation.max_new_tokens} new tokens. Training seconds: "
+        f"up to {generation.max_new_tokens} new tokens. guideline_*: share within {DEFAULT_MAX_CHARS} characters, "
+        "share opening with 'image of'-style words, share with hashtags/URLs/handles/emoji (lower is better), "
+        "mean length in characters. Training seconds: "
         + ", ".join(f"{name} {seconds:.0f}" for name, seconds in train_seconds.items())
         + f". Command: `python benchmarks/quality.py`.\n\nExamples:\n\n```\n{examples_text(results, 3)}\n```\n"
     )

@@ -3,9 +3,11 @@
     python recipes/alt_text.py --model_name_or_path outputs/lora --images photos/ "uploads/*.jpg" --output_dir alt-text
     accelerate launch --num_processes 4 recipes/alt_text.py --model_name_or_path outputs/lora --images photos/
 
-Writes `alt_text.jsonl` and `alt_text.csv` (path, alt text, generation settings) and `index.html`, an
-accessible gallery to review the result (every image with its alt, headings, page language). Alt text
-is kept within `--max_chars` (125 by default, the usual screen-reader guidance) without cutting words.
+Writes `alt_text.jsonl` and `alt_text.csv` (path, alt text, generation settings), `index.html`, an
+accessible gallery to review the result (every image with its alt, headings, page language), and `summary.json`.
+Alt text is held to the guidelines: an "image of"/"picture of" opening is dropped (`--drop_redundant_opening
+false` keeps it) and the text is kept within `--alt_text_max_chars` (125 by default, the usual screen-reader
+guidance) without cutting words; `summary.json` counts both and gives the guideline metrics before and after.
 Files that cannot be read as images (or for which the model writes nothing) are listed in `skipped.jsonl`
 with the reason, and counted: no image gets an empty alt, which would mark it as decorative.
 
@@ -14,6 +16,7 @@ into the same files one process writes. Rerun on the same `--output_dir`, it wri
 new or changed since (`--overwrite` starts over): see alt_text_recipes/outputs/catalogue.py.
 """
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +30,11 @@ from alt_text_recipes.data.errors import RecipeError, exit_on_user_error, requir
 from alt_text_recipes.data.logs import get_logger
 from alt_text_recipes.outputs.alt_text_files import (
     AltTextRecord,
+    enforce_guidelines,
     find_images,
     load_images,
-    shorten,
+    summary_of,
+    write_atomically,
     write_csv,
     write_gallery,
     write_jsonl,
@@ -37,7 +42,7 @@ from alt_text_recipes.outputs.alt_text_files import (
 )
 from alt_text_recipes.outputs.catalogue import CatalogueImage, CatalogueOutput, content_hash, share_of
 from alt_text_recipes.outputs.generation import generate_alt_text
-from alt_text_recipes.train.arguments import GenerationArguments
+from alt_text_recipes.train.arguments import GenerationArguments, GuidelineArguments
 from alt_text_recipes.train.modeling import load_for_inference
 from alt_text_recipes.train.parallel import lone_launch_warning
 from alt_text_recipes.train.settings_parser import parse_tool_args
@@ -46,7 +51,7 @@ logger = get_logger("alt_text")
 
 
 @dataclass
-class AltTextArguments(GenerationArguments):
+class AltTextArguments(GenerationArguments, GuidelineArguments):
     images: list[str] = field(
         default_factory=list,
         metadata={"help": "Image files, folders (searched recursively) or glob patterns (quote them)."},
@@ -63,7 +68,13 @@ class AltTextArguments(GenerationArguments):
             "the images that are new or changed since)."
         },
     )
-    max_chars: int = field(default=125, metadata={"help": "Longest alt text in characters; cut between words."})
+    drop_redundant_opening: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop an opening such as 'image of', 'a picture of', 'photo showing' from the alt text: "
+            "screen readers already announce an image. false: write what the model generated."
+        },
+    )
     min_new_tokens: int = field(
         default=3,
         metadata={"help": "Shortest generated alt text, in tokens (an empty alt marks an image decorative)."},
@@ -86,7 +97,8 @@ class AltTextArguments(GenerationArguments):
     lang: str = field(default="en", metadata={"help": "Language of the alt text (the page's lang attribute)."})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        GenerationArguments.__post_init__(self)
+        GuidelineArguments.__post_init__(self)
         require_setting(self.batch_size >= 1, "batch_size", self.batch_size, "give at least 1 image")
         require_setting(
             0 <= self.min_new_tokens <= self.generation_max_new_tokens,
@@ -102,7 +114,8 @@ class AltTextArguments(GenerationArguments):
             "model": self.model_name_or_path,
             **asdict(self.generation_settings()),
             "min_new_tokens": self.min_new_tokens,
-            "max_chars": self.max_chars,
+            "max_chars": self.alt_text_max_chars,  # the name catalogues written before --alt_text_max_chars hold
+            "drop_redundant_opening": self.drop_redundant_opening,
             "dtype": self.dtype,
             "quantize": self.quantize,
         }
@@ -115,8 +128,8 @@ def check_arguments(args: AltTextArguments) -> None:
         raise RecipeError("pass --model_name_or_path: the folder a recipe saved (full model or adapter).")
     if not args.images:
         raise RecipeError("pass --images: image files, folders or glob patterns.")
-    if args.max_chars < 20:
-        raise RecipeError("--max_chars below 20 leaves no room for a description.")
+    if args.alt_text_max_chars < 20:
+        raise RecipeError("--alt_text_max_chars below 20 leaves no room for a description.")
     if args.quantize == "int8" and not args.use_cpu:
         raise RecipeError(
             "--quantize int8 uses PyTorch's CPU int8 kernels: add --use_cpu, or on a GPU use --dtype bfloat16."
@@ -149,13 +162,17 @@ def write_share(
             for (path, picture), text in zip(loaded, generated, strict=True):
                 # never write an empty alt: screen readers would skip the image as decorative
                 entries[path] = (
-                    {"alt_text": shorten(text, args.max_chars), "generated": text, "size": picture.size}
+                    {"alt_text": written_text(args, text), "generated": text, "size": picture.size}
                     if text.strip()
                     else {"skipped": "the model wrote no text for it"}
                 )
         log.append([{"resolved": image.key[0], "sha256": image.sha256, **entries[image.path]} for image in batch])
     log.close()
     return time.perf_counter() - started
+
+
+def written_text(args: AltTextArguments, generated: str) -> str:
+    return enforce_guidelines(generated, args.alt_text_max_chars, args.drop_redundant_opening).text
 
 
 def merge(args: AltTextArguments, images: list[CatalogueImage], output: CatalogueOutput) -> list[AltTextRecord]:
@@ -189,7 +206,13 @@ def merge(args: AltTextArguments, images: list[CatalogueImage], output: Catalogu
         asdict(args.generation_settings()),
     )
     write_skipped(skipped, folder / "skipped.jsonl")
-    print(f"alt text for {len(records)} of {len(images)} images -> {folder}/alt_text.jsonl, alt_text.csv, index.html")
+    summary = summary_of(records, len(skipped), args.alt_text_max_chars, args.drop_redundant_opening)
+    write_atomically(folder / "summary.json", json.dumps(summary, indent=1))
+    print(
+        f"alt text for {len(records)} of {len(images)} images -> {folder}/alt_text.jsonl, alt_text.csv, index.html, "
+        f"summary.json; {summary['cut']} cut to {args.alt_text_max_chars} characters, "
+        f"{summary['redundant_opening_dropped']} redundant opening(s) dropped"
+    )
     if skipped:
         print(f"skipped {len(skipped)} file(s) (listed in {folder}/skipped.jsonl):")
         for path, reason in skipped[:5]:

@@ -3,8 +3,10 @@
     python recipes/evaluate_captions.py --models base=data/models/tiny-blip2-opt lora=outputs/tiny-lora \
         --split test --output_file outputs/scores.json
 
-Prints BLEU-4, CIDEr, ROUGE-L and the embedding distance (0 is best) per model, then a few images'
-reference beside each model's alt text; `--output_file` gets the scores, settings and every caption as JSON.
+Prints BLEU-4, CIDEr, ROUGE-L, the embedding distance (0 is best) and the guideline metrics (share within
+`--alt_text_max_chars`, with a redundant "image of" opening, with hashtags/URLs/handles/emoji; mean length) per
+model, then a few images' reference beside each model's alt text; `--output_file` gets the scores, settings and
+every caption as JSON.
 Rows go through the training data checks first (`--on_bad_example`, `--max_image_pixels`, `--max_aspect_ratio`,
 `--clean_captions`: references cleaned as training captions are); rows of the same image (COCO: one per
 reference) are captioned once and scored against all their references.
@@ -45,6 +47,7 @@ class EvaluationArguments(DataArguments, GenerationArguments, ScoringArguments):
     def __post_init__(self) -> None:
         DataArguments.__post_init__(self)
         GenerationArguments.__post_init__(self)
+        ScoringArguments.__post_init__(self)
         require_setting(self.batch_size >= 1, "batch_size", self.batch_size, "give at least 1 image")
         require_setting(
             self.max_samples is None or self.max_samples >= 1,
@@ -77,7 +80,13 @@ def evaluate(args: EvaluationArguments) -> dict:
         flush=True,
     )
     results = score_models(
-        models, dataset, args.generation_settings(), args.batch_size, args.embedding_model, args.dtype
+        models,
+        dataset,
+        args.generation_settings(),
+        args.batch_size,
+        args.embedding_model,
+        args.dtype,
+        args.alt_text_max_chars,
     )
     print("\n" + scores_table(results) + "\n\n" + examples_text(results, args.examples))
     references = next(iter(results.values())).references
@@ -92,6 +101,7 @@ def evaluate(args: EvaluationArguments) -> dict:
             "caption_cleaning": asdict(data_report.caption_cleaning),
         },
         "generation": asdict(args.generation_settings()),
+        "alt_text_max_chars": args.alt_text_max_chars,
         "models": {
             name: {"path": models[name], "scores": result.scores, "captions": result.captions}
             for name, result in results.items()

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import evaluate
 import pytest
 import torch
 import transformers.utils.hub
@@ -22,7 +23,8 @@ from alt_text_recipes.data.sources import DatasetError
 from alt_text_recipes.outputs.alt_text_files import shorten
 from alt_text_recipes.outputs.evaluation import images_with_references
 from alt_text_recipes.outputs.generation import generate_alt_text
-from alt_text_recipes.outputs.metrics import caption_scores
+from alt_text_recipes.outputs.guidelines import GUIDELINE_METRICS
+from alt_text_recipes.outputs.metrics import METRICS_FOLDER, caption_scores
 from alt_text_recipes.train.loop import run
 from alt_text_recipes.train.modeling import load_trained
 
@@ -104,6 +106,8 @@ def test_training_logs_generated_caption_metrics_and_keeps_the_best(trained_lora
     assert [entry["step"] for entry in evaluations] == [15, 30, 45]
     for entry in evaluations:
         assert {"eval_loss", "eval_bleu4", "eval_rouge_l", "eval_embedding_distance"} <= set(entry)
+        assert {f"eval_{name}" for name in GUIDELINE_METRICS} <= set(entry)  # beside CIDEr, at every evaluation
+        assert 0 <= entry["eval_guideline_within_limit"] <= 1 and entry["eval_guideline_mean_chars"] > 0
     assert "[eval] generated: " in result.stdout
     best = max(evaluations, key=lambda entry: entry["eval_cider"])
     assert state["best_metric"] == pytest.approx(best["eval_cider"])
@@ -183,13 +187,13 @@ def test_evaluate_captions_scores_models_side_by_side(trained_lora, tmp_path):
         str(report_file),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| model | bleu4 | cider | rouge_l | embedding_distance |" in result.stdout
+    assert "| model | bleu4 | cider | rouge_l | embedding_distance | guideline_within_limit |" in result.stdout
     assert "[1] reference: " in result.stdout and "    tuned: " in result.stdout
     report = json.loads(report_file.read_text())
     assert report["images"] == 16 and list(report["models"]) == ["base", "tuned"]
     base, tuned = report["models"]["base"], report["models"]["tuned"]
     assert len(tuned["captions"]) == 16 and tuned["captions"] != base["captions"]
-    assert set(tuned["scores"]) == {"bleu4", "cider", "rouge_l", "embedding_distance"}
+    assert set(tuned["scores"]) == {"bleu4", "cider", "rouge_l", "embedding_distance", *GUIDELINE_METRICS}
 
 
 def _browser_report(page: Path) -> dict:
@@ -363,13 +367,16 @@ def counted_generation(monkeypatch):
     return asked
 
 
-def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path) -> dict[str, float]:
+def _scored_by_evaluate_captions(rows: Dataset, tmp_path: Path, max_chars: int = 125) -> dict[str, float]:
     from alt_text_recipes.outputs.evaluation import GenerationSettings, evaluate_captions
 
-    return evaluate_captions(None, None, rows, GenerationSettings(), batch_size=2, embedding_model=None).scores
+    settings = GenerationSettings()
+    return evaluate_captions(
+        None, None, rows, settings, batch_size=2, embedding_model=None, max_chars=max_chars
+    ).scores
 
 
-def _scored_by_the_trainer(rows: Dataset, tmp_path: Path) -> dict[str, float]:
+def _scored_by_the_trainer(rows: Dataset, tmp_path: Path, max_chars: int = 125) -> dict[str, float]:
     from transformers import TrainingArguments
 
     from alt_text_recipes.outputs.evaluation import GenerationSettings
@@ -385,6 +392,7 @@ def _scored_by_the_trainer(rows: Dataset, tmp_path: Path) -> dict[str, float]:
         embedding_model=None,
         caption_metrics=True,
         run_summary=RunSummary("tiny", "rows", None, False),
+        alt_text_max_chars=max_chars,
     )
     return trainer.generated_caption_scores(rows)
 
@@ -415,9 +423,80 @@ def test_each_image_is_captioned_once_and_scored_against_all_its_references(scor
     bleu, _ = Bleu(4).compute_score(ground_truth, generated, verbose=0)
     cider, _ = Cider().compute_score(ground_truth, generated)
     assert scores["bleu4"] == pytest.approx(bleu[3]) and scores["cider"] == pytest.approx(cider)
+    # The guideline metrics beside them, with the length limit given (the captions are 38, 21 and 32 characters).
+    lengths = [len(caption) for caption, _ in MULTI_REFERENCE.values()]
+    assert scores["guideline_within_limit"] == 1 and scores["guideline_mean_chars"] == pytest.approx(sum(lengths) / 3)
+    short = score(_caption_rows([paths[colour] for colour, _ in pairs], [text for _, text in pairs]), tmp_path, 25)
+    assert short["guideline_within_limit"] == pytest.approx(1 / 3) and short["cider"] == pytest.approx(cider)
     # Scored row by row (one reference each, images repeated) the numbers are others.
     per_row = caption_scores([MULTI_REFERENCE[colour][0] for colour, _ in pairs], [text for _, text in pairs], None)
     assert per_row["cider"] != pytest.approx(cider) and per_row["bleu4"] != pytest.approx(bleu[3])
+
+
+def _multi_reference_captions() -> tuple[list[str], list[list[str]]]:
+    return [caption for caption, _ in MULTI_REFERENCE.values()], [refs for _, refs in MULTI_REFERENCE.values()]
+
+
+def test_the_evaluate_modules_equal_pycocoevalcap_on_multi_reference_captions():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    # Two more images, each with a caption that shares little with its references.
+    captions, references = _multi_reference_captions()
+    captions += ["a plate of fries", "soup"]
+    references += [["a bowl of fries with ketchup", "french fries on a plate"], ["a bowl of tomato soup", "hot soup"]]
+    tokenizer = PTBTokenizer()
+    ground_truth = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
+    generated = tokenizer.tokenize({i: [{"caption": caption}] for i, caption in enumerate(captions)})
+    expected = {
+        "bleu4": Bleu(4).compute_score(ground_truth, generated, verbose=0)[0][3],
+        "cider": Cider().compute_score(ground_truth, generated)[0],
+        "rouge_l": Rouge().compute_score(ground_truth, generated)[0],
+    }
+    for name, value in expected.items():
+        module = evaluate.load(str(METRICS_FOLDER / name), keep_in_memory=True)
+        assert module.compute(predictions=captions, references=references) == {name: pytest.approx(value, abs=1e-12)}
+    assert 0 < expected["bleu4"] < 1 and 0 < expected["cider"] and 0 < expected["rouge_l"] < 1
+    # One reference per image may be given as a string.
+    single = evaluate.load(str(METRICS_FOLDER / "cider"), keep_in_memory=True)
+    as_strings = single.compute(predictions=captions, references=[refs[0] for refs in references])
+    assert as_strings == single.compute(predictions=captions, references=[refs[:1] for refs in references])
+
+
+def test_every_metric_module_loads_offline_from_another_directory(tmp_path, monkeypatch):
+    """From a folder outside the repository, with every network connection refused: the modules load by the
+    absolute path `load_metric` gives (a relative `metrics/cider` would send evaluate to the Hub)."""
+    import socket
+
+    from alt_text_recipes.outputs import metrics
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a metric tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.chdir(tmp_path)
+    metrics.load_metric.cache_clear()
+    names = sorted(path.name for path in METRICS_FOLDER.iterdir() if (path / f"{path.name}.py").is_file())
+    assert names == ["alt_text_guidelines", "bleu4", "cider", "embedding_similarity", "rouge_l"]
+    captions, references = _multi_reference_captions()
+    for name in names:
+        module = metrics.load_metric(name)
+        assert isinstance(module, evaluate.Metric) and module.name == name
+        inputs = (
+            {"predictions": captions}
+            if name == "alt_text_guidelines"
+            else {"predictions": captions, "references": references}
+        )
+        assert module.compute(**inputs)
+    scores = caption_scores(captions, references, max_chars=30)
+    assert set(scores) == {"bleu4", "cider", "rouge_l", "embedding_distance", *GUIDELINE_METRICS}
+    similarity = metrics.load_metric("embedding_similarity").compute(predictions=captions, references=references)
+    assert scores["embedding_distance"] == pytest.approx(similarity["embedding_distance"])
+    assert similarity["embedding_similarity"] == pytest.approx(1 - scores["embedding_distance"])
+    assert scores["guideline_within_limit"] == pytest.approx(1 / 3)  # 38, 21 and 32 characters
 
 
 @pytest.fixture

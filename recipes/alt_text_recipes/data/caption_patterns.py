@@ -24,8 +24,9 @@ CREDIT = r"(?:\b(?:(?:photo|pic)\s+)?(?:by|via|from|with|at|on|cc|credit|h/t|see
 CREDITED_HANDLE = re.compile(CREDIT + HANDLE.pattern, re.IGNORECASE)
 CREDITED_URL = re.compile(CREDIT + URL.pattern, re.IGNORECASE)
 # Screen readers already say "image" or "graphic": alt text that opens with it repeats them (WCAG, WebAIM).
+# "image of", "A picture showing", "This is a photo of", "Photo: ..." (not "photo-realistic", not "Photos from").
 REDUNDANT_OPENING = re.compile(
-    r"^\s*(?:an?\s+|the\s+)?(?:image|picture|photo|photograph|graphic|illustration|pic)\s+(?:of|showing|shows|"
-    r"with|depicting)\s+",
+    r"^\s*(?:(?:this|here)\s+is\s+)?(?:an?\s+|the\s+)?(?:image|picture|photo|photograph|graphic|illustration|pic)"
+    r"(?:\s+(?:of|showing|shows|that\s+shows|with|depicting)\s+|\s*[:\u2013\u2014-]\s+)",
     re.IGNORECASE,
 )

@@ -1,4 +1,5 @@
-"""Alt text as deliverables: find the images, keep the text short, write JSONL, CSV and an accessible page."""
+"""Alt text as deliverables: find the images, hold the text to the guidelines (short, no "image of" opening),
+write JSONL, CSV, an accessible page and a summary."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.images import IMAGE_SUFFIXES, BadImage, open_checked
+from alt_text_recipes.outputs.guidelines import drop_redundant_opening, guideline_scores, normalized
 
 # Words that leave a shortened description hanging ("a bowl of soup with").
 DANGLING_WORDS = {"a", "an", "the", "and", "or", "with", "of", "on", "in", "at", "to", "topped", "by", "for"}
@@ -73,6 +75,44 @@ def shorten(text: str, max_chars: int) -> str:
             words.pop()
         text = " ".join(words).rstrip(",;:")
     return text[:1].upper() + text[1:]
+
+
+@dataclass(frozen=True)
+class EnforcedAltText:
+    text: str
+    cut: bool  # it was longer than the limit
+    opening_dropped: bool  # it opened with "image of"-style words, which were dropped
+
+
+def enforce_guidelines(generated: str, max_chars: int, drop_opening: bool) -> EnforcedAltText:
+    """What is written for a generated caption: without a redundant opening (with `drop_opening`), then within
+    `max_chars`, cut between words (`shorten`)."""
+    text = normalized(generated)
+    kept = drop_redundant_opening(text) if drop_opening else text
+    return EnforcedAltText(shorten(kept, max_chars), len(kept) > max_chars, kept != text)
+
+
+def summary_of(records: list[AltTextRecord], skipped: int, max_chars: int, drop_opening: bool) -> dict:
+    """summary.json: how many images were written or skipped, how many alt texts were cut or lost an opening, and
+    the guideline metrics of what the model generated and of what was written."""
+    # Recomputed from the generated text the logs keep: the same for every process and every rerun, since a
+    # catalogue's settings (the limit, dropping openings) never change (CatalogueOutput.check_settings).
+    enforced = [enforce_guidelines(record.generated, max_chars, drop_opening) for record in records]
+    summary = {
+        "images": len(records) + skipped,
+        "written": len(records),
+        "skipped": skipped,
+        "alt_text_max_chars": max_chars,
+        "drop_redundant_opening": drop_opening,
+        "cut": sum(item.cut for item in enforced),
+        "redundant_opening_dropped": sum(item.opening_dropped for item in enforced),
+    }
+    if records:
+        summary["guidelines"] = {
+            "generated": guideline_scores([record.generated for record in records], max_chars),
+            "written": guideline_scores([record.alt_text for record in records], max_chars),
+        }
+    return summary
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from alt_text_recipes.outputs.alt_text_files import write_atomically
 
 PARTS_FOLDER = "parts"
 SETTINGS_FILE = "settings.json"
-DELIVERABLES = ("alt_text.jsonl", "alt_text.csv", "index.html", "skipped.jsonl")
+DELIVERABLES = ("alt_text.jsonl", "alt_text.csv", "index.html", "skipped.jsonl", "summary.json")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from datasets import Dataset, Image
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.data.sources import as_reference_list, image_identity
 from alt_text_recipes.outputs.generation import generate_for_dataset
-from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL, METRIC_NAMES, caption_scores
+from alt_text_recipes.outputs.guidelines import DEFAULT_MAX_CHARS
+from alt_text_recipes.outputs.metrics import METRIC_NAMES, caption_scores
+from alt_text_recipes.outputs.sentence_embeddings import BUNDLED_EMBEDDING_MODEL
 from alt_text_recipes.train.modeling import inference_device, load_for_inference
 
 
@@ -60,11 +62,13 @@ def evaluate_captions(
     batch_size: int = 8,
     embedding_model: str | None = BUNDLED_EMBEDDING_MODEL,
     progress: bool = False,
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> CaptionEvaluation:
-    """Generate alt text once for every image of `dataset` and score it against all its references."""
+    """Generate alt text once for every image of `dataset` and score it against all its references (and the
+    guidelines, with the length limit `max_chars`)."""
     images, references = images_with_references(dataset)
     captions = generate_for_dataset(model, processor, images, batch_size, progress, **generation.as_kwargs())
-    return CaptionEvaluation(caption_scores(captions, references, embedding_model), captions, references)
+    return CaptionEvaluation(caption_scores(captions, references, embedding_model, max_chars), captions, references)
 
 
 def parse_named_models(entries: list[str]) -> dict[str, str]:
@@ -85,13 +89,14 @@ def score_models(
     batch_size: int = 16,
     embedding_model: str | None = BUNDLED_EMBEDDING_MODEL,
     dtype: str = "auto",
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> dict[str, CaptionEvaluation]:
     """Load each model or adapter folder in turn and score its generated alt text on `dataset`."""
     results = {}
     for name, path in models.items():
         model, processor = load_for_inference(path, dtype, device=inference_device())
         results[name] = evaluate_captions(
-            model, processor, dataset, generation, batch_size, embedding_model, progress=True
+            model, processor, dataset, generation, batch_size, embedding_model, progress=True, max_chars=max_chars
         )
         print(
             f"{name}: " + ", ".join(f"{metric} {value:.4f}" for metric, value in results[name].scores.items()),
@@ -102,11 +107,12 @@ def score_models(
 
 
 def scores_table(results: dict[str, CaptionEvaluation]) -> str:
-    """Models as rows, metrics as columns (Markdown)."""
+    """Models as rows, metrics as columns (Markdown); the mean length in characters to one decimal."""
     metrics = [name for name in METRIC_NAMES if any(name in r.scores for r in results.values())]
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, result in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{result.scores[m]:.4f}" for m in metrics) + " |")
+        values = [f"{result.scores[m]:.1f}" if m.endswith("_chars") else f"{result.scores[m]:.4f}" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 

@@ -71,10 +71,8 @@ def tiny_model_for(model_name: str) -> str:
     """The tiny twin a preset's model is rehearsed on: the one its family declares for its shipped config;
     for a model without one, BLIP-2's twin by the name (Flan-T5 or OPT)."""
     if shipped_config(model_name):
-        from alt_text_recipes.train.random_weights import (  # loads the processors' code: only when asked
-            real_config,
-            twin_of,
-        )
+        # imported here: it loads the processors' code, only when asked
+        from alt_text_recipes.train.random_weights import real_config, twin_of
 
         return twin_of(real_config(model_name))
     return TWINS["blip2-t5" if "t5" in model_name.lower() else "blip2-opt"].folder

