@@ -11,7 +11,8 @@ import pytest
 from alt_text_recipes.data.errors import RecipeError
 from alt_text_recipes.outputs.alt_text_files import enforce_guidelines
 from alt_text_recipes.outputs.guidelines import drop_redundant_opening, guideline_scores
-from alt_text_recipes.train.arguments import parse_recipe_args, parse_tool_args
+from alt_text_recipes.train.arguments import parse_recipe_args
+from alt_text_recipes.train.settings_parser import parse_tool_args
 
 from conftest import DATASET, TINY_MODELS
 
