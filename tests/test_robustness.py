@@ -126,8 +126,9 @@ def test_alt_text_skips_unusable_files_with_reasons(corpus, tmp_path):
         )
     )
     skipped = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
-    unreadable = {"truncated.jpg", "corrupt.png", "not_an_image.jpg", "panorama.png", "bomb.png"}
+    unreadable = {"truncated.jpg", "corrupt.png", "not_an_image.jpg", "panorama.png", "bomb.png", "empty.jpg"}
     assert {Path(entry["path"]).name for entry in skipped} == unreadable
+    assert any("empty file (0 bytes)" in entry["reason"] for entry in skipped if entry["path"].endswith("empty.jpg"))
     images_on_disk = {p.name for p in (corpus / "train").iterdir() if p.suffix != ".jsonl"}
     assert {Path(r.path).name for r in records} == images_on_disk - unreadable
 

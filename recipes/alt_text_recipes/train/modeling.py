@@ -229,7 +229,9 @@ def add_lora(
     adapted = get_peft_model(model, peft_config)
     # peft records the base as it was loaded, a path relative to where training ran; adapter_config.json gets
     # one that loads from any folder (PeftModel/AutoPeftModel/pipeline read it).
-    adapted.peft_config[adapted.active_adapter].base_model_name_or_path = portable_name(model_args.model_name_or_path)
+    config = adapted.peft_config[adapted.active_adapter]
+    if config.base_model_name_or_path:
+        config.base_model_name_or_path = portable_name(config.base_model_name_or_path)
     return adapted
 
 
